@@ -1,0 +1,29 @@
+"""domaintune: turn a small pretrained language model into a domain expert."""
+from domaintune.api import (
+    check_recipe,
+    evaluate,
+    export,
+    list_models,
+    load,
+    prepare_data,
+    quickstart,
+    recipe_schema,
+    run,
+    train,
+)
+from domaintune.errors import DomaintuneError
+
+__all__ = [
+    "DomaintuneError",
+    "check_recipe",
+    "evaluate",
+    "export",
+    "list_models",
+    "load",
+    "prepare_data",
+    "quickstart",
+    "recipe_schema",
+    "run",
+    "train",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""The Python API: one function per CLI verb. The CLI is a thin layer over these."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from domaintune.config import Recipe, apply_overrides, load_recipe, recipe_json_schema, validate_recipe
+from domaintune.rundir import RunDir
+
+RecipeLike = Recipe | str | Path | dict
+
+
+def _console(console: Console | None) -> Console:
+    return console or Console(stderr=True)
+
+
+def load(recipe: RecipeLike, overrides: list[str] | None = None) -> Recipe:
+    """A validated Recipe from a YAML path, a dict, or a Recipe (overrides as `a.b=value`)."""
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        recipe = recipe.model_dump(mode="json")
+    if isinstance(recipe, dict):
+        return validate_recipe(apply_overrides(dict(recipe), overrides or []))
+    return load_recipe(recipe, overrides)
+
+
+def check_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return load_recipe(path, overrides)
+
+
+def recipe_schema() -> dict:
+    return recipe_json_schema()
+
+
+def list_models() -> list[dict]:
+    from domaintune.models.registry import list_models as registry_models
+
+    return registry_models()
+
+
+def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console | None = None) -> tuple[RunDir, dict]:
+    """Validate, clean, dedup and split the recipe's data into a run directory's data/ folder."""
+    from domaintune.data.prepare import prepare_dataset
+    from domaintune.models.loading import load_tokenizer
+    from domaintune.objectives import count_tokens
+
+    recipe = load(recipe)
+    run = run or RunDir.create(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    card = prepare_dataset(
+        recipe.data,
+        run.data,
+        seed=recipe.seed,
+        count_tokens=lambda row: count_tokens(tokenizer, row),
+        console=_console(console),
+    )
+    return run, card
+
+
+def train(
+    recipe_or_run: RecipeLike,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    callbacks: list | None = None,
+    console: Console | None = None,
+) -> RunDir:
+    """Train a recipe in a new run directory, or with resume=True continue the latest run of that
+    recipe (or the given run directory) from its last checkpoint."""
+    from domaintune.training.runner import train_model
+
+    console = _console(console)
+    if isinstance(recipe_or_run, (str, Path)) and Path(recipe_or_run).is_dir():
+        run = RunDir.open(recipe_or_run)
+    elif resume:
+        run = RunDir.latest(load(recipe_or_run, overrides))
+    else:
+        run, _ = prepare_data(load(recipe_or_run, overrides), console=console)
+    console.print(f"Run directory: {run.root}")
+    train_model(run, resume=resume, callbacks=callbacks, console=console)
+    return run
+
+
+def evaluate(run_dir: str | Path | RunDir, console: Console | None = None) -> dict:
+    from domaintune.evaluation.runner import evaluate_run
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    return evaluate_run(run, console=_console(console))
+
+
+def export(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
+    from domaintune.export.exporter import export_run
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    return export_run(run, console=_console(console))
+
+
+def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
+    """The whole recipe: prepare data, train, evaluate against the base model, export, report."""
+    console = _console(console)
+    run_dir = train(load(recipe, overrides), console=console)
+    evaluate(run_dir, console=console)
+    export(run_dir, console=console)
+    console.print(f"[bold green]Report:[/] {run_dir.report}")
+    return run_dir
+
+
+def quickstart(overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
+    """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base."""
+    from domaintune.quickstart import quickstart_recipe
+
+    console = _console(console)
+    return run(quickstart_recipe(console), overrides=overrides, console=console)

@@ -1,0 +1,140 @@
+"""The `domaintune` command: a thin typer layer over domaintune.api."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domaintune import api
+from domaintune.errors import DomaintuneError
+
+app = typer.Typer(help="Turn a small pretrained language model into a domain expert.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare data sets.", no_args_is_help=True)
+models_app = typer.Typer(help="Base models.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set training.epochs=2 (repeatable).")
+]
+
+
+def user_errors(command):
+    """User mistakes become one red message and exit code 2, never a stack trace."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DomaintuneError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]; continue a training run with `domaintune train RECIPE --resume`")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def quickstart(overrides: SetOption = None):
+    """Financial entity extraction on the bundled model: fetch data, LoRA-tune, compare with base, report."""
+    run = api.quickstart(overrides=overrides, console=console)
+    typer.echo(f"Report: {run.report}")
+
+
+@app.command("run")
+@user_errors
+def run_recipe(recipe: Path, overrides: SetOption = None):
+    """Run a whole recipe: prepare, train, evaluate against base, export, report."""
+    run = api.run(recipe, overrides=overrides, console=console)
+    typer.echo(f"Report: {run.report}")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file, or a run directory to resume.")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this recipe from its last checkpoint.")] = False,
+    overrides: SetOption = None,
+):
+    """Prepare data and train (or resume training)."""
+    run = api.train(recipe, resume=resume, overrides=overrides, console=console)
+    typer.echo(f"Model: {run.model}")
+
+
+@app.command()
+@user_errors
+def evaluate(run_dir: Path):
+    """Evaluate a run's tuned model against its base model and write the report."""
+    results = api.evaluate(run_dir, console=console)
+    _print_results(results)
+    typer.echo(f"Report: {Path(run_dir).resolve() / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def export(run_dir: Path):
+    """Export a run's adapter and merged safetensors model."""
+    for kind, path in api.export(run_dir, console=console).items():
+        typer.echo(f"{kind}: {path}")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(recipe: Path, overrides: SetOption = None):
+    """Validate, clean, dedup and split the recipe's data; writes the splits and a data card."""
+    run, card = api.prepare_data(api.load(recipe, overrides), console=console)
+    typer.echo(f"Data: {run.data}")
+
+
+@recipe_app.command("schema")
+def recipe_schema():
+    """Print the recipe's JSON schema."""
+    typer.echo(json.dumps(api.recipe_schema(), indent=2))
+
+
+@recipe_app.command("check")
+@user_errors
+def recipe_check(recipe: Path, overrides: SetOption = None):
+    """Validate a recipe without running it."""
+    api.check_recipe(recipe, overrides)
+    typer.echo(f"{recipe}: valid")
+
+
+@models_app.command("list")
+def models_list():
+    """Show the built-in model names (any local folder or hub id works too)."""
+    table = Table("name", "kind", "source", "installed", "description")
+    for row in api.list_models():
+        table.add_row(row["name"], row["kind"], row["source"], "yes" if row["installed"] else "no", row["description"])
+    Console().print(table)
+
+
+def _print_results(results: dict) -> None:
+    models = results["models"]
+    names = list(models)
+    table = Table("metric", *names)
+    keys = sorted({key for model in models.values() for key in model["metrics"]})
+    for key in keys:
+        table.add_row(key, *(f"{models[name]['metrics'].get(key, float('nan')):.3f}" for name in names))
+    for split in ("validation", "test"):
+        table.add_row(f"{split} loss", *(_fmt(models[name]["loss"].get(split)) for name in names))
+    Console().print(table)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main():
+    app()

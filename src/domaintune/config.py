@@ -1,0 +1,205 @@
+"""The recipe: one YAML file, one pydantic schema, validated before anything runs.
+
+Every section forbids unknown keys so a typo fails loudly with its field path
+instead of being ignored. Defaults are chosen to work on a 2-core CPU laptop.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from domaintune.errors import DomaintuneError
+from domaintune.methods import method_config_types
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="Registry name, local Hugging Face folder, or hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub repo. Off by default.")
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for the test split.")
+    stratify: bool = Field(True, description="Keep label proportions equal across splits when rows have labels.")
+
+    @model_validator(mode="after")
+    def _leave_training_rows(self) -> "SplitConfig":
+        if self.validation + self.test >= 1.0:
+            raise ValueError("validation + test must leave rows for training (sum < 1)")
+        return self
+
+
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled"]
+
+
+class DataConfig(Section):
+    train: list[str] = Field(default_factory=list, description="Data files (JSONL, JSON, CSV, Parquet); globs allowed.")
+    validation: list[str] = Field(default_factory=list, description="Optional explicit validation files (else split from train).")
+    test: list[str] = Field(default_factory=list, description="Optional explicit test files (else split from train).")
+    format: DataFormat = Field("auto", description="Row format; 'auto' detects it per file from the columns.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical column names to yours, e.g. {instruction: question, output: answer}.",
+    )
+    system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+    label_prompt: str = Field(
+        "{text}", description="User turn built from a labelled row's text; the label is the answer."
+    )
+    max_tokens: int = Field(1024, gt=0, description="Rows longer than this (in tokens, after templating) are set aside.")
+    min_chars: int = Field(1, ge=0, description="Rows whose answer/text is shorter than this are set aside.")
+    dedup: bool = Field(True, description="Remove exact duplicate rows (after normalisation).")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class EarlyStoppingConfig(Section):
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss drop that counts as improvement.")
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: run all epochs).")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(50, ge=1, description="Validate every N steps.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N steps; a multiple of eval_every.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints.")
+    log_every: int = Field(5, ge=1)
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
+    precision: Precision = Field("auto", description="'auto' uses bf16 autocast where the CPU/GPU supports it.")
+    threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; 'auto' uses the free cores.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length to cut padding.")
+
+    @model_validator(mode="after")
+    def _checkpoints_align_with_validation(self) -> "TrainingConfig":
+        # Early stopping restores the best checkpoint, so checkpoints must fall on validation steps.
+        if self.early_stopping is not None and self.save_every % self.eval_every:
+            raise ValueError("save_every must be a multiple of eval_every when early_stopping is on")
+        return self
+
+
+Metric = Literal["exact_match", "accuracy", "entity_f1", "token_f1", "rouge_l"]
+
+
+class EvaluationConfig(Section):
+    metrics: list[Metric] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+    compare_base: bool = Field(True, description="Evaluate the base model on the same test split, side by side.")
+    max_samples: int = Field(100, ge=1, description="Test rows used for generation metrics.")
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    report_samples: int = Field(12, ge=0, description="Sample outputs shown in the report.")
+
+
+class ExportConfig(Section):
+    adapter: bool = Field(True, description="Write the adapter folder (adapter methods only).")
+    merged: bool = Field(True, description="Write a merged safetensors folder loadable without peft.")
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+
+
+MethodConfig = Annotated[Union[method_config_types()], Field(discriminator="name")]
+
+
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; runs go to <output_dir>/<name>-<time>.")
+    output_dir: str = Field("runs", description="Folder that holds run directories.")
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=lambda: method_config_types()[0]())
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: `training.lr: input should be a number`."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        message = item["msg"]
+        message = message[0].lower() + message[1:] if message else message
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path or '<recipe>'}: {message}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the discriminator value (e.g. 'lora') into the location of union members.
+    return isinstance(part, str) and part in {cls.model_fields["name"].default for cls in method_config_types()}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML so `2`, `true`, `[a, b]` get their types."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise DomaintuneError(f"--set {override!r}: expected KEY=VALUE, e.g. training.epochs=2")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise DomaintuneError(f"--set {override!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise DomaintuneError(f"{source} is not a valid recipe:\n{format_validation_error(error)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply CLI overrides, validate. Relative data paths resolve against the recipe's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DomaintuneError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError:
+        raise DomaintuneError(f"{path}: recipe is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DomaintuneError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise DomaintuneError(f"{path}: a recipe is a mapping of sections (model, data, method, ...)")
+    data = apply_overrides(data, overrides or [])
+    recipe = validate_recipe(data, source=str(path))
+    return resolve_data_paths(recipe, path.parent)
+
+
+def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
+    def resolve(files: list[str]) -> list[str]:
+        return [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+
+    recipe.data.train = resolve(recipe.data.train)
+    recipe.data.validation = resolve(recipe.data.validation)
+    recipe.data.test = resolve(recipe.data.test)
+    return recipe
+
+
+def recipe_json_schema() -> dict:
+    return Recipe.model_json_schema()

@@ -1,0 +1,120 @@
+"""Normalise text, set aside unusable rows, remove exact duplicates.
+
+Rows are canonical rows (see formats.py) carrying `source: {"file", "line"}`. Rows that are
+set aside come back as `Removed` so prepare can write them to removed.jsonl with a reason.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from typing import Callable, NamedTuple
+
+_SPACES = re.compile(r"[^\S\n]+")  # any whitespace run except newlines (tabs, NBSP, ...)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+class Removed(NamedTuple):
+    row: dict
+    kind: str  # what the data card counts, e.g. "too long"
+    reason: str  # what removed.jsonl says, e.g. "too long: 1400 tokens > 1024"
+
+
+def normalise_text(text: str) -> str:
+    """NFC, one space for each run of spaces/tabs, no space at line ends, at most one blank line."""
+    # NFC makes "é" typed as e + combining accent equal to the precomposed "é", for dedup and splits.
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def normalise_row(row: dict) -> dict:
+    row = dict(row)
+    if "messages" in row:
+        row["messages"] = [{**message, "content": normalise_text(message["content"])} for message in row["messages"]]
+        if isinstance(row.get("label"), str):
+            # The label is also the answer of labelled rows; keep both spelled the same.
+            row["label"] = normalise_text(row["label"])
+    else:
+        row["text"] = normalise_text(row["text"])
+    return row
+
+
+def answer_text(row: dict) -> str:
+    """What the model learns to produce: the final assistant message, or a raw text row's text."""
+    return row["messages"][-1]["content"] if "messages" in row else row["text"]
+
+
+def prompt_key(row: dict) -> tuple | str:
+    """Everything before the answer (normalised): rows sharing it ask the same question.
+    Raw text rows have no prompt; their text stands in."""
+    if "messages" not in row:
+        return normalise_text(row["text"])
+    return _messages_key(row["messages"][:-1])
+
+
+def content_key(row: dict) -> tuple | str:
+    """The whole normalised row; equal keys are exact duplicates."""
+    if "messages" not in row:
+        return normalise_text(row["text"])
+    return _messages_key(row["messages"])
+
+
+def _messages_key(messages: list[dict]) -> tuple:
+    return tuple((message["role"], normalise_text(message["content"])) for message in messages)
+
+
+def filter_row(
+    row: dict, min_chars: int, max_tokens: int, count_tokens: Callable[[dict], int] | None
+) -> Removed | None:
+    """Why a (normalised) row is unusable, or None. Tokens are counted only for rows that pass the rest."""
+    answer = answer_text(row)
+    if not answer:
+        return Removed(row, "empty", "empty")
+    if "messages" in row and any(not m["content"] for m in row["messages"] if m["role"] == "user"):
+        return Removed(row, "empty", "empty user message")
+    if len(answer) < min_chars:
+        return Removed(row, "too short", f"too short: {len(answer)} chars < {min_chars}")
+    if count_tokens is not None:
+        tokens = count_tokens(row)
+        if tokens > max_tokens:
+            return Removed(row, "too long", f"too long: {tokens} tokens > {max_tokens}")
+    return None
+
+
+def filter_rows(
+    rows: list[dict], min_chars: int, max_tokens: int, count_tokens: Callable[[dict], int] | None
+) -> tuple[list[dict], list[Removed]]:
+    kept, removed = [], []
+    for row in rows:
+        reason = filter_row(row, min_chars, max_tokens, count_tokens)
+        if reason is None:
+            kept.append(row)
+        else:
+            removed.append(reason)
+    return kept, removed
+
+
+def dedup_rows(rows: list[dict]) -> tuple[list[dict], list[Removed]]:
+    """Keep the first of each set of exact duplicates; the others name the row they repeat."""
+    first_seen: dict[tuple | str, dict] = {}
+    kept, removed = [], []
+    for row in rows:
+        original = first_seen.setdefault(content_key(row), row)
+        if original is row:
+            kept.append(row)
+        else:
+            where = f"{original['source']['file']}:{original['source']['line']}"
+            removed.append(Removed(row, "duplicate", f"duplicate of {where}"))
+    return kept, removed
+
+
+def count_conflicts(rows: list[dict]) -> int:
+    """How many prompts appear with more than one answer: kept, but worth a look in the card."""
+    answers: dict[tuple | str, set[str]] = defaultdict(set)
+    for row in rows:
+        if "messages" in row:
+            answers[prompt_key(row)].add(answer_text(row))
+    return sum(1 for seen in answers.values() if len(seen) > 1)

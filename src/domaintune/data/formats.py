@@ -1,0 +1,198 @@
+"""Input formats and their conversion to canonical rows.
+
+Canonical rows are what every later stage consumes:
+- conversations: {"messages": [{"role", "content"}, ...], "label": str | None}, an optional
+  system message, then user/assistant turns alternating, ending with the assistant;
+- raw text (continued pretraining): {"text": str}.
+
+A row that does not fit its format raises `RowError` (the row is rejected, the run goes on);
+a file that cannot be in the format at all raises `DomaintuneError`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from domaintune.config import DataConfig
+from domaintune.data.readers import RawRow, json_type
+from domaintune.errors import DomaintuneError
+
+# Required canonical columns per format, in detection order: the more specific formats
+# come first, so a row with `text` and `label` is labelled rather than raw text.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "labelled": ("text", "label"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class RowError(ValueError):
+    """A row that does not fit its format; `reason` says exactly what is wrong."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def column(config: DataConfig, name: str) -> str:
+    """The user's name for a canonical column."""
+    return config.columns.get(name, name)
+
+
+def missing_columns(fmt: str, keys, config: DataConfig) -> list[str]:
+    return [column(config, name) for name in FORMATS[fmt] if column(config, name) not in keys]
+
+
+def detect_format(keys, config: DataConfig) -> str | None:
+    return next((fmt for fmt in FORMATS if not missing_columns(fmt, keys, config)), None)
+
+
+def resolve_format(path: Path, rows: list[RawRow], config: DataConfig) -> str:
+    """The file's format: declared in the config, or detected from the first row that fits one.
+
+    CSV and Parquet rows all share the header, so a missing column is a file error; JSON(L)
+    rows may differ, so the file is wrong only when no row at all has the columns (the
+    others are rejected one by one). A file none of whose rows parse is wrong as a whole.
+    """
+    parsed = [row.data for row in rows if row.data is not None]
+    if not parsed:
+        first = rows[0]
+        raise DomaintuneError(f"{path}: no row could be read (line {first.line}: {first.error})")
+    where = f"{path} line 1" if path.suffix.lower() == ".csv" else str(path)
+    if config.format == "auto":
+        fmt = next((found for data in parsed if (found := detect_format(data, config))), None)
+        if fmt is None:
+            raise DomaintuneError(
+                f"{where}: cannot tell the data format from the columns ({', '.join(parsed[0])}); "
+                f"expected one of: {_format_list(config)}. Set data.format, or map your columns with data.columns"
+            )
+        return fmt
+    fmt = config.format
+    if path.suffix.lower() in (".csv", ".parquet"):
+        missing = missing_columns(fmt, parsed[0], config)
+        if missing:
+            raise DomaintuneError(f"{where}: no column {_quoted(missing)}, which format '{fmt}' needs")
+    elif all(missing_columns(fmt, data, config) for data in parsed):
+        needed = [column(config, name) for name in FORMATS[fmt]]
+        raise DomaintuneError(f"{where}: no row has the column(s) {_quoted(needed)} that format '{fmt}' needs")
+    return fmt
+
+
+def _format_list(config: DataConfig) -> str:
+    return "; ".join(f"{fmt} ({', '.join(column(config, name) for name in names)})" for fmt, names in FORMATS.items())
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def to_canonical(data: dict, fmt: str, config: DataConfig) -> dict:
+    """Convert one row of format `fmt` to a canonical row, or raise RowError."""
+    if fmt == "text":
+        return {"text": _text(data, "text", config)}
+    label = None
+    if fmt == "chat":
+        messages = _messages(data, config, "messages", "role", "content", lambda role: role if role in ROLES else None)
+    elif fmt == "sharegpt":
+        messages = _messages(data, config, "conversations", "from", "value", SHAREGPT_ROLES.get)
+    elif fmt == "alpaca":
+        prompt = _text(data, "instruction", config)
+        extra = _text(data, "input", config, optional=True)
+        messages = _turn(prompt + "\n\n" + extra if extra.strip() else prompt, _text(data, "output", config))
+    elif fmt == "prompt_completion":
+        messages = _turn(_text(data, "prompt", config), _text(data, "completion", config))
+    elif fmt == "labelled":
+        label = _label(data, config)
+        messages = _turn(_label_prompt(config, _text(data, "text", config)), label)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    if config.system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": config.system_prompt})
+    return {"messages": messages, "label": label}
+
+
+def _text(data: dict, name: str, config: DataConfig, optional: bool = False) -> str:
+    key = column(config, name)
+    value = data.get(key)
+    if value is None:
+        if optional:
+            return ""
+        raise RowError(f"missing column {key!r}" if key not in data else f"column {key!r} is empty (null)")
+    if not isinstance(value, str):
+        raise RowError(f"column {key!r}: expected text, got {json_type(value)}")
+    return value
+
+
+def _label(data: dict, config: DataConfig) -> str:
+    key = column(config, "label")
+    value = data.get(key)
+    # Numbers and booleans are fine labels (0/1, true/false); the answer is their text.
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if key not in data:
+        raise RowError(f"missing column {key!r}")
+    raise RowError(f"column {key!r}: expected a label, got {json_type(value)}")
+
+
+def _label_prompt(config: DataConfig, text: str) -> str:
+    try:
+        return config.label_prompt.format(text=text)
+    except (KeyError, IndexError, ValueError) as error:
+        # A recipe mistake, not a row's: stop the run instead of rejecting every row.
+        raise DomaintuneError(
+            f"data.label_prompt {config.label_prompt!r} is not a valid template ({error}); "
+            "use {text} for the row's text and {{ }} for literal braces"
+        ) from None
+
+
+def _turn(prompt: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def _messages(data: dict, config: DataConfig, name: str, role_key: str, content_key: str, to_role) -> list[dict]:
+    """Read a list of turns (chat's role/content or ShareGPT's from/value) and check its shape."""
+    key = column(config, name)
+    if key not in data:
+        raise RowError(f"missing column {key!r}")
+    turns = data[key]
+    if not isinstance(turns, list):
+        raise RowError(f"{key}: expected a list of messages, got {json_type(turns)}")
+    if not turns:
+        raise RowError(f"{key}: no messages")
+    messages = []
+    for index, turn in enumerate(turns):
+        where = f"{key}[{index}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"{where}: expected an object with {role_key!r} and {content_key!r}, got {json_type(turn)}")
+        for field in (role_key, content_key):
+            if field not in turn:
+                raise RowError(f"{where}: missing {field!r}")
+        role = to_role(turn[role_key]) if isinstance(turn[role_key], str) else None
+        if role is None:
+            raise RowError(f"{where}.{role_key}: unknown role {turn[role_key]!r}")
+        if not isinstance(turn[content_key], str):
+            raise RowError(f"{where}.{content_key}: expected text, got {json_type(turn[content_key])}")
+        messages.append({"role": role, "content": turn[content_key]})
+    _check_turn_order(messages, f"{key}[{{}}].{role_key}")
+    return messages
+
+
+def _check_turn_order(messages: list[dict], where: str) -> None:
+    """An optional system message first, then user/assistant alternating, ending with the assistant."""
+    first = 1 if messages[0]["role"] == "system" else 0
+    if first == len(messages):
+        raise RowError("no user message")
+    expected = "user"
+    for index in range(first, len(messages)):
+        role = messages[index]["role"]
+        if role != expected:
+            raise RowError(f"{where.format(index)}: expected {expected!r} here, got {role!r}")
+        expected = "assistant" if role == "user" else "user"
+    if messages[-1]["role"] != "assistant":
+        raise RowError(f"{where.format(len(messages) - 1)}: the last message must be the assistant's, got 'user'")

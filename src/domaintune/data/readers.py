@@ -1,0 +1,216 @@
+"""Read data files into raw rows that remember where they came from.
+
+Every row carries its file and line so a rejected row can be found in the user's editor.
+A broken row becomes a `RawRow` with `error` set and reading goes on; a broken file
+(missing, not UTF-8, truncated JSON, empty, ...) raises `DomaintuneError` naming the file.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from domaintune.errors import DomaintuneError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass(frozen=True)
+class RawRow:
+    file: str
+    line: int  # physical line where the row starts (Parquet: row number, from 1)
+    data: dict | None  # the row's columns, or None when the row could not be parsed
+    error: str | None = None  # why the row could not be parsed
+    raw: Any = None  # the unparsable text or value, kept for rejected.jsonl
+
+
+def read_files(patterns: list[str]) -> list[tuple[Path, list[RawRow]]]:
+    """Read every file the patterns name (globs allowed), each file once, in pattern order."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        for path in _expand(pattern):
+            if path not in paths:
+                paths.append(path)
+    return [(path, list(read_rows(path))) for path in paths]
+
+
+def _expand(pattern: str) -> list[Path]:
+    if not any(char in pattern for char in "*?["):
+        return [Path(pattern)]  # a plain name: read_rows reports it if it is missing
+    matches = sorted(glob.glob(pattern, recursive=True))
+    if not matches:
+        raise DomaintuneError(f"{pattern}: no files match this pattern")
+    return [Path(match) for match in matches]
+
+
+def read_rows(path: Path) -> Iterator[RawRow]:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DomaintuneError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if not path.is_file():
+        raise DomaintuneError(f"{path}: file not found")
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        text = _read_text(path)
+        rows = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix](path, text)
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
+        raise DomaintuneError(f"{path}: file is empty (no rows)")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]  # Excel and Notepad add it; it is not part of the content
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        byte = data[error.start]
+        raise DomaintuneError(f"{path} line {line}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
+    # split("\n") rather than splitlines(): splitlines also breaks on \u2028 and friends,
+    # which may appear inside JSON strings and would throw the line numbers off.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield RawRow(str(path), number, None, f"not valid JSON: {error.msg}", line)
+            continue
+        if isinstance(value, dict):
+            yield RawRow(str(path), number, value)
+        else:
+            yield RawRow(str(path), number, None, f"line is not a JSON object (got {json_type(value)})", value)
+
+
+def _read_json(path: Path, text: str) -> Iterator[RawRow]:
+    if not text.strip():
+        return  # read_rows reports the empty file
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        ends_early = not text[error.pos:].strip()
+        detail = "the file ends too early; is it truncated?" if ends_early else error.msg
+        raise DomaintuneError(f"{path} line {error.lineno} column {error.colno}: not valid JSON ({detail})") from None
+    # json.loads validated the whole document; walk it again with raw_decode to learn
+    # where each element starts, which json.loads does not tell.
+    start = _skip_whitespace(text, 0)
+    if isinstance(document, dict):
+        lists = [key for key, value in document.items() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DomaintuneError(
+                f"{path}: expected a JSON array of rows, or an object holding exactly one list of rows "
+                f"(found {len(lists)} lists)"
+            )
+        start = _member_offset(text, start, lists[0])
+    elif not isinstance(document, list):
+        raise DomaintuneError(f"{path}: expected a JSON array of rows, got {json_type(document)}")
+    line, counted_to = 1, 0
+    for offset, value in _array_items(text, start):
+        line += text.count("\n", counted_to, offset)
+        counted_to = offset
+        if isinstance(value, dict):
+            yield RawRow(str(path), line, value)
+        else:
+            yield RawRow(str(path), line, None, f"element is not a JSON object (got {json_type(value)})", value)
+
+
+_decoder = json.JSONDecoder()
+
+
+def _skip_whitespace(text: str, pos: int) -> int:
+    return _WHITESPACE.match(text, pos).end()
+
+
+def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any]]:
+    """Yield (offset, value) for each element of the valid JSON array starting at `pos`."""
+    pos = _skip_whitespace(text, pos + 1)
+    while text[pos] != "]":
+        value, end = _decoder.raw_decode(text, pos)
+        yield pos, value
+        pos = _skip_whitespace(text, end)
+        if text[pos] == ",":
+            pos = _skip_whitespace(text, pos + 1)
+
+
+def _member_offset(text: str, pos: int, wanted: str) -> int:
+    """Offset of the value of key `wanted` in the valid JSON object starting at `pos`."""
+    pos = _skip_whitespace(text, pos + 1)
+    while True:
+        key, pos = _decoder.raw_decode(text, pos)
+        pos = _skip_whitespace(text, _skip_whitespace(text, pos) + 1)  # past the colon
+        if key == wanted:
+            return pos
+        _, pos = _decoder.raw_decode(text, pos)
+        pos = _skip_whitespace(text, _skip_whitespace(text, pos) + 1)  # past the comma
+
+
+def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
+    # newline="" hands line endings to the csv module, so quoted fields may span lines.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [name.strip() for name in header]
+        row_start = reader.line_num + 1
+        for fields in reader:
+            start, row_start = row_start, reader.line_num + 1
+            if not fields:
+                continue  # blank line
+            if len(fields) != len(header):
+                error = f"row has {len(fields)} fields, the header has {len(header)}"
+                yield RawRow(str(path), start, None, error, fields)
+            else:
+                yield RawRow(str(path), start, dict(zip(header, fields)))
+    except csv.Error as error:
+        raise DomaintuneError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
+
+
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        parquet = pyarrow.parquet.ParquetFile(path)
+        number = 0
+        for batch in parquet.iter_batches():
+            for data in batch.to_pylist():
+                number += 1
+                yield RawRow(str(path), number, data)
+    except (pyarrow.ArrowException, OSError) as error:
+        raise DomaintuneError(f"{path}: cannot read Parquet file ({error})") from None
+
+
+def json_type(value: Any) -> str:
+    """A value's type in the words of JSON, for messages about rows."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,71 @@
+"""Batched greedy generation and token-weighted loss, shared by every evaluation."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from domaintune.objectives import encode_row
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def mean_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, bf16: bool) -> float | None:
+    """Mean cross-entropy per supervised token over the rows (the loss training optimises)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    encoded = [encode_row(tokenizer, row, max_length) for row in rows]
+    encoded = [row for row in encoded if any(label != -100 for label in row["labels"])]
+    if not encoded:
+        return None
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start : start + batch_size])
+        with autocast(bf16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        # Shift so that token t predicts token t+1, as the model's own loss does.
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total_loss += losses.item()
+        total_tokens += int((targets != -100).sum())
+    return total_loss / total_tokens
+
+
+def perplexity(loss: float | None) -> float | None:
+    return math.exp(min(loss, 50.0)) if loss is not None else None
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool) -> list[str]:
+    """Greedy completions for rendered prompts; prompts of similar length are batched together."""
+    model.eval()
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False)
+            with autocast(bf16):
+                generated = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                outputs[i] = text.strip()
+    finally:
+        tokenizer.padding_side = previous_side
+    return outputs

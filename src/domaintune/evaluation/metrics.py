@@ -1,0 +1,218 @@
+"""Task metrics that compare generated answers with reference answers.
+
+Every metric takes `(predictions, references)`, two equally long lists of strings,
+and returns a flat dict of floats in [0, 1]. `METRICS` maps the names a recipe may
+list under `evaluation.metrics` to those functions; `compute_metrics` runs several
+and merges their results.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+
+from domaintune.errors import DomaintuneError
+
+MetricFn = Callable[[list[str], list[str]], dict[str, float]]
+
+_WHITESPACE = re.compile(r"\s+")
+# Separator between an entity's NAME and TYPE; spaces around the dash are required
+# so hyphenated names ("Jean-Luc") stay whole, and any number of them is tolerated.
+_ENTITY_SEPARATOR = re.compile(r"\s+-\s+")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_LABEL_STRIP = string.punctuation + string.whitespace + "“”‘’«»"
+
+
+def _pairs(predictions: list[str], references: list[str]) -> list[tuple[str, str]]:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    return list(zip(predictions, references))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def _collapse(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+# --- exact match and label accuracy ---------------------------------------------------
+
+
+def exact_match(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Share of answers equal to the reference after stripping, collapsing whitespace and case-folding."""
+    hits = [_collapse(p).casefold() == _collapse(r).casefold() for p, r in _pairs(predictions, references)]
+    return {"exact_match": _mean(hits)}
+
+
+def _label(text: str) -> str:
+    # Models often answer "Positive." or '"positive"\nBecause ...': only the first line counts.
+    stripped = text.strip()
+    first_line = stripped.splitlines()[0] if stripped else ""
+    return _collapse(first_line.strip(_LABEL_STRIP)).casefold()
+
+
+def accuracy(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Share of predictions whose first line, without surrounding punctuation/quotes, is the reference label."""
+    hits = [_label(p) == _label(r) for p, r in _pairs(predictions, references)]
+    return {"accuracy": _mean(hits)}
+
+
+# --- entity extraction ------------------------------------------------------------------
+
+
+def parse_entities(text: str) -> list[tuple[str, str]]:
+    """Parse the first `[NAME - TYPE, ...]` list in `text` into (name, TYPE) pairs.
+
+    Names are whitespace-collapsed and case-folded (so they compare case-insensitively),
+    types upper-cased. Text without a list, such as "No entities found", has no entities.
+    A missing closing bracket ends the list at the end of its line. An item without a
+    " - " separator is kept with an empty type, so a malformed prediction counts as
+    wrong instead of silently disappearing.
+    """
+    start = text.find("[")
+    if start < 0:
+        return []
+    end = text.find("]", start)
+    body = text[start + 1 : end] if end >= 0 else text[start + 1 :].split("\n", 1)[0]
+    entities = []
+    for item in body.split(","):
+        item = _collapse(item).rstrip(". ")
+        if not item:
+            continue
+        # NAME may itself contain " - ", so split on the last separator.
+        separators = list(_ENTITY_SEPARATOR.finditer(item))
+        if separators:
+            last = separators[-1]
+            name, kind = item[: last.start()], item[last.end() :]
+        else:
+            name, kind = item, ""
+        entities.append((name.strip().casefold(), kind.strip().upper()))
+    return entities
+
+
+def _entity_counts(prediction: str, reference: str) -> tuple[Counter, Counter, Counter]:
+    """(correct, spurious, missed) entities of one item, as multisets."""
+    predicted, expected = Counter(parse_entities(prediction)), Counter(parse_entities(reference))
+    correct = predicted & expected
+    return correct, predicted - correct, expected - correct
+
+
+def entity_f1(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Micro-averaged entity precision, recall and F1 over all items.
+
+    Entities are multisets of (case-folded name, TYPE), so a duplicate counts once per
+    occurrence on each side. An item where neither side has entities is correct and adds
+    nothing to the counts. With no entities anywhere and none predicted the model did
+    everything right and every score is 1.0; a ratio whose denominator is otherwise zero
+    (no predictions, or no reference entities) is 0.0.
+    """
+    tp = fp = fn = 0
+    for prediction, reference in _pairs(predictions, references):
+        correct, spurious, missed = _entity_counts(prediction, reference)
+        tp += sum(correct.values())
+        fp += sum(spurious.values())
+        fn += sum(missed.values())
+    if tp + fp + fn == 0:
+        return {"entity_precision": 1.0, "entity_recall": 1.0, "entity_f1": 1.0}
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {"entity_precision": precision, "entity_recall": recall, "entity_f1": _f1(precision, recall)}
+
+
+def entity_errors(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:
+    """Count entities by TYPE for error analysis: `{"correct": ..., "missed": ..., "spurious": ...}`.
+
+    "missed" are reference entities the model did not produce, "spurious" predicted
+    entities absent from the reference; a right name with the wrong type is one of each.
+    """
+    totals = {"correct": Counter(), "missed": Counter(), "spurious": Counter()}
+    for prediction, reference in _pairs(predictions, references):
+        correct, spurious, missed = _entity_counts(prediction, reference)
+        for key, found in (("correct", correct), ("missed", missed), ("spurious", spurious)):
+            for (_, kind), count in found.items():
+                totals[key][kind] += count
+    return {key: dict(sorted(counts.items())) for key, counts in totals.items()}
+
+
+# --- free-text overlap -------------------------------------------------------------------
+
+
+def _squad_tokens(text: str) -> list[str]:
+    # SQuAD's answer normalisation: lower-case, drop punctuation and English articles.
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """SQuAD-style bag-of-tokens precision, recall and F1, computed per item and averaged.
+
+    An item where both sides normalise to no tokens scores 1.0; where only one does, 0.0.
+    """
+    scores = []
+    for prediction, reference in _pairs(predictions, references):
+        predicted, expected = _squad_tokens(prediction), _squad_tokens(reference)
+        if not predicted or not expected:
+            same = float(predicted == expected)
+            scores.append((same, same, same))
+            continue
+        overlap = sum((Counter(predicted) & Counter(expected)).values())
+        precision, recall = overlap / len(predicted), overlap / len(expected)
+        scores.append((precision, recall, _f1(precision, recall)))
+    precisions, recalls, f1s = zip(*scores)
+    return {"token_precision": _mean(precisions), "token_recall": _mean(recalls), "token_f1": _mean(f1s)}
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    # Classic dynamic programme, keeping only the previous row: O(len(a) * len(b)) time.
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """ROUGE-L F-measure (beta = 1) over lower-cased whitespace tokens, averaged per item.
+
+    An item where both sides are empty scores 1.0; where only one is, 0.0.
+    """
+    scores = []
+    for prediction, reference in _pairs(predictions, references):
+        predicted, expected = prediction.lower().split(), reference.lower().split()
+        if not predicted or not expected:
+            scores.append(float(predicted == expected))
+            continue
+        lcs = _lcs_length(predicted, expected)
+        scores.append(_f1(lcs / len(predicted), lcs / len(expected)))
+    return {"rouge_l": _mean(scores)}
+
+
+METRICS: dict[str, MetricFn] = {
+    "exact_match": exact_match,
+    "accuracy": accuracy,
+    "entity_f1": entity_f1,
+    "token_f1": token_f1,
+    "rouge_l": rouge_l,
+}
+
+
+def compute_metrics(names: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Run the named metrics and merge their results into one flat dict."""
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise DomaintuneError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    results: dict[str, float] = {}
+    for name in names:
+        results.update(METRICS[name](predictions, references))
+    return results

@@ -1,0 +1,17 @@
+"""Full fine-tuning: every parameter is trained."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["full"] = "full"
+
+
+def apply(model, config: Config):
+    model.requires_grad_(True)
+    return model

@@ -1,0 +1,118 @@
+"""A run directory: everything one run produced, self-describing enough to evaluate or export alone.
+
+runs/<name>-<timestamp>/
+  recipe.yaml      the resolved recipe (overrides applied, data paths absolute)
+  data/            train/validation/test.jsonl, rejected.jsonl, removed.jsonl, data_card.json
+  checkpoints/     checkpoint-<step>/ from the Trainer, the last K kept
+  metrics.jsonl    one line per logged training/validation step
+  tensorboard/     TensorBoard event files
+  model/           the final adapter (adapter methods) or full weights, plus the tokenizer
+  eval/            results.json, samples.jsonl
+  export/          adapter/ and merged/
+  report.html
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from domaintune.config import Recipe, validate_recipe
+from domaintune.errors import DomaintuneError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def recipe(self) -> Recipe:
+        data = yaml.safe_load(self.recipe_file.read_text(encoding="utf-8"))
+        return validate_recipe(data, source=str(self.recipe_file))
+
+    def last_checkpoint(self) -> Path | None:
+        if not self.checkpoints.is_dir():
+            return None
+        steps = [
+            (int(match.group(1)), path)
+            for path in self.checkpoints.iterdir()
+            if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / "trainer_state.json").exists()
+        ]
+        return max(steps)[1] if steps else None
+
+    def require_model(self) -> None:
+        if not self.model.is_dir():
+            raise DomaintuneError(f"{self.root}: no trained model in {self.model.name}/ (run `domaintune train` first)")
+
+    @classmethod
+    def create(cls, recipe: Recipe) -> "RunDir":
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        root = Path(recipe.output_dir) / f"{recipe.name}-{stamp}"
+        suffix = 1
+        while root.exists():
+            suffix += 1
+            root = Path(recipe.output_dir) / f"{recipe.name}-{stamp}-{suffix}"
+        root.mkdir(parents=True)
+        run = cls(root.resolve())
+        run.recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path).resolve())
+        if not run.recipe_file.exists():
+            raise DomaintuneError(f"{path}: not a run directory (no recipe.yaml)")
+        return run
+
+    @classmethod
+    def latest(cls, recipe: Recipe) -> "RunDir":
+        """The most recent run of this recipe's name, for --resume."""
+        parent = Path(recipe.output_dir)
+        pattern = re.compile(rf"^{re.escape(recipe.name)}-\d{{8}}-\d{{6}}(-\d+)?$")
+        candidates = sorted(
+            (p for p in parent.glob(f"{recipe.name}-*") if pattern.match(p.name) and (p / "recipe.yaml").exists()),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not candidates:
+            raise DomaintuneError(f"--resume: no earlier run named '{recipe.name}' in {parent}/")
+        return cls(candidates[-1].resolve())

@@ -1,0 +1,159 @@
+"""One runner for every method: prepared splits + method + objective -> a transformers Trainer.
+
+The Trainer stays the loop so checkpoints, resume, callbacks and logging are the standard ones.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from domaintune.config import Recipe
+from domaintune.errors import DomaintuneError
+from domaintune.methods import get_method
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.objectives import encode_row
+from domaintune.rundir import RunDir
+from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
+from domaintune.training.hardware import configure_threads, use_bf16
+
+
+def read_split(run: RunDir, split: str) -> list[dict]:
+    path = run.data / f"{split}.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def encode_split(rows: list[dict], tokenizer, max_length: int):
+    from datasets import Dataset
+
+    encoded = [encode_row(tokenizer, row, max_length) for row in rows]
+    # A row whose assistant turn was cut off entirely by truncation teaches nothing.
+    encoded = [row for row in encoded if any(label != -100 for label in row["labels"])]
+    return Dataset.from_list(encoded)
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
+
+
+def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: bool):
+    from transformers import TrainingArguments
+
+    config = recipe.training
+    early_stopping = config.early_stopping is not None and has_validation
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=config.eval_every,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=config.keep_checkpoints,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=config.log_every,
+        bf16=bf16,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,  # pinning only helps host-to-GPU copies
+    )
+
+
+def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
+    """Train the run's recipe on its prepared data; returns a summary also written to model/training.json."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    console = console or Console(stderr=True)
+    recipe = run.recipe()
+    threads = configure_threads(recipe.training)
+    bf16 = use_bf16(recipe.training)
+    set_seed(recipe.seed)
+
+    tokenizer = load_tokenizer(recipe.model)
+    train_set = encode_split(read_split(run, "train"), tokenizer, recipe.data.max_tokens)
+    validation_set = encode_split(read_split(run, "validation"), tokenizer, recipe.data.max_tokens)
+    if len(train_set) == 0:
+        raise DomaintuneError(f"{run.data / 'train.jsonl'}: no trainable rows (run `domaintune data prepare` first?)")
+    has_validation = len(validation_set) > 0
+    if not has_validation and recipe.training.early_stopping is not None:
+        console.print("[yellow]No validation rows: validation and early stopping are off for this run.")
+
+    model = load_causal_lm(recipe.model)
+    model.config.use_cache = False  # the KV cache is useless while training and costs memory
+    model = get_method(recipe.method.name).apply(model, recipe.method)
+    parameters = count_parameters(model)
+    console.print(
+        f"[bold]{recipe.method.name}[/] on {recipe.model.name}: {parameters['trainable']:,} trainable of "
+        f"{parameters['total']:,} parameters ({parameters['share']:.2%}) · {len(train_set)} train rows · "
+        f"{threads} thread(s) · {'bf16' if bf16 else 'fp32'}"
+    )
+
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    trainer_callbacks = [
+        MetricsLogCallback(run.metrics),
+        RichProgressCallback(console),
+        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard))),
+        *(callbacks or []),
+    ]
+    if has_validation and recipe.training.early_stopping is not None:
+        trainer_callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=recipe.training.early_stopping.patience,
+                early_stopping_threshold=recipe.training.early_stopping.min_delta,
+            )
+        )
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(recipe, run, has_validation, bf16),
+        train_dataset=train_set,
+        eval_dataset=validation_set if has_validation else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        callbacks=trainer_callbacks,
+    )
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
+    elif checkpoint is not None:
+        console.print(f"Resuming from {checkpoint.name}")
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    trainer.save_model(str(run.model))
+    tokenizer.save_pretrained(str(run.model))
+    summary = {
+        "method": recipe.method.name,
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "train_rows": len(train_set),
+        "validation_rows": len(validation_set),
+        "parameters": parameters,
+        "threads": threads,
+        "bf16": bf16,
+        "runtime_seconds": output.metrics.get("train_runtime"),
+    }
+    (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

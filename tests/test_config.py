@@ -1,0 +1,96 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from domaintune.cli import app
+from domaintune.config import apply_overrides, load_recipe, validate_recipe
+from domaintune.errors import DomaintuneError
+
+runner = CliRunner()
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid_and_cpu_sized():
+    recipe = validate_recipe({})
+    assert recipe.model.name == "smollm2-135m-instruct"
+    assert recipe.method.name == "lora"
+    assert recipe.training.batch_size <= 8
+    assert recipe.model.trust_remote_code is False
+
+
+def test_wrong_type_names_field_path(tmp_path):
+    with pytest.raises(DomaintuneError) as error:
+        load_recipe(write(tmp_path, "training:\n  lr: fast\n"))
+    assert "training.lr: input should be a valid number" in str(error.value)
+
+
+def test_unknown_key_names_field_path(tmp_path):
+    with pytest.raises(DomaintuneError) as error:
+        load_recipe(write(tmp_path, "training:\n  epochz: 2\n"))
+    assert "training.epochz: unknown key" in str(error.value)
+
+
+def test_unknown_method_option_is_rejected():
+    with pytest.raises(DomaintuneError) as error:
+        validate_recipe({"method": {"name": "lora", "rank": 8}})
+    assert "method.rank: unknown key" in str(error.value)
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(DomaintuneError) as error:
+        validate_recipe({"method": {"name": "magic"}})
+    assert "'lora'" in str(error.value) and "'full'" in str(error.value)
+
+
+def test_overrides_are_typed_and_nested():
+    data = apply_overrides({"training": {"epochs": 1}}, ["training.epochs=2", "method.name=full", "data.train=[a.jsonl]"])
+    recipe = validate_recipe(data)
+    assert recipe.training.epochs == 2.0
+    assert recipe.method.name == "full"
+    assert recipe.data.train == ["a.jsonl"]
+
+
+def test_override_without_equals_is_a_user_error():
+    with pytest.raises(DomaintuneError, match="KEY=VALUE"):
+        apply_overrides({}, ["training.epochs"])
+
+
+def test_relative_data_paths_resolve_against_recipe_folder(tmp_path):
+    recipe = load_recipe(write(tmp_path, "data:\n  train: [data/x.jsonl]\n"))
+    assert recipe.data.train == [str(tmp_path / "data" / "x.jsonl")]
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    with pytest.raises(DomaintuneError, match="line 2"):
+        load_recipe(write(tmp_path, "training: x\n  lr: 1\n"))
+
+
+def test_checkpoints_must_align_with_validation():
+    with pytest.raises(DomaintuneError, match="save_every must be a multiple of eval_every"):
+        validate_recipe({"training": {"eval_every": 10, "save_every": 15}})
+
+
+def test_cli_check_reports_errors_with_exit_code_2(tmp_path):
+    result = runner.invoke(app, ["recipe", "check", str(write(tmp_path, "training:\n  lr: fast\n"))])
+    assert result.exit_code == 2
+    assert "training.lr" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_check_accepts_set_overrides(tmp_path):
+    path = write(tmp_path, "training:\n  epochs: 1\n")
+    assert runner.invoke(app, ["recipe", "check", str(path), "--set", "training.epochs=3"]).exit_code == 0
+    bad = runner.invoke(app, ["recipe", "check", str(path), "--set", "training.epochs=many"])
+    assert bad.exit_code == 2 and "training.epochs" in bad.output
+
+
+def test_cli_schema_is_json_schema():
+    result = runner.invoke(app, ["recipe", "schema"])
+    schema = json.loads(result.output)
+    assert {"model", "data", "method", "training", "evaluation", "export"} <= set(schema["properties"])

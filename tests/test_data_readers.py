@@ -1,0 +1,115 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from domaintune.data.readers import read_files, read_rows
+from domaintune.errors import DomaintuneError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_jsonl_reports_physical_lines_and_keeps_going_after_a_bad_line(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"text": "a"}\n\n{"text": broken\n["not", "an object"]\n{"text": "b"}\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [
+        (1, {"text": "a"}),
+        (3, None),
+        (4, None),
+        (5, {"text": "b"}),
+    ]
+    assert rows[1].error.startswith("not valid JSON") and rows[1].raw == '{"text": broken'
+    assert rows[2].error == "line is not a JSON object (got list)"
+    assert rows[0].file == str(path)
+
+
+def test_jsonl_line_numbers_ignore_unicode_line_separators_inside_strings(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"text": "a\u2028b"}\n{"text": "c"}\n')
+    assert [row.line for row in read_rows(path)] == [1, 2]
+
+
+def test_json_array_elements_carry_their_own_line(tmp_path):
+    elements = ['{"text": "one"}', '{\n    "text": "two",\n    "label": "x"\n  }', '"not an object"', '{"text": "four"}']
+    path = write(tmp_path / "d.json", "[\n  " + ",\n  ".join(elements[:2]) + ",\n\n  " + ",\n  ".join(elements[2:]) + "\n]\n")
+    rows = list(read_rows(path))
+    assert [row.line for row in rows] == [2, 3, 8, 9]
+    assert rows[1].data == {"text": "two", "label": "x"}
+    assert rows[2].data is None and rows[2].error == "element is not a JSON object (got text)"
+
+
+def test_json_object_holding_one_list(tmp_path):
+    path = write(tmp_path / "d.json", '{"version": 2,\n "data": [\n  {"text": "a"},\n  {"text": "b"}\n ]\n}')
+    assert [(row.line, row.data["text"]) for row in read_rows(path)] == [(3, "a"), (4, "b")]
+
+
+def test_json_needs_an_array_of_rows(tmp_path):
+    path = write(tmp_path / "d.json", '{"a": [1], "b": [2]}')
+    with pytest.raises(DomaintuneError, match="exactly one list"):
+        list(read_rows(path))
+
+
+def test_csv_rows_start_at_line_two_and_multiline_fields_report_their_first_line(tmp_path):
+    path = write(tmp_path / "d.csv", 'text,label\nfirst,a\n"spans\ntwo lines",b\nthree,fields,here\n\nlast,c\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [
+        (2, {"text": "first", "label": "a"}),
+        (3, {"text": "spans\ntwo lines", "label": "b"}),
+        (5, None),
+        (7, {"text": "last", "label": "c"}),
+    ]
+    assert rows[2].error == "row has 3 fields, the header has 2"
+
+
+def test_parquet_rows_are_numbered_from_one(tmp_path):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"prompt": ["p1", "p2"], "completion": ["c1", None]}).to_parquet(path)
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [
+        (1, {"prompt": "p1", "completion": "c1"}),
+        (2, {"prompt": "p2", "completion": None}),
+    ]
+
+
+def test_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"\xef\xbb\xbftext\nhello\n")
+    assert list(read_rows(path))[0].data == {"text": "hello"}
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("latin1.jsonl", b'{"text": "a"}\n{"text": "caf\xe9"}\n', r"latin1\.jsonl line 2: not UTF-8"),
+        ("cut.json", b'[\n  {"text": "a"},\n  {"text": "b"', r"cut\.json line 3 column 15: not valid JSON \(.*truncated"),
+        ("broken.json", b'[\n  {"text": "a"} {"text": "b"}]', r"broken\.json line 2 column 17: not valid JSON"),
+        ("empty.jsonl", b"\n  \n", r"empty\.jsonl: file is empty"),
+        ("empty.json", b"[]", r"empty\.json: file is empty"),
+        ("header_only.csv", b"text,label\n", r"header_only\.csv: file is empty"),
+        ("junk.parquet", b"not parquet", r"junk\.parquet: cannot read Parquet"),
+        ("notes.txt", b"hello", r"notes\.txt: unsupported file type '\.txt'"),
+    ],
+)
+def test_whole_file_problems_name_the_file_and_line(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DomaintuneError, match=expected):
+        list(read_rows(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DomaintuneError, match=r"nothere\.jsonl: file not found"):
+        read_files([str(tmp_path / "nothere.jsonl")])
+
+
+def test_read_files_expands_globs_once_per_file_and_rejects_empty_patterns(tmp_path):
+    for name in ("b.jsonl", "a.jsonl"):
+        write(tmp_path / name, json.dumps({"text": name}) + "\n")
+    files = read_files([str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl")])
+    assert [path.name for path, _ in files] == ["a.jsonl", "b.jsonl"]
+    assert files[1][1][0].data == {"text": "b.jsonl"}
+    with pytest.raises(DomaintuneError, match=r"\*\.csv: no files match"):
+        read_files([str(tmp_path / "*.csv")])

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+import domaintune
+from domaintune.rundir import RunDir
+
+
+def metric_lines(run: RunDir) -> list[dict]:
+    return [json.loads(line) for line in run.metrics.read_text().splitlines()]
+
+
+def train_losses(run: RunDir) -> list[float]:
+    return [line["loss"] for line in metric_lines(run) if "loss" in line]
+
+
+@pytest.mark.parametrize("method", [{"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0}, {"name": "full"}])
+def test_training_lowers_the_loss(tiny_recipe, method):
+    tiny_recipe["method"] = method
+    tiny_recipe["training"]["lr"] = 2e-2 if method["name"] == "lora" else 2e-3
+    run = domaintune.train(tiny_recipe)
+    losses = train_losses(run)
+    assert len(losses) >= 4
+    assert losses[-1] < losses[0] * 0.7
+    summary = json.loads((run.model / "training.json").read_text())
+    assert summary["global_step"] == 12
+    if method["name"] == "lora":
+        assert (run.model / "adapter_model.safetensors").exists()
+        assert summary["parameters"]["share"] < 0.5
+    else:
+        assert (run.model / "model.safetensors").exists()
+        assert summary["parameters"]["share"] == 1.0
+    # Validation ran on schedule and TensorBoard got events.
+    assert [line["step"] for line in metric_lines(run) if "eval_loss" in line] == [4, 8, 12]
+    assert any(run.tensorboard.iterdir())
+
+
+def test_checkpoints_keep_the_last_k(tiny_recipe):
+    tiny_recipe["training"]["keep_checkpoints"] = 2
+    run = domaintune.train(tiny_recipe)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_early_stopping_stops_when_validation_stalls(tiny_recipe):
+    # A zero learning rate can never improve validation loss, so patience 1 stops at the 2nd evaluation.
+    tiny_recipe["training"].update(
+        lr=1e-12, max_steps=40, eval_every=2, save_every=2, early_stopping={"patience": 1, "min_delta": 0.01}
+    )
+    run = domaintune.train(tiny_recipe)
+    summary = json.loads((run.model / "training.json").read_text())
+    assert summary["stopped_early"] is True
+    assert summary["global_step"] == 4
+
+
+class CrashAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_recipe):
+    with pytest.raises(KeyboardInterrupt):
+        domaintune.train(tiny_recipe, callbacks=[CrashAt(6)])
+    run = RunDir.latest(domaintune.load(tiny_recipe))
+    assert run.last_checkpoint().name == "checkpoint-4"
+    assert not run.model.exists()
+
+    counter = StepCounter()
+    resumed = domaintune.train(tiny_recipe, resume=True, callbacks=[counter])
+    assert resumed.root == run.root
+    # Steps 5..12 ran again after checkpoint-4; none of 1..4 were repeated.
+    assert counter.steps == list(range(5, 13))
+    steps = [line["step"] for line in metric_lines(run) if "loss" in line]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    assert json.loads((run.model / "training.json").read_text())["global_step"] == 12
