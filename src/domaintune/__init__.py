@@ -1,8 +1,11 @@
-"""domaintune: turn a small pretrained language model into a domain expert."""
+"""domaintune: turn a small pretrained language model into a domain expert.
+
+The export verb is `export_model`: `domaintune.export` is the export subpackage.
+"""
 from domaintune.api import (
     check_recipe,
     evaluate,
-    export,
+    export_model,
     list_models,
     load,
     prepare_data,
@@ -17,7 +20,7 @@ __all__ = [
     "DomaintuneError",
     "check_recipe",
     "evaluate",
-    "export",
+    "export_model",
     "list_models",
     "load",
     "prepare_data",

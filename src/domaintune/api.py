@@ -89,7 +89,7 @@ def evaluate(run_dir: str | Path | RunDir, console: Console | None = None) -> di
     return evaluate_run(run, console=_console(console))
 
 
-def export(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
+def export_model(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
     from domaintune.export.exporter import export_run
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
@@ -101,7 +101,7 @@ def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console
     console = _console(console)
     run_dir = train(load(recipe, overrides), console=console)
     evaluate(run_dir, console=console)
-    export(run_dir, console=console)
+    export_model(run_dir, console=console)
     console.print(f"[bold green]Report:[/] {run_dir.report}")
     return run_dir
 

@@ -85,7 +85,7 @@ def evaluate(run_dir: Path):
 @user_errors
 def export(run_dir: Path):
     """Export a run's adapter and merged safetensors model."""
-    for kind, path in api.export(run_dir, console=console).items():
+    for kind, path in api.export_model(run_dir, console=console).items():
         typer.echo(f"{kind}: {path}")
 
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from domaintune.errors import DomaintuneError
 from domaintune.evaluation.metrics import METRICS
 
-MAX_SAMPLES = 20
+DEFAULT_SAMPLES = 12  # when the recipe does not set evaluation.report_samples
 MODEL_ORDER = ("base", "tuned")
 COLOURS = {"base": "#9aa5b1", "tuned": "#2f6fde"}
 # (results key, split) rows shown under the task metrics; lower is better for all of them.
@@ -40,7 +40,8 @@ def write_report(run_dir: Path) -> Path:
     recipe_text, recipe = _read_recipe(run_dir / "recipe.yaml")
     data_card = _read_json(run_dir / "data" / "data_card.json") or {}
     splits = data_card.get("splits") if isinstance(data_card.get("splits"), dict) else {}
-    samples = _read_jsonl(run_dir / "eval" / "samples.jsonl")[:MAX_SAMPLES]
+    shown = _dig(recipe, "evaluation", "report_samples")
+    samples = _read_jsonl(run_dir / "eval" / "samples.jsonl")[: DEFAULT_SAMPLES if shown is None else shown]
 
     task_rows, fit_rows = _comparison_rows(models)
     html = _template().render(

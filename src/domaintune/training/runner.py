@@ -43,6 +43,7 @@ def count_parameters(model) -> dict:
 
 
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: bool):
+    import torch
     from transformers import TrainingArguments
 
     config = recipe.training
@@ -69,6 +70,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         greater_is_better=False,
         logging_steps=config.log_every,
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -82,7 +84,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
 def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
     """Train the run's recipe on its prepared data; returns a summary also written to model/training.json."""
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
     from transformers.integrations import TensorBoardCallback
 
     console = console or Console(stderr=True)
@@ -133,6 +135,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         processing_class=tokenizer,
         callbacks=trainer_callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
