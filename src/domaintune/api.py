@@ -102,7 +102,6 @@ def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console
     run_dir = train(load(recipe, overrides), console=console)
     evaluate(run_dir, console=console)
     export_model(run_dir, console=console)
-    console.print(f"[bold green]Report:[/] {run_dir.report}")
     return run_dir
 
 

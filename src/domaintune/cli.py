@@ -137,4 +137,11 @@ def _fmt(value) -> str:
 
 
 def main():
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    # Library chatter (weight-loading bars, deprecations inside peft) drowns our own progress output.
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     app()

