@@ -17,7 +17,7 @@ def test_quickstart_recipe_end_to_end_on_a_slice(tmp_path):
     recipe = quickstart_recipe(Console(stderr=True)).model_dump(mode="json")
     recipe.update(output_dir=str(tmp_path / "runs"))
     recipe["data"].update(train=[str(data)], split={"validation": 0.15, "test": 0.15})
-    recipe["training"].update(max_steps=8, batch_size=4, eval_every=4, save_every=4, threads=1)
+    recipe["training"].update(max_steps=8, batch_size=4, eval_every=4, save_every=4, log_every=2, threads=1)
     recipe["evaluation"].update(max_samples=4, max_new_tokens=24, batch_size=4)
 
     run_dir = domaintune.run(recipe)
