@@ -84,7 +84,13 @@ class TrainingConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
     precision: Precision = Field("auto", description="'auto' uses bf16 autocast where the CPU/GPU supports it.")
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; 'auto' uses the free cores.")
-    group_by_length: bool = Field(True, description="Batch rows of similar length to cut padding.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length (only matters without packing).")
+    packing: bool = Field(True, description="Flatten each batch into one padding-free row (exact, faster).")
+    supervised_logits_only: bool = Field(
+        True, description="With packing, compute the LM head only where the next token is supervised."
+    )
+    compile: bool = Field(False, description="torch.compile the model: ~20% faster steps after minutes of compiling.")
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (e.g. 5); off when null.")
 
     @model_validator(mode="after")
     def _checkpoints_align_with_validation(self) -> "TrainingConfig":
@@ -112,7 +118,114 @@ class ExportConfig(Section):
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
 
+class FsdpConfig(Section):
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"] = Field(
+        "FULL_SHARD",
+        description="Shard parameters, gradients and optimiser state (FULL_SHARD), only gradients and optimiser "
+        "state (SHARD_GRAD_OP), or nothing (NO_SHARD, like ddp).",
+    )
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP"] = Field(
+        "TRANSFORMER_BASED_WRAP", description="Shard per transformer layer, or per module above a parameter count."
+    )
+    offload_params: bool = Field(False, description="Keep parameters and gradients in CPU memory between uses.")
+    cpu_ram_efficient_loading: bool = Field(
+        True, description="Only rank 0 reads the weights into CPU memory; the other ranks receive them."
+    )
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[2, 3] = Field(2, description="ZeRO 2 shards gradients and optimiser state; 3 also parameters.")
+    offload_optimizer: bool = Field(False, description="Keep the optimiser state in CPU memory.")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (zero_stage 3 only).")
+
+    @model_validator(mode="after")
+    def _param_offload_needs_zero3(self) -> "DeepSpeedConfig":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3 (ZeRO 2 does not shard parameters)")
+        return self
+
+
+class DistributedConfig(Section):
+    backend: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full copy per process (GPUs or CPU processes); fsdp/deepspeed: sharded, GPUs only."
+    )
+    processes: int = Field(1, ge=1, description="Processes over all machines, one per GPU; 1 trains in this process.")
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0, description="This machine's rank; 0 is the machine at main_process_ip.")
+    main_process_ip: str | None = Field(None, description="Address of the rank-0 machine (needed for num_machines > 1).")
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description="Its port; default: a free port on one machine, 29500 across machines."
+    )
+    mixed_precision: Literal["no", "bf16"] | None = Field(None, description="null: follow training.precision.")
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+
+    @model_validator(mode="after")
+    def _consistent_layout(self) -> "DistributedConfig":
+        if self.processes % self.num_machines:
+            raise ValueError("processes must be a multiple of num_machines (each machine runs the same number)")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError("machine_rank must be below num_machines")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("main_process_ip is needed when num_machines > 1")
+        return self
+
+
 MethodConfig = Annotated[Union[method_config_types()], Field(discriminator="name")]
+
+
+class _RangeParam(Section):
+    @model_validator(mode="after")
+    def _low_below_high(self) -> "_RangeParam":
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class FloatParam(_RangeParam):
+    type: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+
+    @model_validator(mode="after")
+    def _positive_for_log(self) -> "FloatParam":
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class IntParam(_RangeParam):
+    type: Literal["int"] = "int"
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+
+
+class CategoricalParam(Section):
+    type: Literal["categorical"] = "categorical"
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
+
+
+SEARCH_PARAM_TYPES = (FloatParam, IntParam, CategoricalParam)
+SearchParam = Annotated[Union[SEARCH_PARAM_TYPES], Field(discriminator="type")]
+
+
+class TuneConfig(Section):
+    trials: int = Field(8, ge=1, description="Trials per `domaintune tune` call; a re-run adds this many more.")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default sqlite:///<output_dir>/<name>-tune.db, so a study resumes."
+    )
+    study_name: str | None = Field(None, description="Study name in the storage; default: the recipe name.")
+    seed: int | None = Field(None, description="Sampler seed; default: the recipe seed.")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="'median' stops a trial whose validation loss is above the median of earlier trials."
+    )
+    space: dict[str, SearchParam] = Field(
+        default_factory=dict,
+        description="Dotted recipe key -> distribution. Empty: training.lr (log scale around the recipe's lr) "
+        "and, for LoRA, method.r in {8, 16, 32}.",
+    )
 
 
 class Recipe(Section):
@@ -125,6 +238,19 @@ class Recipe(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tune: TuneConfig | None = Field(None, description="Hyper-parameter search (`domaintune tune`).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> "Recipe":
+        # The launched processes and the Trainer inside them must agree; an explicit contradiction is a mistake.
+        wanted = {"no": "fp32", "bf16": "bf16"}.get(self.distributed.mixed_precision)
+        if wanted and self.training.precision not in ("auto", wanted):
+            raise ValueError(
+                f"distributed.mixed_precision {self.distributed.mixed_precision!r} contradicts "
+                f"training.precision {self.training.precision!r}"
+            )
+        return self
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -141,8 +267,10 @@ def format_validation_error(error: ValidationError) -> str:
 
 
 def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value (e.g. 'lora') into the location of union members.
-    return isinstance(part, str) and part in {cls.model_fields["name"].default for cls in method_config_types()}
+    # pydantic puts the discriminator value (e.g. 'lora', 'float') into the location of union members.
+    tags = {cls.model_fields["name"].default for cls in method_config_types()}
+    tags |= {cls.model_fields["type"].default for cls in SEARCH_PARAM_TYPES}
+    return isinstance(part, str) and part in tags
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -16,7 +16,9 @@ from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.objectives import encode_row
 from domaintune.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
-from domaintune.training.hardware import configure_threads, use_bf16
+from domaintune.training.distributed import bf16_enabled
+from domaintune.training.engine import batching
+from domaintune.training.hardware import configure_threads
 
 
 def read_split(run: RunDir, split: str) -> list[dict]:
@@ -71,7 +73,13 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         logging_steps=config.log_every,
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        # Packed batches have no padding to save, so length grouping would only bias the order.
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        torch_compile=config.compile,
+        # Packed rows hold no padding; counting "non_padding" there would subtract real EOS tokens.
+        include_num_input_tokens_seen="all" if config.packing else "non_padding",
+        neftune_noise_alpha=config.neftune_alpha,
+        label_names=["labels"],  # peft's forward signature hides `labels` from the Trainer's detection
         seed=recipe.seed,
         data_seed=recipe.seed,
         report_to="none",
@@ -84,13 +92,13 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
 def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
     """Train the run's recipe on its prepared data; returns a summary also written to model/training.json."""
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
     from transformers.integrations import TensorBoardCallback
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
     threads = configure_threads(recipe.training)
-    bf16 = use_bf16(recipe.training)
+    bf16 = bf16_enabled(recipe)
     set_seed(recipe.seed)
 
     tokenizer = load_tokenizer(recipe.model)
@@ -99,6 +107,9 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
     if len(train_set) == 0:
         raise DomaintuneError(f"{run.data / 'train.jsonl'}: no trainable rows (run `domaintune data prepare` first?)")
     has_validation = len(validation_set) > 0
+    args = training_arguments(recipe, run, has_validation, bf16)
+    if not args.should_save:
+        console = Console(quiet=True)  # in a multi-process run only rank 0 reports; it alone writes run files
     if not has_validation and recipe.training.early_stopping is not None:
         console.print("[yellow]No validation rows: validation and early stopping are off for this run.")
 
@@ -110,13 +121,17 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         f"[bold]{recipe.method.name}[/] on {recipe.model.name}: {parameters['trainable']:,} trainable of "
         f"{parameters['total']:,} parameters ({parameters['share']:.2%}) · {len(train_set)} train rows · "
         f"{threads} thread(s) · {'bf16' if bf16 else 'fp32'}"
+        f"{' · packed' if recipe.training.packing else ''}"
     )
 
+    collator, compute_loss = batching(
+        model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only
+    )
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     trainer_callbacks = [
         MetricsLogCallback(run.metrics),
         RichProgressCallback(console),
-        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard))),
+        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None),
         *(callbacks or []),
     ]
     if has_validation and recipe.training.early_stopping is not None:
@@ -128,10 +143,11 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         )
     trainer = Trainer(
         model=model,
-        args=training_arguments(recipe, run, has_validation, bf16),
+        args=args,
         train_dataset=train_set,
         eval_dataset=validation_set if has_validation else None,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=collator,
+        compute_loss_func=compute_loss,
         processing_class=tokenizer,
         callbacks=trainer_callbacks,
     )
@@ -143,8 +159,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         console.print(f"Resuming from {checkpoint.name}")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    trainer.save_model(str(run.model))
-    tokenizer.save_pretrained(str(run.model))
+    trainer.save_model(str(run.model))  # on every rank: FSDP and DeepSpeed gather the weights together
     summary = {
         "method": recipe.method.name,
         "global_step": trainer.state.global_step,
@@ -158,5 +173,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         "bf16": bf16,
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
-    (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if args.should_save:
+        tokenizer.save_pretrained(str(run.model))
+        (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

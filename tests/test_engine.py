@@ -1,0 +1,82 @@
+"""The fast paths must compute the same thing as the plain ones."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+from domaintune.objectives import encode_row
+from domaintune.training.engine import PackedCollator, supervised_positions_loss
+
+
+@pytest.fixture
+def model_and_features(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    rows = [
+        {"messages": [{"role": "user", "content": "Short?"}, {"role": "assistant", "content": "Yes."}]},
+        {"messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "A much longer question about the loan terms and the collateral?"}, {"role": "assistant", "content": "[Bank - ORGANIZATION, Borrower - PERSON]"}]},
+        {"messages": [{"role": "user", "content": "Mid length question here?"}, {"role": "assistant", "content": "No entities found"}]},
+    ]
+    return model, tokenizer, [encode_row(tokenizer, row, 256) for row in rows]
+
+
+def per_token_losses(logits, labels):
+    return torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
+
+
+def test_packing_gives_the_same_per_example_loss(model_and_features):
+    model, tokenizer, features = model_and_features
+    packed = PackedCollator(supervised_logits_only=False)(features)
+    with torch.no_grad():
+        losses = per_token_losses(model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits, packed["labels"])
+    starts = [0]
+    for feature in features:
+        starts.append(starts[-1] + len(feature["input_ids"]))
+    for index, feature in enumerate(features):
+        single = DataCollatorForSeq2Seq(tokenizer, padding=True)([feature])
+        with torch.no_grad():
+            expected = model(**{k: single[k] for k in ("input_ids", "attention_mask")}, labels=single["labels"]).loss
+        # Token t of the packed row predicts t+1; an example's predictions sit in [start, end - 1).
+        segment = losses[starts[index] : starts[index + 1] - 1]
+        mask = packed["labels"][0, starts[index] + 1 : starts[index + 1]] != -100
+        assert torch.allclose(segment[mask].mean(), expected, atol=1e-5)
+
+
+def test_supervised_logits_only_matches_the_full_lm_head(model_and_features):
+    model, _, features = model_and_features
+    plain_batch = PackedCollator(supervised_logits_only=False)(features)
+    fast_batch = PackedCollator(supervised_logits_only=True)(features)
+    supervised = int((plain_batch["labels"][0, 1:] != -100).sum())
+    assert fast_batch["logits_to_keep"].numel() == supervised < plain_batch["input_ids"].shape[1] / 2
+
+    model.zero_grad()
+    logits = model(input_ids=plain_batch["input_ids"], position_ids=plain_batch["position_ids"]).logits
+    plain_loss = per_token_losses(logits, plain_batch["labels"]).sum() / supervised
+    plain_loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    labels = fast_batch.pop("labels")
+    outputs = model(**fast_batch)
+    assert outputs.logits.shape[1] == supervised
+    fast_loss = supervised_positions_loss(outputs, labels)
+    fast_loss.backward()
+
+    assert torch.allclose(fast_loss, plain_loss, atol=1e-6)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, plain_grads[name], atol=1e-6), name
+
+
+def test_trainer_with_packing_and_padding_agree_on_validation_loss(tiny_recipe):
+    import json
+
+    import domaintune
+
+    # Same sampling order for both runs: length grouping only applies without packing.
+    tiny_recipe["training"].update(max_steps=2, eval_every=2, save_every=2, group_by_length=False)
+    eval_losses = []
+    for packing in (True, False):
+        tiny_recipe["training"]["packing"] = packing
+        run = domaintune.train(tiny_recipe)
+        eval_losses.append(next(json.loads(l)["eval_loss"] for l in run.metrics.read_text().splitlines() if "eval_loss" in l))
+    assert eval_losses[0] == pytest.approx(eval_losses[1], rel=1e-4)
