@@ -38,7 +38,9 @@ def use_bf16(config: TrainingConfig) -> bool:
 def thread_count(config: TrainingConfig) -> int:
     if config.threads != "auto":
         return int(config.threads)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Processes launched together on this machine (torchrun sets LOCAL_WORLD_SIZE) share its cores.
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def configure_threads(config: TrainingConfig) -> int:
