@@ -205,7 +205,7 @@ def _card_value(value: Any) -> str:
 # --- charts -------------------------------------------------------------------------------
 
 
-def _png(figure: Figure) -> str:
+def png_data_uri(figure: Figure) -> str:
     # The Agg canvas is attached to this figure only, so no global pyplot/backend state changes.
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
@@ -235,7 +235,7 @@ def _loss_chart(records: list[dict]) -> str | None:
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.legend(frameon=False)
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _metrics_chart(models: dict[str, dict]) -> str | None:
@@ -255,7 +255,7 @@ def _metrics_chart(models: dict[str, dict]) -> str | None:
     axes.set_xticks(range(len(names)), names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     axes.set_ylim(0, 1.12)
     axes.legend(frameon=False, ncols=len(models), loc="upper left")
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _splits_chart(splits: dict) -> str | None:
@@ -267,7 +267,7 @@ def _splits_chart(splits: dict) -> str | None:
     axes.bar_label(bars, fontsize=8, padding=2)
     axes.set_ylabel("rows")
     axes.margins(y=0.15)
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _template() -> jinja2.Template:
