@@ -4,6 +4,7 @@ The export verb is `export_model`: `domaintune.export` is the export subpackage.
 """
 from domaintune.api import (
     check_recipe,
+    estimate,
     evaluate,
     export_model,
     list_models,
@@ -13,12 +14,14 @@ from domaintune.api import (
     recipe_schema,
     run,
     train,
+    tune,
 )
 from domaintune.errors import DomaintuneError
 
 __all__ = [
     "DomaintuneError",
     "check_recipe",
+    "estimate",
     "evaluate",
     "export_model",
     "list_models",
@@ -28,5 +31,6 @@ __all__ = [
     "recipe_schema",
     "run",
     "train",
+    "tune",
 ]
 __version__ = "0.1.0"

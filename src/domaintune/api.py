@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from domaintune.config import Recipe, apply_overrides, load_recipe, recipe_json_schema, validate_recipe
+from domaintune.errors import DomaintuneError
 from domaintune.rundir import RunDir
+
+if TYPE_CHECKING:
+    from domaintune.training.tune import TuneResult
 
 RecipeLike = Recipe | str | Path | dict
 
@@ -65,20 +70,37 @@ def train(
     overrides: list[str] | None = None,
     callbacks: list | None = None,
     console: Console | None = None,
+    processes: int | None = None,
+    machine_rank: int | None = None,
 ) -> RunDir:
     """Train a recipe in a new run directory, or with resume=True continue the latest run of that
-    recipe (or the given run directory) from its last checkpoint."""
+    recipe (or the given run directory) from its last checkpoint.
+
+    With distributed.processes > 1 the data is prepared here once, then that many processes started
+    by `accelerate launch` train it. `processes` and `machine_rank` override the recipe's distributed
+    section (for an existing run directory: for this launch only)."""
+    from domaintune.training.distributed import launch, launched_worker
     from domaintune.training.runner import train_model
 
     console = _console(console)
+    launch_settings = {"processes": processes, "machine_rank": machine_rank}
+    launch_overrides = [f"distributed.{key}={value}" for key, value in launch_settings.items() if value is not None]
     if isinstance(recipe_or_run, (str, Path)) and Path(recipe_or_run).is_dir():
         run = RunDir.open(recipe_or_run)
     elif resume:
         run = RunDir.latest(load(recipe_or_run, overrides))
     else:
-        run, _ = prepare_data(load(recipe_or_run, overrides), console=console)
-    console.print(f"Run directory: {run.root}")
-    train_model(run, resume=resume, callbacks=callbacks, console=console)
+        run, _ = prepare_data(load(recipe_or_run, [*(overrides or []), *launch_overrides]), console=console)
+    worker = launched_worker()
+    if not worker:  # a launched process's launcher has announced the run already
+        console.print(f"Run directory: {run.root}")
+    recipe = load(run.recipe(), launch_overrides)
+    if worker or recipe.distributed.processes == 1:
+        train_model(run, resume=resume, callbacks=callbacks, console=console)
+    elif callbacks:
+        raise DomaintuneError("callbacks work in single-process training only; launched processes can't reach them")
+    else:
+        launch(run, recipe, resume=resume)
     return run
 
 
@@ -103,6 +125,45 @@ def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console
     evaluate(run_dir, console=console)
     export_model(run_dir, console=console)
     return run_dir
+
+
+def estimate(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
+    """Predict wall time per phase, peak memory and tokens of `run(recipe)` on this machine: exact
+    token counts from the prepared data, speeds from a short probe of the recipe's own engine."""
+    import tempfile
+
+    from domaintune.models.loading import load_tokenizer
+    from domaintune.training import estimate as estimator
+    from domaintune.training.hardware import thread_count, use_bf16
+
+    console = _console(console)
+    recipe = load(recipe, overrides)
+    # The probe's run directory is scratch: it must not show up among the user's runs.
+    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
+    run_dir, _ = prepare_data(scratch, console=console)
+    lengths = estimator.split_lengths(run_dir, recipe, load_tokenizer(recipe.model))
+    console.print("Timing a few training steps, a validation pass and a generation batch...")
+    speed = estimator.probe(run_dir)
+    estimator.record_throughput(
+        estimator.setup_key(recipe, thread_count(recipe.training), use_bf16(recipe.training)), speed
+    )
+    result = estimator.estimate(estimator.count_work(recipe, lengths), speed, recipe.evaluation.compare_base)
+    console.print(estimator.describe(result), highlight=False)
+    return result
+
+
+def tune(
+    recipe: RecipeLike,
+    trials: int | None = None,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> TuneResult:
+    """Hyper-parameter search with optuna: `trials` more trials (default: the recipe's tune.trials), each
+    a training run of the recipe with sampled values. Writes <output_dir>/<name>-tune/ (best_recipe.yaml,
+    trials.csv, report.html); re-running resumes the study stored in tune.storage."""
+    from domaintune.training.tune import tune_recipe
+
+    return tune_recipe(load(recipe, overrides), trials=trials, console=_console(console))
 
 
 def quickstart(overrides: list[str] | None = None, console: Console | None = None) -> RunDir:

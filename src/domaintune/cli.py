@@ -12,6 +12,7 @@ from rich.table import Table
 
 from domaintune import api
 from domaintune.errors import DomaintuneError
+from domaintune.training.distributed import launched_worker
 
 app = typer.Typer(help="Turn a small pretrained language model into a domain expert.", no_args_is_help=True)
 recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=True)
@@ -63,13 +64,38 @@ def run_recipe(recipe: Path, overrides: SetOption = None):
 @app.command()
 @user_errors
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file, or a run directory to resume.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe file, or a run directory (prepared, or to resume).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this recipe from its last checkpoint.")] = False,
     overrides: SetOption = None,
+    processes: Annotated[
+        Optional[int], typer.Option("--processes", min=1, help="Train in N processes (overrides distributed.processes).")
+    ] = None,
+    machine_rank: Annotated[
+        Optional[int],
+        typer.Option("--machine-rank", min=0, help="This machine's rank in a multi-node run (overrides distributed.machine_rank)."),
+    ] = None,
 ):
     """Prepare data and train (or resume training)."""
-    run = api.train(recipe, resume=resume, overrides=overrides, console=console)
-    typer.echo(f"Model: {run.model}")
+    run = api.train(
+        recipe, resume=resume, overrides=overrides, processes=processes, machine_rank=machine_rank, console=console
+    )
+    if not launched_worker():  # the launching process reports once, after all its processes finished
+        typer.echo(f"Model: {run.model}")
+
+
+@app.command()
+@user_errors
+def tune(
+    recipe: Path,
+    trials: Annotated[
+        Optional[int], typer.Option("--trials", min=1, help="Trials to run now (default: the recipe's tune.trials).")
+    ] = None,
+    overrides: SetOption = None,
+):
+    """Search hyper-parameters with optuna (one training run per trial); re-running resumes the study."""
+    result = api.tune(recipe, trials=trials, overrides=overrides, console=console)
+    typer.echo(f"Best recipe: {result.best_recipe}")
+    typer.echo(f"Report: {result.report}")
 
 
 @app.command()
@@ -87,6 +113,14 @@ def export(run_dir: Path):
     """Export a run's adapter and merged safetensors model."""
     for kind, path in api.export_model(run_dir, console=console).items():
         typer.echo(f"{kind}: {path}")
+
+
+@app.command()
+@user_errors
+def estimate(recipe: Path, overrides: SetOption = None):
+    """Predict wall time, peak memory and tokens of a run on this machine (probes a few steps)."""
+    result = api.estimate(recipe, overrides=overrides, console=console)
+    typer.echo(json.dumps(result, indent=2))
 
 
 @data_app.command("prepare")
@@ -145,3 +179,7 @@ def main():
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     app()
+
+
+if __name__ == "__main__":  # `accelerate launch -m domaintune.cli train RUN_DIR` starts each process here
+    main()

@@ -86,6 +86,8 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,  # pinning only helps host-to-GPU copies
+        # Every trainable parameter takes part in each forward pass; searching for unused ones costs DDP a graph walk.
+        ddp_find_unused_parameters=False,
     )
 
 
