@@ -93,6 +93,19 @@ def describe(result: dict) -> str:
     )
 
 
+def announce_training(recipe: Recipe, key: str, lengths: dict[str, list[int]], console) -> None:
+    """Before training: exact steps and tokens, and the time this setup's last measured speed implies."""
+    work = count_work(recipe, lengths)
+    speed = lookup_throughput(key)
+    line = f"Plan: {work['steps']} steps over {work['train_tokens']:,} tokens"
+    if speed:
+        seconds = estimate(work, speed, compare_base=False)["seconds"]
+        line += f"; ≈ {_duration(seconds['training'] + seconds['validation'])} at {speed['tokens_per_second']:.0f} tokens/s measured before"
+    else:
+        line += "; no speed measured for this setup yet (`domaintune estimate` measures it; this run will too)"
+    console.print(line, highlight=False)
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

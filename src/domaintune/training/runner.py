@@ -5,6 +5,7 @@ The Trainer stays the loop so checkpoints, resume, callbacks and logging are the
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +19,7 @@ from domaintune.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 from domaintune.training.distributed import bf16_enabled
 from domaintune.training.engine import batching
+from domaintune.training.estimate import announce_training, record_throughput, setup_key
 from domaintune.training.hardware import configure_threads
 
 
@@ -126,6 +128,9 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         f"{' · packed' if recipe.training.packing else ''}"
     )
 
+    speed_key = setup_key(recipe, threads, bf16)
+    lengths = {name: [len(ids) for ids in rows["input_ids"]] for name, rows in (("train", train_set), ("validation", validation_set)) if len(rows)}
+    announce_training(recipe, speed_key, lengths, console)
     collator, compute_loss = batching(
         model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only
     )
@@ -176,6 +181,12 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
     if args.should_save:
+        if checkpoint is None and summary["runtime_seconds"]:
+            # Remember this setup's speed so the next `train` of it can say how long it will take.
+            record_throughput(speed_key, {
+                "tokens_per_second": trainer.state.num_input_tokens_seen / summary["runtime_seconds"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            })
         tokenizer.save_pretrained(str(run.model))
         (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -1,0 +1,30 @@
+import json
+
+import domaintune
+from domaintune.training.estimate import lookup_throughput, setup_key
+
+
+def test_estimate_counts_the_work_and_predicts_the_training_time(tiny_recipe):
+    # 48 train rows, batch 4, 12 steps: exactly one epoch, so the token count is exact.
+    result = domaintune.estimate(tiny_recipe)
+    run = domaintune.train(tiny_recipe)
+
+    logs = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    tokens_seen = max(line.get("num_input_tokens_seen", 0) for line in logs)
+    assert result["work"]["steps"] == 12
+    assert result["work"]["train_tokens"] == tokens_seen
+    assert result["work"]["evaluations"] == 3
+    assert result["peak_rss_mb"] > 100
+
+    # Not a speed test: the probe's rate must describe the real run of the same engine. A tiny
+    # model's steps are dominated by fixed overheads, hence the wide band.
+    predicted = result["seconds"]["training"] + result["seconds"]["validation"]
+    actual = json.loads((run.model / "training.json").read_text())["runtime_seconds"]
+    assert actual / 3 < predicted < actual * 3
+
+
+def test_training_records_its_speed_for_the_next_estimate(tiny_recipe):
+    recipe = domaintune.load(tiny_recipe)
+    domaintune.train(recipe)
+    measured = lookup_throughput(setup_key(recipe, threads=1, bf16=False))
+    assert measured["tokens_per_second"] > 0 and measured["peak_rss_mb"] > 0
