@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,7 +41,30 @@ def thread_count(config: TrainingConfig) -> int:
         return int(config.threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     # Processes launched together on this machine (torchrun sets LOCAL_WORLD_SIZE) share its cores.
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cores //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    # Cores other programs keep busy are not ours: a torch thread waiting on a busy core stalls
+    # every matmul (measured here: 2 threads on a loaded 2-core box ran 10x+ slower than 1).
+    return max(1, cores - busy_cores())
+
+
+def busy_cores(window: float = 0.3) -> int:
+    """Cores other work keeps busy right now: CPU time spent while this process sleeps, from /proc/stat."""
+    def sample() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total_before, idle_before = sample()
+        time.sleep(window)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return 0
+    elapsed = total_after - total_before
+    if elapsed <= 0:
+        return 0
+    busy_share = 1 - (idle_after - idle_before) / elapsed
+    return int(busy_share * (os.cpu_count() or 1) + 0.5)
 
 
 def configure_threads(config: TrainingConfig) -> int:
