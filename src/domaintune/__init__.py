@@ -4,15 +4,18 @@ The export verb is `export_model`: `domaintune.export` is the export subpackage.
 """
 from domaintune.api import (
     check_recipe,
+    compare,
     estimate,
     evaluate,
     export_model,
+    list_methods,
     list_models,
     load,
     prepare_data,
     quickstart,
     recipe_schema,
     run,
+    synthesize,
     train,
     tune,
 )
@@ -21,15 +24,18 @@ from domaintune.errors import DomaintuneError
 __all__ = [
     "DomaintuneError",
     "check_recipe",
+    "compare",
     "estimate",
     "evaluate",
     "export_model",
+    "list_methods",
     "list_models",
     "load",
     "prepare_data",
     "quickstart",
     "recipe_schema",
     "run",
+    "synthesize",
     "train",
     "tune",
 ]

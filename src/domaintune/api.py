@@ -45,11 +45,23 @@ def list_models() -> list[dict]:
     return registry_models()
 
 
+def list_methods(model: str | None = None) -> list[dict]:
+    """Every training method with what it trains, when to use it, and its trainable parameters and
+    static training memory (weights + gradients + Adam state) for `model` (default: the default model)."""
+    from domaintune.config import ModelConfig
+    from domaintune.methods.guide import describe_methods
+    from domaintune.models.registry import resolve_model_path
+
+    return describe_methods(resolve_model_path(model or ModelConfig().name))
+
+
 def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console | None = None) -> tuple[RunDir, dict]:
     """Validate, clean, dedup and split the recipe's data into a run directory's data/ folder."""
     from domaintune.data.prepare import prepare_dataset
     from domaintune.models.loading import load_tokenizer
-    from domaintune.objectives import count_tokens
+    from domaintune.objectives import after_prepare, count_tokens
+
+    from domaintune.data.generator import load_generator
 
     recipe = load(recipe)
     run = run or RunDir.create(recipe)
@@ -60,8 +72,20 @@ def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console
         seed=recipe.seed,
         count_tokens=lambda row: count_tokens(tokenizer, row),
         console=_console(console),
+        tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
+        paraphraser=lambda: load_generator(recipe, recipe.data.augment.model, max_new_tokens=128, batch_size=8),
     )
+    after_prepare(run.data, recipe)  # objective-specific rewriting of the splits (instruct)
     return run, card
+
+
+def synthesize(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
+    """Turn the recipe's documents (data.synthesize.documents, else the documents in data.train) into
+    question/answer or instruction/response pairs with a local model; writes them in the recipe's
+    data format with provenance and returns the counts and the output path."""
+    from domaintune.data.synthesize import synthesize as synthesize_documents
+
+    return synthesize_documents(load(recipe, overrides), console=_console(console))
 
 
 def train(
@@ -121,7 +145,12 @@ def export_model(run_dir: str | Path | RunDir, console: Console | None = None) -
 def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
     """The whole recipe: prepare data, train, evaluate against the base model, export, report."""
     console = _console(console)
-    run_dir = train(load(recipe, overrides), console=console)
+    recipe = load(recipe, overrides)
+    if recipe.stages:  # a curriculum: one run per stage, each from the previous one's weights
+        from domaintune.objectives.stages import run_stages
+
+        return run_stages(recipe, console)
+    run_dir = train(recipe, console=console)
     evaluate(run_dir, console=console)
     export_model(run_dir, console=console)
     return run_dir
@@ -164,6 +193,18 @@ def tune(
     from domaintune.training.tune import tune_recipe
 
     return tune_recipe(load(recipe, overrides), trials=trials, console=_console(console))
+
+
+def compare(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
+    """Train every variant of the recipe's `compare` section on the same data (one `run` each) and
+    tabulate test loss, metrics, training time, trainable parameters and artifact size; writes
+    <output_dir>/<name>-compare/comparison.csv and comparison.md. Returns {"rows", "base", "folder"}."""
+    from domaintune.methods.compare import compare_methods
+
+    recipe = load(recipe, overrides)
+    if recipe.compare is None:
+        raise DomaintuneError("compare: the recipe has no compare section (compare.variants: a list of methods)")
+    return compare_methods(recipe, _console(console))
 
 
 def quickstart(overrides: list[str] | None = None, console: Console | None = None) -> RunDir:

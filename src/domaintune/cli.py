@@ -131,6 +131,14 @@ def data_prepare(recipe: Path, overrides: SetOption = None):
     typer.echo(f"Data: {run.data}")
 
 
+@data_app.command("synthesize")
+@user_errors
+def data_synthesize(recipe: Path, overrides: SetOption = None):
+    """Turn documents into question/answer pairs with a local model (data.synthesize); grounded pairs only."""
+    summary = api.synthesize(recipe, overrides=overrides, console=console)
+    typer.echo(f"Pairs: {summary['output']}")
+
+
 @recipe_app.command("schema")
 def recipe_schema():
     """Print the recipe's JSON schema."""
@@ -152,6 +160,43 @@ def models_list():
     for row in api.list_models():
         table.add_row(row["name"], row["kind"], row["source"], "yes" if row["installed"] else "no", row["description"])
     Console().print(table)
+
+
+@app.command()
+@user_errors
+def compare(recipe: Path, overrides: SetOption = None):
+    """Train the recipe's compare.variants on the same data and tabulate quality, time, parameters and size."""
+    from domaintune.methods.compare import markdown
+
+    result = api.compare(recipe, overrides=overrides, console=console)
+    typer.echo(markdown(result["rows"], result["base"]))
+    typer.echo(f"Table: {result['folder']}/comparison.md")
+
+
+@app.command("methods")
+@user_errors
+def methods(
+    model: Annotated[Optional[str], typer.Option("--model", help="Model to size the methods for (default: the default model).")] = None,
+):
+    """List the training methods and objectives: what each trains, when to use it, its cost for the model."""
+    from domaintune.methods.guide import OBJECTIVES
+
+    rows = api.list_methods(model)
+    table = Table("method", "trains", "when to use it", "trainable", "share", "memory*", title=f"Methods for {model or 'the default model'}")
+    for row in rows:
+        notes = [] if row["mergeable"] else ["adapter only on export"]
+        table.add_row(
+            row["name"], row["trains"], row["when"] + (f" ({'; '.join(notes)})" if notes else ""),
+            f"{row['trainable']:,}", f"{row['share']:.2%}", f"{row['memory_mb']:,} MB",
+        )
+    out = Console()
+    out.print(table)
+    out.print("* weights + gradients + Adam state at the method's defaults; activations come on top "
+              "(`domaintune estimate RECIPE` measures a run).")
+    objectives = Table("objective", "when to use it", title="Objectives (picked from the data's format)")
+    for name, line in OBJECTIVES.items():
+        objectives.add_row(name, line)
+    out.print(objectives)
 
 
 def _print_results(results: dict) -> None:

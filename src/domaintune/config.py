@@ -37,11 +37,107 @@ class SplitConfig(Section):
         return self
 
 
+class DocumentsConfig(Section):
+    chunk_tokens: int = Field(
+        384, ge=16, description="Documents (PDF, DOCX, HTML, Markdown, text) are cut into chunks of this many tokens."
+    )
+    overlap: int = Field(48, ge=0, description="Tokens each chunk repeats from the end of the one before.")
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> "DocumentsConfig":
+        if self.overlap >= self.chunk_tokens:
+            raise ValueError("overlap must be smaller than chunk_tokens")
+        return self
+
+
+class NearDedupConfig(Section):
+    enabled: bool = Field(True, description="Remove near-duplicates (MinHash/LSH) after exact dedup.")
+    threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Jaccard similarity of word 3-gram sets at which two rows are near-duplicates."
+    )
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more precise and slower.")
+
+
+PiiType = Literal["email", "phone", "credit_card", "iban", "ssn", "ip_address", "url_credentials", "secret"]
+PII_TYPES: tuple[str, ...] = PiiType.__args__
+
+
+class PiiConfig(Section):
+    mode: Literal["redact", "drop", "report", "off"] = Field(
+        "redact", description="redact: typed placeholders such as [EMAIL]; drop: set the row aside; report: count only."
+    )
+    types: list[PiiType] = Field(default_factory=lambda: list(PII_TYPES), description="Detectors to run.")
+    phone_region: str = Field("US", description="Region for phone numbers written without a +country code.")
+
+
+class QualityConfig(Section):
+    enabled: bool = Field(True, description="Run the quality filters below (each can be turned off with null).")
+    max_repetition: float | None = Field(
+        0.5, gt=0.0, le=1.0, description="Set aside rows where this share of word 3-grams repeats an earlier one (20+ words)."
+    )
+    max_symbol_ratio: float | None = Field(
+        0.5, gt=0.0, le=1.0, description="Set aside rows where this share of non-space characters is neither letter nor digit."
+    )
+    max_boilerplate: float | None = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Set aside rows where this share of lines is boilerplate (cookie banners, 'all rights reserved', ...).",
+    )
+    languages: list[str] | None = Field(
+        None, description="ISO 639-1 codes to keep, e.g. [en]; rows of 40+ letters detected as another language are set aside."
+    )
+
+
+class ContaminationConfig(Section):
+    action: Literal["warn", "fail", "off"] = Field("warn", description="What a contaminated evaluation row does.")
+    ngram: int = Field(8, ge=2, description="Word n-gram length compared between train and evaluation rows.")
+    threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="An evaluation row is contaminated when this share of its n-grams occurs in train."
+    )
+    benchmarks: list[str] = Field(default_factory=list, description="Extra evaluation files checked against train (any data format).")
+
+
+AugmentMethod = Literal["word_dropout", "word_swap", "template", "paraphrase"]
+
+
+class AugmentConfig(Section):
+    methods: list[AugmentMethod] = Field(default_factory=list, description="Augmentations of the train split; none by default.")
+    max_share: float = Field(0.2, gt=0.0, le=1.0, description="Augmented rows at most this share of the train split.")
+    word_dropout: float = Field(0.1, gt=0.0, lt=1.0, description="Chance of dropping each prompt word not in the answer.")
+    templates: list[str] = Field(
+        default_factory=lambda: ["Please help with this: {prompt}", "{prompt}\n\nAnswer precisely.", "Task:\n{prompt}"],
+        min_length=1,
+        description="Rewordings of the user turn for `template`; {prompt} is the original.",
+    )
+    model: str | None = Field(None, description="Paraphrasing model for `paraphrase`; default: model.name.")
+
+    @model_validator(mode="after")
+    def _templates_hold_the_prompt(self) -> "AugmentConfig":
+        if any("{prompt}" not in template for template in self.templates):
+            raise ValueError("every template must contain {prompt}")
+        return self
+
+
+class SynthesizeConfig(Section):
+    documents: list[str] = Field(default_factory=list, description="Documents or folders turned into pairs by `data synthesize`.")
+    model: str | None = Field(None, description="Generator model; default: model.name.")
+    kind: Literal["qa", "instruction"] = Field("qa", description="Question/answer pairs or instruction/response pairs.")
+    max_chunks: int | None = Field(None, ge=1, description="Use at most this many chunks (the first ones).")
+    max_new_tokens: int = Field(160, ge=8)
+    batch_size: int = Field(4, ge=1)
+    min_grounding: float = Field(
+        0.6, ge=0.0, le=1.0, description="Share of the answer's content words that must occur in its chunk."
+    )
+    output: str | None = Field(None, description="Output file; default <output_dir>/<name>-synthetic.jsonl.")
+
+
 DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled"]
 
 
 class DataConfig(Section):
-    train: list[str] = Field(default_factory=list, description="Data files (JSONL, JSON, CSV, Parquet); globs allowed.")
+    train: list[str] = Field(
+        default_factory=list,
+        description="Data files (JSONL, JSON, CSV, Parquet), documents (PDF, DOCX, HTML, Markdown, text) or folders; globs allowed.",
+    )
     validation: list[str] = Field(default_factory=list, description="Optional explicit validation files (else split from train).")
     test: list[str] = Field(default_factory=list, description="Optional explicit test files (else split from train).")
     format: DataFormat = Field("auto", description="Row format; 'auto' detects it per file from the columns.")
@@ -57,6 +153,13 @@ class DataConfig(Section):
     min_chars: int = Field(1, ge=0, description="Rows whose answer/text is shorter than this are set aside.")
     dedup: bool = Field(True, description="Remove exact duplicate rows (after normalisation).")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
 
 
 class EarlyStoppingConfig(Section):
@@ -110,6 +213,34 @@ class EvaluationConfig(Section):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
     report_samples: int = Field(12, ge=0, description="Sample outputs shown in the report.")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Level of the paired bootstrap interval around every base-vs-tuned change."
+    )
+    bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples of the test items.")
+    forgetting: bool = Field(True, description="Score general-ability probes on both models (the forgetting check).")
+    probes: str | None = Field(
+        None, description="JSONL of multiple-choice probes (question, choices, answer index, category); null: built-in."
+    )
+    error_examples: int = Field(10, ge=0, description="Test items where tuned got worse, listed in the report.")
+
+
+class ObjectiveConfig(Section):
+    name: Literal["auto", "sft", "pretrain", "instruct"] = Field(
+        "auto",
+        description="What is learned. auto/sft: conversations train on the answers, text rows as causal LM per "
+        "document; pretrain: raw text packed into fixed-length blocks (continued pretraining); instruct: "
+        "rows become instructions built from `task` (labelled rows: 'Answer with one of: ...').",
+    )
+    block_size: int = Field(512, ge=16, description="pretrain: tokens per training block.")
+    task: str | None = Field(
+        None, description="instruct: the task description that opens every instruction, e.g. 'Classify the review.'"
+    )
+
+    @model_validator(mode="after")
+    def _instruct_needs_a_task(self) -> "ObjectiveConfig":
+        if self.name == "instruct" and not (self.task or "").strip():
+            raise ValueError("objective instruct needs a task description (objective.task)")
+        return self
 
 
 class ExportConfig(Section):
@@ -228,6 +359,25 @@ class TuneConfig(Section):
     )
 
 
+class CompareVariant(Section):
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Name in the table and run names; default: the method name.")
+    method: MethodConfig
+    lr: float | None = Field(None, gt=0, description="training.lr for this variant (e.g. higher for ia3, prefix, prompt).")
+
+
+class CompareConfig(Section):
+    variants: list[CompareVariant] = Field(min_length=2, description="The methods `domaintune compare` trains on the same data.")
+
+
+class StageConfig(Section):
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Stage name in run names; default stageN.")
+    data: dict[str, Any] = Field(default_factory=dict, description="Keys of the data section that differ in this stage.")
+    objective: dict[str, Any] = Field(default_factory=dict, description="Keys of the objective section for this stage.")
+    method: dict[str, Any] | None = Field(None, description="This stage's method block (replaces the recipe's).")
+    training: dict[str, Any] = Field(default_factory=dict, description="Keys of the training section that differ.")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="Keys of the evaluation section that differ.")
+
+
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; runs go to <output_dir>/<name>-<time>.")
     output_dir: str = Field("runs", description="Folder that holds run directories.")
@@ -238,8 +388,21 @@ class Recipe(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     tune: TuneConfig | None = Field(None, description="Hyper-parameter search (`domaintune tune`).")
+    compare: CompareConfig | None = Field(None, description="Methods compared by `domaintune compare`.")
+    stages: list[StageConfig] | None = Field(
+        None, min_length=2, description="A curriculum: `domaintune run` trains these in order, each from the previous one's weights."
+    )
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _stages_are_recipes(self) -> "Recipe":
+        if self.stages:
+            from domaintune.objectives.stages import stage_recipes
+
+            stage_recipes(self)  # each stage, merged into this recipe, must be a valid recipe itself
+        return self
 
     @model_validator(mode="after")
     def _one_precision(self) -> "Recipe":
@@ -326,6 +489,14 @@ def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
     recipe.data.train = resolve(recipe.data.train)
     recipe.data.validation = resolve(recipe.data.validation)
     recipe.data.test = resolve(recipe.data.test)
+    for stage in recipe.stages or []:
+        for part in ("train", "validation", "test"):
+            if isinstance(stage.data.get(part), list):
+                stage.data[part] = resolve(stage.data[part])
+    recipe.data.contamination.benchmarks = resolve(recipe.data.contamination.benchmarks)
+    recipe.data.synthesize.documents = resolve(recipe.data.synthesize.documents)
+    if recipe.evaluation.probes:
+        recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
     return recipe
 
 

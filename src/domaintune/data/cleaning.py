@@ -47,6 +47,17 @@ def answer_text(row: dict) -> str:
     return row["messages"][-1]["content"] if "messages" in row else row["text"]
 
 
+def row_text(row: dict) -> str:
+    """The row's own words: its turns without the system prompt (which every row may share), or its text."""
+    if "messages" not in row:
+        return row["text"]
+    return "\n".join(message["content"] for message in row["messages"] if message["role"] != "system")
+
+
+def char_length(row: dict) -> int:
+    return sum(len(message["content"]) for message in row["messages"]) if "messages" in row else len(row["text"])
+
+
 def prompt_key(row: dict) -> tuple | str:
     """Everything before the answer (normalised): rows sharing it ask the same question.
     Raw text rows have no prompt; their text stands in."""

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
+import numpy as np
 import torch
 
 from domaintune.objectives import encode_row
@@ -14,8 +14,11 @@ def autocast(bf16: bool):
 
 
 @torch.no_grad()
-def mean_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, bf16: bool) -> float | None:
-    """Mean cross-entropy per supervised token over the rows (the loss training optimises)."""
+def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, bf16: bool) -> np.ndarray | None:
+    """Per row: summed cross-entropy over its supervised tokens and their count, shape (2, rows).
+
+    Their sums' ratio is the loss training optimises; kept per row so the bootstrap can resample rows.
+    """
     from transformers import DataCollatorForSeq2Seq
 
     encoded = [encode_row(tokenizer, row, max_length) for row in rows]
@@ -24,7 +27,7 @@ def mean_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: i
         return None
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     model.eval()
-    total_loss, total_tokens = 0.0, 0
+    sums, counts = [], []
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start : start + batch_size])
         with autocast(bf16):
@@ -32,15 +35,20 @@ def mean_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: i
         # Shift so that token t predicts token t+1, as the model's own loss does.
         targets = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
         )
-        total_loss += losses.item()
-        total_tokens += int((targets != -100).sum())
-    return total_loss / total_tokens
+        sums += losses.sum(dim=1).tolist()
+        counts += (targets != -100).sum(dim=1).tolist()
+    return np.array([sums, counts], dtype=float)
 
 
-def perplexity(loss: float | None) -> float | None:
-    return math.exp(min(loss, 50.0)) if loss is not None else None
+def mean_loss(losses: np.ndarray | None) -> float | None:
+    return float(losses[0].sum() / losses[1].sum()) if losses is not None else None
+
+
+def perplexity(loss):
+    """exp(loss), capped so a diverged model does not overflow; numbers or numpy arrays."""
+    return np.exp(np.minimum(loss, 50.0)) if loss is not None else None
 
 
 @torch.no_grad()

@@ -12,6 +12,8 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
+
 from domaintune.errors import DomaintuneError
 
 MetricFn = Callable[[list[str], list[str]], dict[str, float]]
@@ -53,7 +55,7 @@ def exact_match(predictions: list[str], references: list[str]) -> dict[str, floa
     return {"exact_match": _mean(hits)}
 
 
-def _label(text: str) -> str:
+def answer_label(text: str) -> str:
     # Models often answer "Positive." or '"positive"\nBecause ...': only the first line counts.
     stripped = text.strip()
     first_line = stripped.splitlines()[0] if stripped else ""
@@ -62,7 +64,7 @@ def _label(text: str) -> str:
 
 def accuracy(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Share of predictions whose first line, without surrounding punctuation/quotes, is the reference label."""
-    hits = [_label(p) == _label(r) for p, r in _pairs(predictions, references)]
+    hits = [answer_label(p) == answer_label(r) for p, r in _pairs(predictions, references)]
     return {"accuracy": _mean(hits)}
 
 
@@ -106,6 +108,30 @@ def _entity_counts(prediction: str, reference: str) -> tuple[Counter, Counter, C
     return correct, predicted - correct, expected - correct
 
 
+def entity_item_counts(predictions: list[str], references: list[str]) -> list[tuple[int, int, int]]:
+    """(correct, spurious, missed) entity counts per item: the bootstrap resamples these."""
+    counts = []
+    for prediction, reference in _pairs(predictions, references):
+        correct, spurious, missed = _entity_counts(prediction, reference)
+        counts.append((sum(correct.values()), sum(spurious.values()), sum(missed.values())))
+    return counts
+
+
+def entity_scores(tp, fp, fn) -> dict[str, np.ndarray]:
+    """Micro precision, recall and F1 from entity counts (or their means); numbers or numpy arrays,
+    so the bootstrap scores all its resamples at once."""
+    tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    nothing = tp + fp + fn == 0  # no entities anywhere and none predicted: the model did everything right
+    return {
+        "entity_precision": np.where(nothing, 1.0, precision),
+        "entity_recall": np.where(nothing, 1.0, recall),
+        "entity_f1": np.where(nothing, 1.0, f1),
+    }
+
+
 def entity_f1(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Micro-averaged entity precision, recall and F1 over all items.
 
@@ -115,17 +141,8 @@ def entity_f1(predictions: list[str], references: list[str]) -> dict[str, float]
     everything right and every score is 1.0; a ratio whose denominator is otherwise zero
     (no predictions, or no reference entities) is 0.0.
     """
-    tp = fp = fn = 0
-    for prediction, reference in _pairs(predictions, references):
-        correct, spurious, missed = _entity_counts(prediction, reference)
-        tp += sum(correct.values())
-        fp += sum(spurious.values())
-        fn += sum(missed.values())
-    if tp + fp + fn == 0:
-        return {"entity_precision": 1.0, "entity_recall": 1.0, "entity_f1": 1.0}
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {"entity_precision": precision, "entity_recall": recall, "entity_f1": _f1(precision, recall)}
+    tp, fp, fn = np.sum(entity_item_counts(predictions, references), axis=0)
+    return {key: float(value) for key, value in entity_scores(tp, fp, fn).items()}
 
 
 def entity_errors(predictions: list[str], references: list[str]) -> dict[str, dict[str, int]]:

@@ -2,6 +2,7 @@
 
 CSS and charts (base64 PNG) are inlined so `report.html` can be mailed or attached to a
 ticket and still open offline. Only `eval/results.json` is required; every other input
+(and every optional part of the results: intervals, forgetting probes, error analysis)
 adds its section when present.
 """
 from __future__ import annotations
@@ -43,7 +44,10 @@ def write_report(run_dir: Path) -> Path:
     shown = _dig(recipe, "evaluation", "report_samples")
     samples = _read_jsonl(run_dir / "eval" / "samples.jsonl")[: DEFAULT_SAMPLES if shown is None else shown]
 
-    task_rows, fit_rows = _comparison_rows(models)
+    comparison = results.get("comparison") or {}
+    task_rows, fit_rows = _comparison_rows(models, comparison)
+    forgetting = results.get("forgetting") or {}
+    errors = results.get("errors") or {}
     html = _template().render(
         title=recipe.get("name") or run_dir.name,
         model=_dig(recipe, "model", "name"),
@@ -52,10 +56,18 @@ def write_report(run_dir: Path) -> Path:
         headline=_headline(models),
         columns=list(models),
         compare="base" in models and "tuned" in models,
+        intervals=bool(comparison),
         task_rows=task_rows,
         fit_rows=fit_rows,
         eval_facts=_eval_facts(results, models),
         metrics_chart=_metrics_chart(models),
+        confidence=_confidence_note(results.get("confidence")),
+        change_chart=_change_chart({row["label"]: comparison[row["label"]] for row in task_rows if row["ci"]}),
+        forgetting=_forgetting_section(forgetting, models),
+        regressions=errors.get("regressions"),
+        entity_errors=_entity_error_rows(errors.get("entities") or {}),
+        entity_chart=_entity_chart(errors.get("entities") or {}),
+        confusions=[(name, _confusion_chart(matrix)) for name, matrix in (errors.get("labels") or {}).items()],
         loss_chart=_loss_chart(_read_jsonl(run_dir / "metrics.jsonl")),
         samples=samples,
         show_base=any(sample.get("base") is not None for sample in samples),
@@ -132,14 +144,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _row(label: str, values: dict[str, Any], digits: int, lower_is_better: bool) -> dict:
-    change, trend = "", ""
+def _row(label: str, values: dict[str, Any], digits: int, lower_is_better: bool, interval: dict | None = None) -> dict:
+    change, trend, ci, verdict = "", "", "", ""
     if values.get("base") is not None and values.get("tuned") is not None:
         delta = values["tuned"] - values["base"]
         change = f"{delta:+.{digits}f}"
-        if round(delta, digits):
+        if interval:
+            # With an interval, colour only what it shows clearly; the verdict says it in words.
+            ci, verdict = f"[{interval['low']:+.{digits}f}, {interval['high']:+.{digits}f}]", interval["verdict"]
+            trend = verdict if verdict in ("better", "worse") else ""
+        elif round(delta, digits):
             trend = "better" if (delta < 0) == lower_is_better else "worse"
-    return {"label": label, "values": [_fmt(v, digits) for v in values.values()], "change": change, "trend": trend}
+    return {"label": label, "values": [_fmt(v, digits) for v in values.values()], "change": change, "trend": trend,
+            "ci": ci, "verdict": verdict}
 
 
 def _metric_names(models: dict[str, dict]) -> list[str]:
@@ -149,17 +166,66 @@ def _metric_names(models: dict[str, dict]) -> list[str]:
     return list(names)
 
 
-def _comparison_rows(models: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+def _comparison_rows(models: dict[str, dict], comparison: dict) -> tuple[list[dict], list[dict]]:
     task_rows = [
-        _row(name, {m: (model.get("metrics") or {}).get(name) for m, model in models.items()}, 3, False)
+        _row(name, {m: (model.get("metrics") or {}).get(name) for m, model in models.items()}, 3, False,
+             comparison.get(name))
         for name in _metric_names(models)
     ]
     fit_rows = []
     for key, split in FIT_ROWS:
         values = {m: _dig(model, key, split) for m, model in models.items()}
         if any(v is not None for v in values.values()):
-            fit_rows.append(_row(f"{key} ({split})", values, 2 if key == "perplexity" else 3, True))
+            label = f"{key} ({split})"
+            fit_rows.append(_row(label, values, 2 if key == "perplexity" else 3, True, comparison.get(label)))
     return task_rows, fit_rows
+
+
+def _confidence_note(confidence: dict | None) -> str | None:
+    if not confidence:
+        return None
+    return (f"Intervals: {confidence['confidence']:.0%} {confidence['method']}, {confidence['resamples']:,} "
+            "resamples. A change is called better or worse only when its whole interval lies on one side of zero.")
+
+
+def _forgetting_section(forgetting: dict, models: dict[str, dict]) -> dict | None:
+    """Probe accuracy per category (rows) and model, with the change's interval when both models ran."""
+    accuracies = {name: _dig(model, "probes", "accuracy") for name, model in models.items()}
+    accuracies = {name: value for name, value in accuracies.items() if value}
+    if not accuracies:
+        return None
+    comparison = forgetting.get("comparison") or {}
+    categories = list(next(iter(accuracies.values())))
+    rows = [
+        {**_row(category, {name: acc.get(category) for name, acc in accuracies.items()}, 3, False,
+                comparison.get(category)), "items": (forgetting.get("items") or {}).get(category, "")}
+        for category in categories
+    ]
+    overall = comparison.get("overall")
+    summary = None
+    if overall:
+        summary = (f"General ability: base {overall['base']:.3f} → tuned {overall['tuned']:.3f} "
+                   f"({overall['delta']:+.3f}, interval [{overall['low']:+.3f}, {overall['high']:+.3f}]): "
+                   f"{overall['verdict']}.")
+    seconds = [f"{name} {model['probes']['seconds']:.1f} s" for name, model in models.items()
+               if _dig(model, "probes", "seconds") is not None]
+    return {
+        "source": forgetting.get("source"),
+        "summary": summary,
+        "rows": rows,
+        "seconds": ", ".join(seconds),
+        "chart": _change_chart({category: comparison[category] for category in categories if category in comparison}),
+    }
+
+
+def _entity_error_rows(entities: dict[str, dict]) -> dict | None:
+    """One row per entity TYPE: correct, missed and spurious counts for each model."""
+    if not entities:
+        return None
+    kinds = sorted({kind for counts in entities.values() for by_kind in counts.values() for kind in by_kind})
+    columns = [(model, key) for model in sorted(entities, key=_model_rank) for key in ("correct", "missed", "spurious")]
+    rows = [(kind or "(no type)", [entities[model][key].get(kind, 0) for model, key in columns]) for kind in kinds]
+    return {"columns": columns, "rows": rows}
 
 
 def _headline(models: dict[str, dict]) -> str | None:
@@ -255,6 +321,64 @@ def _metrics_chart(models: dict[str, dict]) -> str | None:
     axes.set_xticks(range(len(names)), names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     axes.set_ylim(0, 1.12)
     axes.legend(frameon=False, ncols=len(models), loc="upper left")
+    return png_data_uri(figure)
+
+
+def _change_chart(comparison: dict[str, dict]) -> str | None:
+    """Tuned minus base per metric, with its interval as an error bar: a bar clear of zero is a real change."""
+    if not comparison:
+        return None
+    names = list(comparison)
+    figure, axes = _axes(7.0, 0.45 * len(names) + 1.2)
+    axes.grid(axis="y", visible=False)
+    axes.grid(axis="x", alpha=0.3)
+    for y, name in enumerate(names):
+        entry = comparison[name]
+        colour = {"better": "#1e8e3e", "worse": "#c5221f"}.get(entry["verdict"], COLOURS["base"])
+        error = [[entry["delta"] - entry["low"]], [entry["high"] - entry["delta"]]]
+        axes.errorbar(entry["delta"], y, xerr=error, fmt="o", color=colour, capsize=4, linewidth=1.6)
+    axes.axvline(0, color="#616e7c", linewidth=1)
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    axes.set_xlabel("change, tuned − base (with interval)")
+    return png_data_uri(figure)
+
+
+def _entity_chart(entities: dict[str, dict]) -> str | None:
+    """Missed and spurious entities per TYPE, base beside tuned."""
+    table = _entity_error_rows(entities)
+    if not table or not table["rows"]:
+        return None
+    kinds = [kind for kind, _ in table["rows"]]
+    series = [(model, key) for model, key in table["columns"] if key != "correct"]
+    figure, axes = _axes(max(5.0, 1.4 * len(kinds) + 2), 3.2)
+    width = 0.8 / len(series)
+    for i, (model, key) in enumerate(series):
+        counts = [values[table["columns"].index((model, key))] for _, values in table["rows"]]
+        offsets = [x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))]
+        axes.bar(offsets, counts, width, label=f"{model} {key}", color=COLOURS.get(model),
+                 hatch="//" if key == "spurious" else None, edgecolor="white")
+    axes.set_xticks(range(len(kinds)), kinds)
+    axes.set_ylabel("entities")
+    axes.legend(frameon=False, ncols=2)
+    return png_data_uri(figure)
+
+
+def _confusion_chart(confusion: dict) -> str:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    side = 1.2 + 0.5 * len(labels)
+    figure = Figure(figsize=(side + 1.5, side), dpi=110, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axes.text(j, i, count, ha="center", va="center", fontsize=8, color="white" if count > peak / 2 else "black")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("reference")
+    figure.colorbar(image, ax=axes, shrink=0.8)
     return png_data_uri(figure)
 
 

@@ -1,13 +1,21 @@
-"""Evaluate a run: the base and the tuned model on the same splits and prompts, side by side."""
+"""Evaluate a run: the base and the tuned model on the same splits and prompts, side by side.
+
+Every base-vs-tuned change gets a paired bootstrap interval and a verdict (bootstrap.py), the
+general-ability probes show what tuning cost (forgetting.py), and errors_analysis.py lists what got worse.
+"""
 from __future__ import annotations
 
 import json
 import time
 
+import numpy as np
 from rich.console import Console
 
-from domaintune.evaluation.generation import generate, mean_loss, perplexity
-from domaintune.evaluation.metrics import compute_metrics
+from domaintune.evaluation import bootstrap
+from domaintune.evaluation.errors_analysis import label_confusion, regressions
+from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
+from domaintune.evaluation.generation import generate, mean_loss, perplexity, row_losses
+from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
 from domaintune.objectives.sft import prompt_text
@@ -16,13 +24,16 @@ from domaintune.training.hardware import configure_threads, use_bf16
 from domaintune.training.runner import read_split
 
 
-def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool, console: Console) -> tuple[dict, list[str]]:
+def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
+                   console: Console) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
+    """Loss per split and generation metrics; also the per-item statistics the bootstrap resamples."""
     started = time.perf_counter()
     config = recipe.evaluation
-    losses = {
-        name: mean_loss(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
-        for name, rows in splits.items()
-    }
+    losses = {name: row_losses(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
+              for name, rows in splits.items()}
+    stats = {f"{key} ({split})": value
+             for split, rows in losses.items() if rows is not None
+             for key, value in bootstrap.loss_item_stats(rows).items()}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     predictions: list[str] = []
     metrics: dict[str, float] = {}
@@ -31,13 +42,15 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
         predictions = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, bf16)
         references = [row["messages"][-1]["content"] for row in generation_rows]
         metrics = compute_metrics(config.metrics, predictions, references)
+        stats.update(bootstrap.metric_item_stats(config.metrics, predictions, references))
+    loss = {name: mean_loss(rows) for name, rows in losses.items()}
     result = {
-        "loss": losses,
-        "perplexity": {name: perplexity(loss) for name, loss in losses.items()},
+        "loss": loss,
+        "perplexity": {name: perplexity(value) for name, value in loss.items()},
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return result, predictions
+    return result, predictions, stats
 
 
 def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
@@ -45,39 +58,89 @@ def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
+    config = recipe.evaluation
     configure_threads(recipe.training)
     bf16 = use_bf16(recipe.training)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
     splits = {"validation": read_split(run, "validation"), "test": read_split(run, "test")}
-    generation_rows = [row for row in splits["test"] if "messages" in row][: recipe.evaluation.max_samples]
+    generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
+    probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
 
     results: dict = {"models": {}}
     outputs: dict[str, list[str]] = {}
-    candidates = [("base", lambda: load_causal_lm(recipe.model))] if recipe.evaluation.compare_base else []
+    stats: dict[str, dict[str, bootstrap.ItemStats]] = {}
+    probe_results: dict[str, dict[str, bootstrap.ItemStats]] = {}
+    candidates = [("base", lambda: load_causal_lm(recipe.model))] if config.compare_base else []
     candidates.append(("tuned", lambda: load_trained_model(recipe.model, run.model)))
     for label, load in candidates:
         console.print(f"Evaluating the {label} model on {len(splits['test'])} test rows "
                       f"({len(generation_rows)} generated)...")
         model = load()
-        results["models"][label], outputs[label] = evaluate_model(model, tokenizer, recipe, splits, bf16, console)
+        results["models"][label], outputs[label], stats[label] = evaluate_model(
+            model, tokenizer, recipe, splits, bf16, console
+        )
         results["models"][label]["model"] = recipe.model.name if label == "base" else str(run.model)
+        if probes:
+            started = time.perf_counter()
+            correct = answer_probes(model, tokenizer, probes, config.batch_size, bf16)
+            probe_results[label] = probe_stats(probes, correct)
+            results["models"][label]["probes"] = {
+                "accuracy": {key: float(np.mean(s.components)) for key, s in probe_results[label].items()},
+                "seconds": round(time.perf_counter() - started, 1),
+            }
         del model
     results.update(
         n_test=len(splits["test"]),
         n_generated=len(generation_rows),
-        max_new_tokens=recipe.evaluation.max_new_tokens,
+        max_new_tokens=config.max_new_tokens,
     )
+
+    samples = [
+        {
+            "prompt": row["messages"][-2]["content"] if len(row["messages"]) > 1 else "",
+            "reference": row["messages"][-1]["content"],
+            "base": outputs["base"][index] if "base" in outputs else None,
+            "tuned": outputs["tuned"][index],
+        }
+        for index, row in enumerate(generation_rows)
+    ]
+    if "base" in stats:
+        interval = {"confidence": config.confidence, "resamples": config.bootstrap_resamples, "seed": recipe.seed}
+        results["confidence"] = {**interval, "method": "paired bootstrap over test items (percentile)"}
+        results["comparison"] = bootstrap.compare(stats["base"], stats["tuned"], config.confidence,
+                                                  config.bootstrap_resamples, recipe.seed)
+        if probe_results:
+            results["forgetting"] = {
+                "source": probe_source,
+                "items": {key: s.components.shape[1] for key, s in probe_results["tuned"].items()},
+                "comparison": bootstrap.compare(probe_results["base"], probe_results["tuned"], config.confidence,
+                                                config.bootstrap_resamples, recipe.seed),
+            }
+    if samples:
+        results["errors"] = _error_analysis(config, generation_rows, samples, outputs, stats)
 
     run.eval.mkdir(parents=True, exist_ok=True)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     with (run.eval / "samples.jsonl").open("w", encoding="utf-8") as handle:
-        for index, row in enumerate(generation_rows):
-            sample = {
-                "prompt": row["messages"][-2]["content"] if len(row["messages"]) > 1 else "",
-                "reference": row["messages"][-1]["content"],
-                "base": outputs["base"][index] if "base" in outputs else None,
-                "tuned": outputs["tuned"][index],
-            }
+        for sample in samples:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
     write_report(run.root)
     return results
+
+
+def _error_analysis(config, rows: list[dict], samples: list[dict], outputs: dict[str, list[str]],
+                    stats: dict[str, dict[str, bootstrap.ItemStats]]) -> dict:
+    references = [sample["reference"] for sample in samples]
+    errors: dict = {}
+    if "base" in outputs:
+        # The first metric the recipe names is the one the items are ranked by.
+        metric = config.metrics[0]
+        errors["regressions"] = regressions(
+            samples, bootstrap.item_scores(stats["base"][metric]), bootstrap.item_scores(stats["tuned"][metric]),
+            metric, config.error_examples,
+        )
+    if "entity_f1" in config.metrics:
+        errors["entities"] = {label: entity_errors(predictions, references) for label, predictions in outputs.items()}
+    if "accuracy" in config.metrics or any(row.get("label") is not None for row in rows):
+        errors["labels"] = {label: label_confusion(predictions, references) for label, predictions in outputs.items()}
+    return errors

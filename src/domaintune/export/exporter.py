@@ -6,10 +6,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from domaintune.models.loading import is_adapter_folder, load_trained_model
+from domaintune.models.loading import PEFT_ADAPTER_FILES, adapter_files, is_adapter_folder, load_trained_model, merge_blocker
 from domaintune.rundir import RunDir
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = PEFT_ADAPTER_FILES
 
 
 def export_run(run: RunDir, console: Console | None = None) -> dict[str, str]:
@@ -25,11 +25,20 @@ def export_run(run: RunDir, console: Console | None = None) -> dict[str, str]:
     if config.adapter and is_adapter_folder(run.model):
         adapter_dir = run.export / "adapter"
         adapter_dir.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
+        for name in adapter_files(run.model):
             shutil.copy2(run.model / name, adapter_dir / name)
         written["adapter"] = str(adapter_dir)
 
-    if config.merged:
+    blocker = merge_blocker(run.model) if config.merged else None
+    if blocker:
+        # Not an error: the adapter is the artifact for these methods.
+        where = f"the adapter in {written['adapter']} is" if "adapter" in written else "set export.adapter: true for"
+        console.print(
+            f"[yellow]No merged model written: {blocker}, so it can't be folded into the weights; "
+            f"{where} the exported model (load it on top of the base model).",
+            highlight=False,
+        )
+    elif config.merged:
         merged_dir = run.export / "merged"
         dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
         model = load_trained_model(recipe.model, run.model, merge=True)

@@ -5,6 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+SUMMARY = "every weight; the most capacity, for large data sets or big shifts in behaviour, at the most memory"
+TRAINS = "all parameters"
+
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")

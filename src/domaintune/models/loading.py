@@ -39,31 +39,106 @@ def load_tokenizer(config: ModelConfig, path: str | None = None):
     return tokenizer
 
 
-def load_causal_lm(config: ModelConfig, path: str | None = None, dtype=None):
+def load_causal_lm(config: ModelConfig, path: str | None = None, dtype=None, load_kwargs: dict | None = None):
+    """A causal LM; `load_kwargs` are a method's extra `from_pretrained` arguments (qlora: 4-bit quantisation)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = path or resolve_model_path(config.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, use_safetensors=True, **_common_kwargs(config)
+            path, dtype=dtype or torch.float32, use_safetensors=True, **_common_kwargs(config), **(load_kwargs or {})
         )
     except _hub_errors() as error:
         raise _explain_load_failure(config.name, error) from None
+    except (ImportError, RuntimeError, ValueError) as error:
+        if not load_kwargs or "quantization_config" not in load_kwargs:
+            raise
+        # bitsandbytes exists for this platform but can't quantise here (no supported CPU/GPU backend).
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DomaintuneError(
+            f"model.name: could not load '{config.name}' in 4-bit on this machine: {text}\n"
+            "Use method.name: lora (the same adapter on the full-precision model)."
+        ) from None
     return model
 
 
+PEFT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
 def is_adapter_folder(path) -> bool:
+    """An adapter on top of the base model (peft's, or a method's own format), not full weights."""
     from pathlib import Path
 
-    return (Path(path) / "adapter_config.json").exists()
+    from domaintune.methods import own_artifact_method
+
+    return (Path(path) / PEFT_ADAPTER_FILES[0]).exists() or own_artifact_method(path) is not None
 
 
-def load_trained_model(config: ModelConfig, model_dir, merge: bool = True, dtype=None):
-    """The tuned model from a run's model/ folder: full weights, or base + adapter (merged unless asked not to)."""
+def adapter_files(path) -> list[str]:
+    """The names of the adapter files in a model folder (what export copies)."""
+    from domaintune.methods import own_artifact_method
+
+    own = own_artifact_method(path)
+    return list(own.ARTIFACT_FILES) if own is not None else list(PEFT_ADAPTER_FILES)
+
+
+def merge_blocker(path) -> str | None:
+    """Why the adapter in this folder can't be merged into the base weights, or None if it can."""
+    import json
+    from pathlib import Path
+
+    from domaintune.methods import own_artifact_method
+
+    own = own_artifact_method(path)
+    if own is not None:
+        return None if getattr(own, "MERGEABLE", True) else getattr(own, "NOT_MERGEABLE_BECAUSE", "the adapter is not linear")
+    config_file = Path(path) / PEFT_ADAPTER_FILES[0]
+    if not config_file.exists():
+        return None
+    peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type", "")
+    if peft_type in PROMPT_LEARNING_TYPES:
+        return f"{peft_type.lower().replace('_', ' ')} adds virtual tokens instead of changing weights"
+    return None
+
+
+# peft methods that prepend virtual tokens (or their keys/values) instead of changing weights.
+PROMPT_LEARNING_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT"}
+
+
+def load_trained_model(config: ModelConfig, model_dir, merge: bool = True, dtype=None, load_kwargs: dict | None = None):
+    """The tuned model from a run's model/ folder: full weights, or base + adapter.
+
+    Adapters are merged into the weights unless asked not to or impossible (prefix and prompt
+    tuning, bottleneck adapters): those come back as the base model with the adapter attached.
+    `load_kwargs` loads the base as in training (e.g. 4-bit for qlora); by default it is full precision.
+    """
     from peft import PeftModel
 
+    from domaintune.methods import own_artifact_method
+
+    own = own_artifact_method(model_dir)
+    if own is not None:
+        return own.load_trained(load_causal_lm(config, dtype=dtype, load_kwargs=load_kwargs), model_dir)
     if not is_adapter_folder(model_dir):
         return load_causal_lm(config, path=str(model_dir), dtype=dtype)
-    model = PeftModel.from_pretrained(load_causal_lm(config, dtype=dtype), str(model_dir))
-    return model.merge_and_unload() if merge else model
+    model = PeftModel.from_pretrained(load_causal_lm(config, dtype=dtype, load_kwargs=load_kwargs), str(model_dir))
+    if model.active_peft_config.peft_type == "PROMPT_TUNING":
+        _align_logits_with_inputs(model)
+    if merge and merge_blocker(model_dir) is None:
+        return model.merge_and_unload()
+    return model
+
+
+def _align_logits_with_inputs(model) -> None:
+    """Prompt tuning returns logits for its virtual tokens too; drop them so callers see one logit row
+    per input token, as with every other method (generation goes through `generate`, unaffected)."""
+
+    def trim(module, args, kwargs, output):
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        logits = getattr(output, "logits", None)
+        if inputs is not None and logits is not None and logits.shape[1] > inputs.shape[1]:
+            output.logits = logits[:, -inputs.shape[1] :]
+        return output
+
+    model.register_forward_hook(trim, with_kwargs=True)

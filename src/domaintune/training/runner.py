@@ -12,9 +12,9 @@ from rich.console import Console
 
 from domaintune.config import Recipe
 from domaintune.errors import DomaintuneError
-from domaintune.methods import get_method
+from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.loading import load_causal_lm, load_tokenizer
-from domaintune.objectives import encode_row
+from domaintune.objectives import encode_rows
 from domaintune.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 from domaintune.training.distributed import bf16_enabled
@@ -31,18 +31,24 @@ def read_split(run: RunDir, split: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def encode_split(rows: list[dict], tokenizer, max_length: int):
+def encode_split(rows: list[dict], tokenizer, max_length: int, objective=None):
     from datasets import Dataset
 
-    encoded = [encode_row(tokenizer, row, max_length) for row in rows]
+    encoded = encode_rows(tokenizer, rows, max_length, objective)
     # A row whose assistant turn was cut off entirely by truncation teaches nothing.
     encoded = [row for row in encoded if any(label != -100 for label in row["labels"])]
     return Dataset.from_list(encoded)
 
 
+def _numel(parameter) -> int:
+    # A 4-bit weight (qlora) is stored packed, two values a byte; count the weights it stands for.
+    state = getattr(parameter, "quant_state", None)
+    return state.shape.numel() if state is not None else parameter.numel()
+
+
 def count_parameters(model) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
 
 
@@ -101,13 +107,17 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
+    if recipe.training.packing and not supports_packing(recipe.method):
+        # Virtual tokens (prefix/prompt tuning) are prepended per row, which a packed row can't express.
+        console.print(f"[yellow]{recipe.method.name}: packing is off for this method; training uses padded batches.")
+        recipe.training.packing = False
     threads = configure_threads(recipe.training)
     bf16 = bf16_enabled(recipe)
     set_seed(recipe.seed)
 
     tokenizer = load_tokenizer(recipe.model)
-    train_set = encode_split(read_split(run, "train"), tokenizer, recipe.data.max_tokens)
-    validation_set = encode_split(read_split(run, "validation"), tokenizer, recipe.data.max_tokens)
+    train_set = encode_split(read_split(run, "train"), tokenizer, recipe.data.max_tokens, recipe.objective)
+    validation_set = encode_split(read_split(run, "validation"), tokenizer, recipe.data.max_tokens, recipe.objective)
     if len(train_set) == 0:
         raise DomaintuneError(f"{run.data / 'train.jsonl'}: no trainable rows (run `domaintune data prepare` first?)")
     has_validation = len(validation_set) > 0
@@ -117,9 +127,10 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
     if not has_validation and recipe.training.early_stopping is not None:
         console.print("[yellow]No validation rows: validation and early stopping are off for this run.")
 
-    model = load_causal_lm(recipe.model)
+    method = get_method(recipe.method.name)
+    model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
     model.config.use_cache = False  # the KV cache is useless while training and costs memory
-    model = get_method(recipe.method.name).apply(model, recipe.method)
+    model = method.apply(model, recipe.method)
     parameters = count_parameters(model)
     console.print(
         f"[bold]{recipe.method.name}[/] on {recipe.model.name}: {parameters['trainable']:,} trainable of "
@@ -164,9 +175,20 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
     elif checkpoint is not None:
         console.print(f"Resuming from {checkpoint.name}")
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    domain_loss = {}
+    if recipe.objective.name == "pretrain" and has_validation and checkpoint is None:
+        from domaintune.objectives.pretrain import block_loss
 
-    trainer.save_model(str(run.model))  # on every rank: FSDP and DeepSpeed gather the weights together
+        domain_loss["before"] = block_loss(model, validation_set)  # adapters start as the identity: the base model's
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if domain_loss:
+        domain_loss["after"] = block_loss(trainer.model, validation_set)
+
+    if hasattr(method, "save_trained"):  # a method with its own artifact format (not peft, not full weights)
+        if args.should_save:
+            method.save_trained(trainer.model, run.model)
+    else:
+        trainer.save_model(str(run.model))  # on every rank: FSDP and DeepSpeed gather the weights together
     summary = {
         "method": recipe.method.name,
         "global_step": trainer.state.global_step,
@@ -180,6 +202,14 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         "bf16": bf16,
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
+    if domain_loss:
+        from domaintune.objectives.pretrain import perplexity
+
+        summary["domain_perplexity"] = {key: perplexity(value) for key, value in domain_loss.items()}
+        console.print(
+            f"Domain perplexity on the validation blocks: {summary['domain_perplexity']['before']:.2f} before, "
+            f"{summary['domain_perplexity']['after']:.2f} after training"
+        )
     if args.should_save:
         if checkpoint is None and summary["runtime_seconds"]:
             # Remember this setup's speed so the next `train` of it can say how long it will take.
