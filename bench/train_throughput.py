@@ -1,0 +1,240 @@
+"""Training throughput: plain Hugging Face defaults vs domaintune's engine, measured in one run.
+
+Fine-tunes smollm2-135m-instruct on the same instruction rows (financial NER, mixed lengths,
+prompt tokens masked) with the same hyper-parameters, each configuration in its own process so
+peak RSS is its own:
+
+  hf-fp32        plain transformers Trainer + peft, CPU defaults: fp32, padding to the longest
+  hf-bf16        the same with bf16=True (what a user who knows the flag gets)
+  domaintune     domaintune.train with its defaults (bf16 autocast where the CPU has it,
+                 padding-free packing, LM head on supervised positions only, threads from the machine)
+
+for LoRA (r=8, all linear layers) and for full fine-tuning. Prints real (non-padding) tokens/s,
+seconds/step, peak RSS, first/last loss, threads, model FLOPs utilisation against a matmul peak
+measured here, and the ratios to the baselines; writes bench/results/train_throughput.json.
+
+    python bench/train_throughput.py [--steps 24] [--batch 4] [--rows 400]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+MAX_TOKENS = 512
+WARMUP_STEPS = 2  # first steps pay one-off costs (allocations, oneDNN kernel selection)
+
+
+def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds: float = 3.0) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+class StepTimer(TrainerCallback):
+    """Records wall time and tokens seen at every step end."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, int]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+
+def steady_state(marks: list[tuple[float, int]]) -> tuple[float, float]:
+    """(tokens per second, seconds per step) after the warm-up steps."""
+    (t0, n0), (t1, n1) = marks[WARMUP_STEPS - 1], marks[-1]
+    steps = len(marks) - WARMUP_STEPS
+    return (n1 - n0) / (t1 - t0), (t1 - t0) / steps
+
+
+def losses(log_history: list[dict]) -> list[float]:
+    return [entry["loss"] for entry in log_history if "loss" in entry]
+
+
+def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: float, bf16: bool) -> dict:
+    """What a user gets from the Hugging Face docs: Trainer + peft, default CPU settings."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from domaintune.training.runner import encode_split, read_split
+    from domaintune.rundir import RunDir
+
+    model_dir = json.loads((run_dir / "bench.json").read_text())["model_path"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_set = encode_split(read_split(RunDir(run_dir), "train"), tokenizer, MAX_TOKENS)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    timer = StepTimer()
+    args = TrainingArguments(
+        output_dir=str(run_dir / "hf"), per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
+        logging_steps=1, save_strategy="no", report_to="none", bf16=bf16, use_cpu=True, seed=0, disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding", lr_scheduler_type="constant",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_set,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
+    trainer.train()
+    return {"marks": timer.marks, "losses": losses(trainer.state.log_history), "threads": torch.get_num_threads()}
+
+
+def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float) -> dict:
+    import torch
+
+    import domaintune
+    from domaintune.rundir import RunDir
+
+    recipe = RunDir(run_dir).recipe().model_dump(mode="json")
+    recipe["method"] = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0} if method == "lora" else {"name": "full"}
+    recipe["training"].update(max_steps=steps, batch_size=batch, lr=lr, log_every=1, lr_scheduler="constant", warmup_ratio=0.0)
+    (run_dir / "recipe.yaml").write_text(json.dumps(recipe))  # YAML is a superset of JSON
+    timer = StepTimer()
+    domaintune.train(run_dir, callbacks=[timer])
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"marks": timer.marks, "losses": losses(history), "threads": torch.get_num_threads()}
+
+
+def worker(args) -> None:
+    """One configuration in this process; prints its result as JSON on the last line."""
+    run_dir = Path(args.worker_dir)
+    if args.config == "domaintune":
+        result = run_domaintune(run_dir, args.method, args.steps, args.batch, args.lr)
+    else:
+        result = run_hf_baseline(run_dir, args.method, args.steps, args.batch, args.lr, bf16=args.config == "hf-bf16")
+    tokens_per_second, seconds_per_step = steady_state(result["marks"])
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({
+        "tokens_per_second": tokens_per_second, "seconds_per_step": seconds_per_step, "peak_rss_mb": peak_rss_mb,
+        "first_loss": result["losses"][0], "last_loss": result["losses"][-1],
+        "last_loss_mean5": statistics.mean(result["losses"][-5:]), "threads": result["threads"],
+    }))
+
+
+def prepare(rows: int, workdir: Path) -> Path:
+    """A prepared run directory (data split and card) shared by every configuration."""
+    from rich.console import Console
+
+    import domaintune
+    from domaintune.models.registry import resolve_model_path
+    from domaintune.quickstart import ner_finance_dataset
+
+    source = ner_finance_dataset(Console(stderr=True)).read_text().splitlines()[:rows]
+    data = workdir / "rows.jsonl"
+    data.write_text("\n".join(source) + "\n")
+    recipe = {
+        "name": "bench", "output_dir": str(workdir / "runs"),
+        "data": {"train": [str(data)], "max_tokens": MAX_TOKENS, "split": {"validation": 0.0, "test": 0.0}},
+        "training": {"early_stopping": None, "save_every": 10_000, "eval_every": 10_000},
+    }
+    run, _ = domaintune.prepare_data(recipe)
+    (run.root / "bench.json").write_text(json.dumps({"model_path": resolve_model_path("smollm2-135m-instruct")}))
+    return run.root
+
+
+def copy_run(template: Path, name: str) -> Path:
+    import shutil
+
+    target = template.parent / name
+    shutil.copytree(template, target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--methods", default="lora,full")
+    parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_dir:
+        return worker(args)
+
+    workdir = Path(tempfile.mkdtemp(prefix="dt-bench-"))
+    template = prepare(args.rows, workdir)
+    configs = {"lora": ["hf-fp32", "hf-bf16", "domaintune"], "full": ["hf-fp32", "domaintune"]}
+    learning_rates = {"lora": 1e-3, "full": 5e-5}
+    results: dict = {}
+    for method in args.methods.split(","):
+        for config in configs[method]:
+            run_dir = copy_run(template, f"{method}-{config}")
+            command = [sys.executable, __file__, "--worker-dir", str(run_dir), "--config", config, "--method", method,
+                       "--steps", str(args.steps), "--batch", str(args.batch), "--lr", str(learning_rates[method])]
+            print(f"· {method} / {config} ...", file=sys.stderr, flush=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"{method}/{config} failed:\n{done.stderr[-3000:]}")
+            results[f"{method}/{config}"] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    threads = results[next(iter(results))]["threads"]
+    peaks = {name: matmul_peak_gflops(name, threads) for name in ("float32", "bfloat16")}
+    report(results, peaks, parameter_count(template), args)
+
+
+def parameter_count(run_dir: Path) -> int:
+    from transformers import AutoModelForCausalLM
+
+    model_path = json.loads((run_dir / "bench.json").read_text())["model_path"]
+    return AutoModelForCausalLM.from_pretrained(model_path).num_parameters()  # tied embeddings counted once
+
+
+def report(results: dict, peaks: dict, n_parameters: int, args) -> None:
+    for name, result in results.items():
+        method, config = name.split("/")
+        factor = 4 if method == "lora" else 6  # LoRA skips the base weights' gradient matmuls
+        bf16 = config != "hf-fp32"
+        peak = peaks["bfloat16" if bf16 else "float32"]
+        result["mfu"] = factor * n_parameters * result["tokens_per_second"] / 1e9 / peak
+        baseline = results[f"{method}/hf-fp32"]
+        result["speedup_vs_hf_fp32"] = result["tokens_per_second"] / baseline["tokens_per_second"]
+        if f"{method}/hf-bf16" in results:
+            result["speedup_vs_hf_bf16"] = result["tokens_per_second"] / results[f"{method}/hf-bf16"]["tokens_per_second"]
+        result["rss_vs_hf_fp32"] = result["peak_rss_mb"] / baseline["peak_rss_mb"]
+
+    header = f"{'config':22} {'tok/s':>7} {'s/step':>7} {'RSS MB':>7} {'loss first→last5':>17} {'thr':>3} {'MFU':>6} {'×fp32':>6} {'×bf16':>6} {'RSS×':>5}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        vs_bf16 = f"{r['speedup_vs_hf_bf16']:.2f}" if "speedup_vs_hf_bf16" in r else "-"
+        print(f"{name:22} {r['tokens_per_second']:7.0f} {r['seconds_per_step']:7.2f} {r['peak_rss_mb']:7.0f} "
+              f"{r['first_loss']:7.3f}→{r['last_loss_mean5']:7.3f}  {r['threads']:3d} {r['mfu']:6.1%} "
+              f"{r['speedup_vs_hf_fp32']:6.2f} {vs_bf16:>6} {r['rss_vs_hf_fp32']:5.2f}")
+    print(f"matmul peak here: fp32 {peaks['float32']:.0f} GFLOPS, bf16 {peaks['bfloat16']:.0f} GFLOPS")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+        "settings": {"steps": args.steps, "batch": args.batch, "rows": args.rows, "max_tokens": MAX_TOKENS,
+                     "warmup_steps_excluded": WARMUP_STEPS},
+        "matmul_peak_gflops": peaks,
+        "parameters": n_parameters,
+        "results": results,
+    }, indent=2))
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
