@@ -88,6 +88,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         include_num_input_tokens_seen="all" if config.packing else "non_padding",
         neftune_noise_alpha=config.neftune_alpha,
         label_names=["labels"],  # peft's forward signature hides `labels` from the Trainer's detection
+        prediction_loss_only=True,  # validation needs the loss only; gathering logits costs GBs at a 49k vocabulary
         seed=recipe.seed,
         data_seed=recipe.seed,
         report_to="none",
