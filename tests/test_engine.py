@@ -26,7 +26,8 @@ def per_token_losses(logits, labels):
 
 def test_packing_gives_the_same_per_example_loss(model_and_features):
     model, tokenizer, features = model_and_features
-    packed = PackedCollator(supervised_logits_only=False)(features)
+    packed = PackedCollator(supervised_logits_only=False, row_tokens=4096)(features)
+    assert packed["input_ids"].shape[0] == 1
     with torch.no_grad():
         losses = per_token_losses(model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits, packed["labels"])
     starts = [0]
@@ -42,23 +43,45 @@ def test_packing_gives_the_same_per_example_loss(model_and_features):
         assert torch.allclose(segment[mask].mean(), expected, atol=1e-5)
 
 
+def test_rows_are_capped_and_padding_changes_nothing(model_and_features):
+    model, tokenizer, features = model_and_features
+    lengths = [len(f["input_ids"]) for f in features]
+    batch = PackedCollator(supervised_logits_only=False, row_tokens=max(lengths), pad_token_id=tokenizer.pad_token_id)(features)
+    assert batch["input_ids"].shape[0] >= 2 and batch["input_ids"].shape[1] == max(lengths)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    flat = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    expected = 0.0
+    for feature in features:
+        single = DataCollatorForSeq2Seq(tokenizer, padding=True)([feature])
+        supervised = int((single["labels"][0, 1:] != -100).sum())
+        with torch.no_grad():
+            expected += model(input_ids=single["input_ids"], labels=single["labels"]).loss * supervised
+    assert torch.allclose(flat, expected, atol=1e-4)
+
+
 def test_supervised_logits_only_matches_the_full_lm_head(model_and_features):
-    model, _, features = model_and_features
-    plain_batch = PackedCollator(supervised_logits_only=False)(features)
-    fast_batch = PackedCollator(supervised_logits_only=True)(features)
-    supervised = int((plain_batch["labels"][0, 1:] != -100).sum())
-    assert fast_batch["logits_to_keep"].numel() == supervised < plain_batch["input_ids"].shape[1] / 2
+    model, tokenizer, features = model_and_features
+    row_tokens = max(len(f["input_ids"]) for f in features)  # several rows, with padding
+    plain_batch = PackedCollator(False, row_tokens, tokenizer.pad_token_id)(features)
+    fast_batch = PackedCollator(True, row_tokens, tokenizer.pad_token_id)(features)
+    supervised = int((plain_batch["labels"][:, 1:] != -100).sum())
+    assert int(fast_batch["logits_to_keep"].sum()) == supervised < plain_batch["input_ids"].numel() / 2
 
     model.zero_grad()
     logits = model(input_ids=plain_batch["input_ids"], position_ids=plain_batch["position_ids"]).logits
-    plain_loss = per_token_losses(logits, plain_batch["labels"]).sum() / supervised
+    plain_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), plain_batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    ) / supervised
     plain_loss.backward()
     plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
     labels = fast_batch.pop("labels")
     outputs = model(**fast_batch)
-    assert outputs.logits.shape[1] == supervised
+    assert outputs.logits.shape[0] == supervised
     fast_loss = supervised_positions_loss(outputs, labels)
     fast_loss.backward()
 
@@ -80,3 +103,10 @@ def test_trainer_with_packing_and_padding_agree_on_validation_loss(tiny_recipe):
         run = domaintune.train(tiny_recipe)
         eval_losses.append(next(json.loads(l)["eval_loss"] for l in run.metrics.read_text().splitlines() if "eval_loss" in l))
     assert eval_losses[0] == pytest.approx(eval_losses[1], rel=1e-4)
+
+
+def test_pack_rows_fills_rows_first_fit_decreasing():
+    from domaintune.training.engine import pack_rows
+
+    # 9 exceeds the cap and rides alone; 5 opens a row; 3 + 3 share one; 2 fits nowhere left.
+    assert sorted(pack_rows([5, 3, 3, 2, 9], row_tokens=6)) == [[0], [1, 2], [3], [4]]

@@ -63,18 +63,23 @@ def split_lengths(run: RunDir, recipe: Recipe, tokenizer) -> dict[str, list[int]
     }
 
 
+def real_tokens_per_step(recipe: Recipe, lengths: dict[str, list[int]]) -> float:
+    """Mean non-padding tokens an optimiser step consumes (what speeds are measured in)."""
+    train = lengths["train"]
+    return recipe.training.batch_size * recipe.training.grad_accum * sum(train) / len(train) if train else 0.0
+
+
 def count_work(recipe: Recipe, lengths: dict[str, list[int]]) -> dict:
     """Exact token and step counts for a run over rows of these lengths."""
     train = lengths["train"]
     config = recipe.training
     rows_per_step = config.batch_size * config.grad_accum
     steps = config.max_steps if config.max_steps > 0 else math.ceil(math.ceil(len(train) / rows_per_step) * config.epochs)
-    mean_tokens = sum(train) / len(train) if train else 0.0
     generated = min(len(lengths.get("test", [])), recipe.evaluation.max_samples)
     return {
         "train_rows": len(train),
         "steps": steps,
-        "train_tokens": round(steps * rows_per_step * mean_tokens),
+        "train_tokens": round(steps * real_tokens_per_step(recipe, lengths)),
         "validation_tokens": sum(lengths.get("validation", [])),
         "evaluations": steps // config.eval_every if lengths.get("validation") else 0,
         "test_tokens": sum(lengths.get("test", [])),
@@ -152,20 +157,21 @@ def _probe_in_this_process(root: Path) -> dict:
             self.evaluate_seconds: float | None = None
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+            self.marks.append((time.perf_counter(), state.global_step))
 
         def on_evaluate(self, args, state, control, **kwargs):
             self.evaluate_seconds = time.perf_counter() - self.marks[-1][0]
 
     clock = Clock()
     train_model(run, callbacks=[clock], console=Console(stderr=True, quiet=True))
-    (t0, n0), (t1, n1) = clock.marks[PROBE_WARMUP_STEPS - 1], clock.marks[-1]
+    tokenizer = load_tokenizer(recipe.model)
+    lengths = split_lengths(run, recipe, tokenizer)
+    (t0, step0), (t1, step1) = clock.marks[PROBE_WARMUP_STEPS - 1], clock.marks[-1]
     result = {
-        "tokens_per_second": (n1 - n0) / (t1 - t0),
+        "tokens_per_second": (step1 - step0) * real_tokens_per_step(recipe, lengths) / (t1 - t0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    tokenizer = load_tokenizer(recipe.model)
-    validation_tokens = sum(split_lengths(run, recipe, tokenizer)["validation"])
+    validation_tokens = sum(lengths["validation"])
     if clock.evaluate_seconds and validation_tokens:
         result["eval_tokens_per_second"] = validation_tokens / clock.evaluate_seconds
     prompts = [prompt_text(tokenizer, row["messages"]) for row in read_split(run, "test") if "messages" in row]

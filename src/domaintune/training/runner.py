@@ -19,7 +19,7 @@ from domaintune.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 from domaintune.training.distributed import bf16_enabled
 from domaintune.training.engine import batching
-from domaintune.training.estimate import announce_training, record_throughput, setup_key
+from domaintune.training.estimate import announce_training, real_tokens_per_step, record_throughput, setup_key
 from domaintune.training.hardware import configure_threads
 
 
@@ -144,7 +144,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
     lengths = {name: [len(ids) for ids in rows["input_ids"]] for name, rows in (("train", train_set), ("validation", validation_set)) if len(rows)}
     announce_training(recipe, speed_key, lengths, console)
     collator, compute_loss = batching(
-        model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only
+        model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only, recipe.training.pack_tokens
     )
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     trainer_callbacks = [
@@ -215,7 +215,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
         if checkpoint is None and summary["runtime_seconds"]:
             # Remember this setup's speed so the next `train` of it can say how long it will take.
             record_throughput(speed_key, {
-                "tokens_per_second": trainer.state.num_input_tokens_seen / summary["runtime_seconds"],
+                "tokens_per_second": real_tokens_per_step(recipe, lengths) * trainer.state.global_step / summary["runtime_seconds"],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             })
         tokenizer.save_pretrained(str(run.model))
