@@ -198,7 +198,7 @@ def _clean_parts(
             rows = unique
             removed += repeated
             by_stage["duplicate"] += len(repeated)
-        if config.near_dedup.enabled:
+        if config.dedup and config.near_dedup.enabled:  # dedup: false keeps every copy, near ones too
             rows, similar, pairs = near_dedup_rows(rows, config.near_dedup)
             counts["near_duplicates"] += len(similar)
             by_stage["near-duplicate"] += len(similar)

@@ -1,0 +1,184 @@
+"""Raw business documents in: PDF, DOCX, HTML, Markdown and plain text, cut into token chunks.
+
+Each chunk becomes a raw-text row whose source names the file, the chunk number (as `line`)
+and the page (PDF) or section heading (DOCX, HTML, Markdown) it starts in. A document that
+cannot be read (malformed or encrypted PDF, binary file named .txt, no text at all) is
+reported as skipped with the reason, and the run goes on with the rest.
+"""
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from domaintune.errors import DomaintuneError
+
+DOCUMENT_SUFFIXES = (".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt")
+_WORDS = re.compile(r"\S+")
+_MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+# Token offsets of a text: (start, end) character spans, one per token.
+Tokenize = Callable[[str], list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class Section:
+    text: str
+    where: dict  # {"page": 3} or {"section": "Fees"}: where the text sits in its document
+
+
+class UnreadableDocument(Exception):
+    """A document that is skipped; the message says why."""
+
+
+def is_document(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() in DOCUMENT_SUFFIXES
+
+
+def expand_documents(patterns: list[str]) -> tuple[list[Path], list[dict]]:
+    """The document files the patterns name (folders are searched recursively), and skip notices
+    for patterns that name nothing to read (an empty folder)."""
+    paths: list[Path] = []
+    skipped: list[dict] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise DomaintuneError(f"{pattern}: no files match this pattern")
+        for match in map(Path, matches):
+            if match.is_dir():
+                found = sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+                if not found:
+                    skipped.append({"file": str(match), "reason": f"folder has no documents ({', '.join(DOCUMENT_SUFFIXES)})"})
+                paths += [p for p in found if p not in paths]
+            elif not match.exists():
+                raise DomaintuneError(f"{match}: file not found")
+            elif match not in paths:
+                paths.append(match)
+    return paths, skipped
+
+
+def read_document(path: Path) -> list[Section]:
+    """The document's text in sections, or UnreadableDocument saying why it can't be read."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".pdf":
+            sections = _read_pdf(path)
+        elif suffix == ".docx":
+            sections = _read_docx(path)
+        elif suffix in (".html", ".htm"):
+            sections = _read_html(_decode(path))
+        else:
+            sections = _read_markdown(_decode(path))
+    except UnreadableDocument:
+        raise
+    except Exception as error:  # parsers raise many types for a broken file; any of them means "skip it"
+        raise UnreadableDocument(f"cannot read {suffix[1:].upper()} ({type(error).__name__}: {error})") from None
+    sections = [section for section in sections if section.text.strip()]
+    if not sections:
+        raise UnreadableDocument("no text found (a scanned PDF needs OCR first)" if suffix == ".pdf" else "no text found")
+    return sections
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise UnreadableDocument("binary file, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UnreadableDocument(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+
+
+def _read_pdf(path: Path) -> list[Section]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(path)
+    if reader.is_encrypted:
+        raise UnreadableDocument("encrypted PDF; decrypt it first")
+    return [Section(page.extract_text() or "", {"page": number}) for number, page in enumerate(reader.pages, start=1)]
+
+
+def _read_docx(path: Path) -> list[Section]:
+    import docx
+
+    sections: list[Section] = []
+    heading, lines = None, []
+    for paragraph in docx.Document(str(path)).paragraphs:
+        if paragraph.style is not None and paragraph.style.name.startswith("Heading") and paragraph.text.strip():
+            sections.append(Section("\n".join(lines), {"section": heading}))
+            heading, lines = paragraph.text.strip(), []
+        lines.append(paragraph.text)
+    sections.append(Section("\n".join(lines), {"section": heading}))
+    return sections
+
+
+def _read_html(html: str) -> list[Section]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "noscript", "nav", "header", "footer"]):
+        tag.decompose()  # page chrome, not content
+    sections: list[Section] = []
+    heading, lines = None, []
+    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "pre", "blockquote"]):
+        text = element.get_text(" ", strip=True)
+        if element.name.startswith("h"):
+            sections.append(Section("\n".join(lines), {"section": heading}))
+            heading, lines = text, []
+        if text and not element.find_parent(["p", "li", "td", "pre", "blockquote"]):
+            lines.append(text)
+    sections.append(Section("\n".join(lines), {"section": heading}))
+    return sections
+
+
+def _read_markdown(text: str) -> list[Section]:
+    sections: list[Section] = []
+    heading, lines = None, []
+    for line in text.splitlines():
+        match = _MARKDOWN_HEADING.match(line)
+        if match:
+            sections.append(Section("\n".join(lines), {"section": heading}))
+            heading, lines = match.group(1), []
+        lines.append(line)
+    sections.append(Section("\n".join(lines), {"section": heading}))
+    return sections
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Whitespace words as stand-in tokens when no tokenizer is at hand."""
+    return [match.span() for match in _WORDS.finditer(text)]
+
+
+def chunk_sections(sections: list[Section], size: int, overlap: int, tokenize: Tokenize) -> Iterator[tuple[str, dict]]:
+    """(chunk text, where it starts): windows of `size` tokens, each repeating `overlap` tokens of the last.
+    A chunk never spans two sections, so its page or heading is exact."""
+    for section in sections:
+        spans = tokenize(section.text)
+        start = 0
+        while start < len(spans):
+            end = min(start + size, len(spans))
+            yield section.text[spans[start][0] : spans[end - 1][1]], section.where
+            if end == len(spans):
+                break
+            start = end - overlap
+
+
+def read_document_rows(
+    patterns: list[str], size: int, overlap: int, tokenize: Tokenize | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Raw-text rows, one per chunk, and the documents skipped with their reason."""
+    tokenize = tokenize or word_spans
+    paths, skipped = expand_documents(patterns)
+    rows: list[dict] = []
+    for path in paths:
+        try:
+            sections = read_document(path)
+        except UnreadableDocument as error:
+            skipped.append({"file": str(path), "reason": str(error)})
+            continue
+        for number, (text, where) in enumerate(chunk_sections(sections, size, overlap, tokenize), start=1):
+            where = {key: value for key, value in where.items() if value is not None}
+            rows.append({"text": text, "source": {"file": str(path), "line": number, **where}})
+    return rows, skipped

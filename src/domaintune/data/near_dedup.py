@@ -1,0 +1,80 @@
+"""Near-duplicates: rows that say almost the same thing (other case or punctuation, a word changed
+in a long row).
+
+Rows are compared as sets of word 3-grams (lower case, punctuation ignored), so a one-word change
+in a short row keeps it distinct: in a 20-word sentence it shares only ~0.8 of its 3-grams.
+MinHash sketches of these sets go into an LSH index (datasketch), which proposes
+candidate pairs in about linear time; each candidate is then confirmed with the exact Jaccard
+similarity, so LSH's false positives never remove a row. The first row of each near-duplicate
+group is kept, the others are set aside naming the row they resemble.
+
+A conversation is a near-duplicate only if its answer is alike too, case included: the answer is
+what the model learns to write, and "[SILICON VALLEY BANK - ORGANIZATION]" for the prompt in capitals
+is not "[Silicon Valley Bank - ORGANIZATION]". Like prompts with different answers are kept, as
+exact dedup keeps them.
+"""
+from __future__ import annotations
+
+import re
+
+from domaintune.config import NearDedupConfig
+from domaintune.data.cleaning import Removed, answer_text, row_text
+
+SHINGLE = 3  # words
+_WORD = re.compile(r"\w+")
+
+
+def shingles(row: dict) -> set[bytes]:
+    return _word_grams(row_text(row).lower())
+
+
+def _answer_grams(row: dict) -> set[bytes] | None:
+    return _word_grams(answer_text(row)) if "messages" in row else None
+
+
+def _word_grams(text: str) -> set[bytes]:
+    words = _WORD.findall(text)
+    if len(words) <= SHINGLE:
+        return {" ".join(words).encode("utf-8")}
+    return {" ".join(words[i : i + SHINGLE]).encode("utf-8") for i in range(len(words) - SHINGLE + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def near_dedup_rows(rows: list[dict], config: NearDedupConfig, seed: int = 1) -> tuple[list[dict], list[Removed], list[dict]]:
+    """(kept rows, set-aside rows, example pairs {kept, removed, similarity})."""
+    from datasketch import MinHash, MinHashLSH
+
+    sets = [shingles(row) for row in rows]
+    # bulk() hashes all rows with numpy in one go: far faster than update() per shingle.
+    sketches = MinHash.bulk(sets, num_perm=config.num_perm, seed=seed)
+    lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+    kept, removed, pairs = [], [], []
+    for index, (row, sketch) in enumerate(zip(rows, sketches)):
+        best, similarity = None, 0.0
+        for candidate in lsh.query(sketch):
+            score = jaccard(sets[index], sets[candidate])
+            if score >= config.threshold and score > similarity and _answers_alike(rows[index], rows[candidate], config):
+                best, similarity = candidate, score
+        if best is None:
+            lsh.insert(index, sketch)  # only kept rows go in, so a row is compared with what survives
+            kept.append(row)
+            continue
+        original = rows[best]
+        where = f"{original['source']['file']}:{original['source']['line']}"
+        removed.append(Removed(row, "near-duplicate", f"near-duplicate of {where} (similarity {similarity:.2f})"))
+        pairs.append({"kept": _preview(original), "removed": _preview(row), "similarity": round(similarity, 3)})
+    return kept, removed, pairs
+
+
+def _answers_alike(row: dict, other: dict, config: NearDedupConfig) -> bool:
+    mine, theirs = _answer_grams(row), _answer_grams(other)
+    return mine is None or theirs is None or jaccard(mine, theirs) >= config.threshold
+
+
+def _preview(row: dict, limit: int = 160) -> str:
+    text = row_text(row).replace("\n", " | ")
+    return text if len(text) <= limit else text[:limit] + "…"
+

@@ -1,0 +1,111 @@
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from domaintune.config import DataConfig
+from domaintune.data.documents import Section, chunk_sections, read_document_rows, word_spans
+from domaintune.data.prepare import prepare_dataset
+
+
+def make_pdf(path: Path, pages: list[str]) -> Path:
+    """A minimal valid PDF with one line of Helvetica text per page."""
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{4 + 2 * i} 0 R' for i in range(len(pages)))}] /Count {len(pages)} >>",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {5 + 2 * i} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>")
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    data, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(data))
+        data += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(data)
+    data += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    data += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    data += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path) -> Path:
+    """A folder with one good document of each kind and three bad ones, plus an empty folder."""
+    import docx
+    from pypdf import PdfWriter
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    make_pdf(folder / "terms.pdf", ["Late fees are 25 dollars per month.", "Interest accrues daily at 5 percent."])
+    document = docx.Document()
+    document.add_heading("Eligibility", level=1)
+    document.add_paragraph("Applicants must be 18 years or older.")
+    document.add_heading("Repayment", level=1)
+    document.add_paragraph("Loans are repaid in monthly instalments.")
+    document.save(folder / "policy.docx")
+    (folder / "faq.html").write_text(
+        "<html><head><script>var x = 1;</script></head><body><nav>Home | Menu</nav><h1>Cards</h1>"
+        "<p>A replacement card costs 10 dollars.</p><ul><li>Report loss by phone.</li></ul></body></html>"
+    )
+    (folder / "guide.md").write_text("Intro line.\n\n# Opening an account\n\nBring a photo ID.\n\n## Fees\n\nNo monthly fee.\n")
+    (folder / "notes.txt").write_text("Branches open at 9 am on weekdays.\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not really a pdf")
+    writer = PdfWriter(clone_from=make_pdf(tmp_path / "plain.pdf", ["Secret terms."]))
+    writer.encrypt("password")
+    with open(folder / "locked.pdf", "wb") as handle:
+        writer.write(handle)
+    (folder / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+def test_every_kind_is_read_with_page_or_section_and_bad_files_are_skipped(library):
+    rows, skipped = read_document_rows([str(library / "docs"), str(library / "empty")], size=64, overlap=8)
+    by_file = {}
+    for row in rows:
+        by_file.setdefault(Path(row["source"]["file"]).name, []).append(row)
+    assert sorted(by_file) == ["faq.html", "guide.md", "notes.txt", "policy.docx", "terms.pdf"]
+    assert [(r["source"]["page"], r["text"]) for r in by_file["terms.pdf"]] == [
+        (1, "Late fees are 25 dollars per month."),
+        (2, "Interest accrues daily at 5 percent."),
+    ]
+    assert [r["source"].get("section") for r in by_file["policy.docx"]] == ["Eligibility", "Repayment"]
+    assert [r["source"]["line"] for r in by_file["policy.docx"]] == [1, 2]  # chunk numbers
+    html = by_file["faq.html"][0]
+    assert html["source"]["section"] == "Cards" and "replacement card costs 10 dollars" in html["text"]
+    assert "var x" not in html["text"] and "Menu" not in html["text"]
+    assert [r["source"].get("section") for r in by_file["guide.md"]] == [None, "Opening an account", "Fees"]
+    reasons = {Path(item["file"]).name: item["reason"] for item in skipped}
+    assert set(reasons) == {"broken.pdf", "locked.pdf", "image.txt", "empty"}
+    assert reasons["locked.pdf"] == "encrypted PDF; decrypt it first"
+    assert reasons["image.txt"] == "binary file, not text"
+    assert reasons["broken.pdf"].startswith("cannot read PDF")
+    assert reasons["empty"].startswith("folder has no documents")
+
+
+def test_chunks_overlap_by_tokens():
+    text = " ".join(f"w{i}" for i in range(100))
+    chunks = list(chunk_sections([Section(text, {"page": 1})], size=40, overlap=10, tokenize=word_spans))
+    assert [(chunk.split()[0], chunk.split()[-1], where) for chunk, where in chunks] == [
+        ("w0", "w39", {"page": 1}),
+        ("w30", "w69", {"page": 1}),
+        ("w60", "w99", {"page": 1}),
+    ]
+
+
+def test_prepare_reads_documents_next_to_tables_and_goes_on(library):
+    table = library / "qa.jsonl"
+    table.write_text(json.dumps({"prompt": "Where is the branch?", "completion": "On Main Street."}) + "\n")
+    out = io.StringIO()
+    config = DataConfig(train=[str(table), str(library / "docs"), str(library / "empty")], split={"validation": 0.0, "test": 0.0})
+    card = prepare_dataset(config, library / "out", seed=0, console=Console(file=out, width=300))
+    assert card["splits"]["train"] == 1 + 2 + 2 + 1 + 3 + 1
+    assert {file["format"] for file in card["files"]} == {"prompt_completion", "document"}
+    assert len(card["documents_skipped"]) == 4
+    assert f"skipped {library / 'docs' / 'locked.pdf'}: encrypted PDF; decrypt it first" in out.getvalue()

@@ -1,0 +1,104 @@
+"""A small recall/precision set: every PII type is found and redacted, its look-alikes are kept."""
+import pytest
+
+from domaintune.config import PiiConfig
+from domaintune.data.pii import PiiScanner, scrub_rows
+
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+
+# (text, expected redaction)
+FOUND = [
+    ("Write to jane.doe@example.co.uk today.", "Write to [EMAIL] today."),
+    ("Call +1 650-253-0000 for the desk.", "Call [PHONE] for the desk."),
+    ("Office: +44 20 7946 0958", "Office: [PHONE]"),
+    ("Card 4111 1111 1111 1111 expires soon.", "Card [CREDIT_CARD] expires soon."),
+    ("Paid with 5555-5555-5555-4444.", "Paid with [CREDIT_CARD]."),
+    ("IBAN GB82 WEST 1234 5698 7654 32 for wires.", "IBAN [IBAN] for wires."),
+    ("Account DE89370400440532013000.", "Account [IBAN]."),
+    ("SSN 536-22-1234 on file.", "SSN [SSN] on file."),
+    ("Server 192.168.10.20 is down.", "Server [IP_ADDRESS] is down."),
+    ("Use 2001:db8::8a2e:370:7334 now.", "Use [IP_ADDRESS] now."),
+    ("Clone https://admin:s3cr3t@git.example.com/repo.git", "Clone https://[CREDENTIALS]@git.example.com/repo.git"),
+    ("aws_key AKIAIOSFODNN7EXAMPLE leaked", "aws_key [SECRET] leaked"),
+    (f"token {GITHUB_TOKEN} here", "token [SECRET] here"),
+    ("slack xoxb-123456789012-123456789012-abcdefghijklmnopqrstuvwx", "slack [SECRET]"),
+    ("key sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD ok", "key [SECRET] ok"),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\nbye", "[SECRET]\nbye"),
+]
+
+# Look-alikes that must survive untouched.
+KEPT = [
+    "Order 1234567812345670 shipped.",  # passes Luhn but starts with 1: an order number, not a card
+    "Card 4111 1111 1111 1112 declined.",  # fails Luhn
+    "Reference 20240115000123 filed.",  # 14 digits, fails Luhn
+    "IBAN GB82 WEST 1234 5698 7654 33 is mistyped.",  # wrong IBAN checksum
+    "SSN 000-12-3456 and 666-12-3456 are never issued.",
+    "Build 1.2.3.400 and meeting at 12:30:45.",  # not addresses
+    "Loan of $5,000,000 due on 2024-03-01 under Section 2.01(a).",  # amounts, dates, sections
+    "See https://example.com/a:b for details.",  # a URL without credentials
+    "user at example dot com",
+    "SILICON VALLEY BANK - ORGANIZATION, Santa Clara - LOCATION",  # entity answers stay intact
+    "The Borrower shall pay 10,000,000 in 2019.",
+]
+
+
+@pytest.fixture(scope="module")
+def scanner():
+    return PiiScanner(PiiConfig())
+
+
+@pytest.mark.parametrize("text, redacted", FOUND)
+def test_each_pii_type_is_redacted(scanner, text, redacted):
+    assert scanner.redact(text)[0] == redacted
+
+
+@pytest.mark.parametrize("text", KEPT)
+def test_near_misses_are_kept(scanner, text):
+    assert scanner.find(text) == []
+
+
+def test_recall_and_precision_on_the_whole_set(scanner):
+    found = sum(bool(scanner.find(text)) for text, _ in FOUND)
+    false_alarms = sum(bool(scanner.find(text)) for text in KEPT)
+    assert (found / len(FOUND), false_alarms) == (1.0, 0)
+
+
+def test_types_can_be_chosen(tmp_path):
+    only_email = PiiScanner(PiiConfig(types=["email"]))
+    assert only_email.redact("a@b.org 4111 1111 1111 1111")[0] == "[EMAIL] 4111 1111 1111 1111"
+
+
+def chat(user: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], "source": {"file": "f", "line": 1}}
+
+
+def test_modes_redact_drop_and_report():
+    rows = [chat("Mail bob@corp.com please", "Sent to bob@corp.com"), chat("No PII here", "Fine")]
+    kept, removed, counts = scrub_rows(rows, PiiConfig(mode="redact"))
+    assert counts == {"email": 2} and not removed
+    assert kept[0]["messages"][1]["content"] == "Sent to [EMAIL]" and kept[1] == rows[1]
+    kept, removed, counts = scrub_rows(rows, PiiConfig(mode="drop"))
+    assert kept == [rows[1]] and [item.reason for item in removed] == ["contains PII: email"]
+    assert removed[0].row["messages"][0]["content"] == "Mail [EMAIL] please"  # no PII copy in removed.jsonl
+    kept, removed, counts = scrub_rows(rows, PiiConfig(mode="report"))
+    assert kept == rows and not removed and counts == {"email": 2}
+    text_rows = [{"text": "ip 10.0.0.1", "source": {"file": "f", "line": 2}}]
+    assert scrub_rows(text_rows, PiiConfig())[0][0]["text"] == "ip [IP_ADDRESS]"
+
+
+def test_yaml_off_means_the_word_off():
+    import yaml
+
+    from domaintune.config import validate_recipe
+
+    recipe = validate_recipe(yaml.safe_load("data: {pii: {mode: off}, contamination: {action: off}}"))
+    assert (recipe.data.pii.mode, recipe.data.contamination.action) == ("off", "off")
+
+
+def test_unknown_phone_region_names_the_field():
+    from domaintune.config import validate_recipe
+    from domaintune.errors import DomaintuneError
+
+    assert validate_recipe({"data": {"pii": {"phone_region": "gb"}}}).data.pii.phone_region == "GB"
+    with pytest.raises(DomaintuneError, match=r"data\.pii\.phone_region: value error, unknown region 'XX'"):
+        validate_recipe({"data": {"pii": {"phone_region": "XX"}}})
