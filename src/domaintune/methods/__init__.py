@@ -17,6 +17,7 @@ Optional module-level hooks, each with a default, so the runner never asks for a
 """
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 
 from domaintune.methods import adapters, freeze, full, ia3, loha, lokr, lora, prefix, prompt, qlora
@@ -33,6 +34,11 @@ METHODS: dict[str, ModuleType] = {
     "lokr": lokr,
     "adapters": adapters,
 }
+
+
+# bitsandbytes (imported by peft) tries to fetch an optional CPU kernel from the Hugging Face hub
+# and warns on every import when it can't; its own kernels work without it (measured: qlora trains).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def method_config_types() -> tuple[type, ...]:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SUMMARY = "low-rank updates on the linear layers; the default: most of full fine-tuning's quality at ~1% of the parameters"
+SUMMARY = "low-rank updates on the linear layers; the default: most of full fine-tuning's quality at a few % of the parameters"
 TRAINS = "low-rank update matrices A·B on every linear layer (or `target_modules`)"
 
 

@@ -1,0 +1,83 @@
+"""`domaintune compare`: train several methods on the same data and tabulate what each costs and gives.
+
+Each variant is an ordinary `domaintune run` of the recipe with that variant's method (and learning
+rate), named `<name>-<label>`. The data is prepared with the same seed every time, so every variant
+sees the same splits; the base model is evaluated once, with the first variant. Writes
+`<output_dir>/<name>-compare/comparison.csv` and `comparison.md`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+COLUMNS = ["variant", "method", "test_loss", "metrics", "train_seconds", "trainable", "trainable_share",
+           "artifact_mb", "merged", "run_dir"]
+
+
+def artifact_bytes(model_dir: Path) -> int:
+    """Size of what the method saved: the adapter or the full weights (not the tokenizer)."""
+    return sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.suffix == ".safetensors")
+
+
+def compare_methods(recipe, console: Console) -> dict:
+    from domaintune import api
+    from domaintune.models.loading import merge_blocker
+
+    rows, base = [], None
+    for index, variant in enumerate(recipe.compare.variants):
+        label = variant.label or variant.method.name
+        data = recipe.model_dump(mode="json", exclude={"compare"})
+        data["name"] = f"{recipe.name}-{label}"
+        data["method"] = variant.method.model_dump(mode="json")
+        if variant.lr is not None:
+            data["training"]["lr"] = variant.lr
+        data["evaluation"]["compare_base"] = index == 0 and recipe.evaluation.compare_base
+        console.rule(f"[bold]{label}[/] ({variant.method.name})")
+        run = api.run(data, console=console)
+        results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
+        training = json.loads((run.model / "training.json").read_text(encoding="utf-8"))
+        tuned = results["models"]["tuned"]
+        base = base or results["models"].get("base")
+        rows.append({
+            "variant": label,
+            "method": variant.method.name,
+            "test_loss": tuned.get("loss", {}).get("test"),
+            "metrics": tuned.get("metrics", {}),
+            "train_seconds": training.get("runtime_seconds"),
+            "trainable": training["parameters"]["trainable"],
+            "trainable_share": training["parameters"]["share"],
+            "artifact_mb": artifact_bytes(run.model) / 2**20,
+            "merged": merge_blocker(run.model) is None,
+            "run_dir": str(run.root),
+        })
+    out = Path(recipe.output_dir) / f"{recipe.name}-compare"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "comparison.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "metrics": json.dumps(row["metrics"])})
+    (out / "comparison.md").write_text(markdown(rows, base), encoding="utf-8")
+    return {"rows": rows, "base": base, "folder": str(out)}
+
+
+def markdown(rows: list[dict], base: dict | None) -> str:
+    metric_names = sorted({name for row in rows for name in row["metrics"]})
+    header = ["variant", "method", "test loss", *metric_names, "train s", "trainable", "share", "artifact MB", "mergeable"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def fmt(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    if base:
+        lines.append("| base | - | " + " | ".join([fmt(base.get("loss", {}).get("test")),
+                     *(fmt(base.get("metrics", {}).get(m)) for m in metric_names), "-", "-", "-", "-", "-"]) + " |")
+    for row in rows:
+        cells = [row["variant"], row["method"], fmt(row["test_loss"]), *(fmt(row["metrics"].get(m)) for m in metric_names),
+                 fmt(row["train_seconds"], 0), f"{row['trainable']:,}", f"{row['trainable_share']:.2%}",
+                 fmt(row["artifact_mb"], 2), "yes" if row["merged"] else "no (adapter only)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
