@@ -67,6 +67,9 @@ def write_report(run_dir: Path) -> Path:
         regressions=errors.get("regressions"),
         entity_errors=_entity_error_rows(errors.get("entities") or {}),
         entity_chart=_entity_chart(errors.get("entities") or {}),
+        harness_rows=_harness_rows(models),
+        judge=results.get("judge"),
+        judge_chart=_judge_chart(results.get("judge")),
         confusions=[(name, _confusion_chart(matrix)) for name, matrix in (errors.get("labels") or {}).items()],
         loss_chart=_loss_chart(_read_jsonl(run_dir / "metrics.jsonl")),
         samples=samples,
@@ -218,6 +221,17 @@ def _forgetting_section(forgetting: dict, models: dict[str, dict]) -> dict | Non
     }
 
 
+def _harness_rows(models: dict[str, dict]) -> list[dict]:
+    """lm-eval scores: one row per (task, metric,filter), one column per model, with the change."""
+    keys: dict[tuple[str, str], None] = {}
+    for model in models.values():
+        keys.update(dict.fromkeys((task, metric) for task, scores in (model.get("harness") or {}).items() for metric in scores))
+    return [
+        _row(f"{task} · {metric}", {m: _dig(model, "harness", task, metric) for m, model in models.items()}, 3, False)
+        for task, metric in keys
+    ]
+
+
 def _entity_error_rows(entities: dict[str, dict]) -> dict | None:
     """One row per entity TYPE: correct, missed and spurious counts for each model."""
     if not entities:
@@ -344,6 +358,24 @@ def _change_chart(comparison: dict[str, dict]) -> str | None:
     return png_data_uri(figure)
 
 
+def _judge_chart(judge: dict | None) -> str | None:
+    """One bar split into tuned wins, ties and base wins."""
+    if not judge:
+        return None
+    figure, axes = _axes(7.0, 1.4)
+    axes.grid(visible=False)
+    left = 0
+    for name, colour in (("tuned", COLOURS["tuned"]), ("tie", "#e4e7eb"), ("base", COLOURS["base"])):
+        count = judge["wins"][name]
+        axes.barh(0, count, left=left, color=colour, label=f"{name} {'wins' if name != 'tie' else ''} ({count})")
+        left += count
+    axes.set_yticks([])
+    axes.set_xlim(0, max(left, 1))
+    axes.set_xlabel("judged items")
+    axes.legend(frameon=False, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return png_data_uri(figure)
+
+
 def _entity_chart(entities: dict[str, dict]) -> str | None:
     """Missed and spurious entities per TYPE, base beside tuned."""
     table = _entity_error_rows(entities)
@@ -360,7 +392,7 @@ def _entity_chart(entities: dict[str, dict]) -> str | None:
                  hatch="//" if key == "spurious" else None, edgecolor="white")
     axes.set_xticks(range(len(kinds)), kinds)
     axes.set_ylabel("entities")
-    axes.legend(frameon=False, ncols=2)
+    axes.legend(frameon=False, ncols=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return png_data_uri(figure)
 
 

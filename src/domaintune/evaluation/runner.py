@@ -2,6 +2,7 @@
 
 Every base-vs-tuned change gets a paired bootstrap interval and a verdict (bootstrap.py), the
 general-ability probes show what tuning cost (forgetting.py), and errors_analysis.py lists what got worse.
+Opt-in: lm-evaluation-harness tasks (harness.py) and a pairwise LLM judge (judge.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import numpy as np
 from rich.console import Console
 
-from domaintune.evaluation import bootstrap
+from domaintune.evaluation import bootstrap, judge
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
 from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
 from domaintune.evaluation.generation import generate, mean_loss, perplexity, row_losses
@@ -53,8 +54,10 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
     return result, predictions, stats
 
 
-def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
-    """Writes eval/results.json, eval/samples.jsonl and report.html; returns the results."""
+def evaluate_run(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
+    """Writes eval/results.json, eval/samples.jsonl and report.html; returns the results.
+
+    `harness` (default: evaluation.harness) also runs the lm-eval tasks written to eval/harness/."""
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
@@ -65,6 +68,12 @@ def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
     splits = {"validation": read_split(run, "validation"), "test": read_split(run, "test")}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
+    harness_tasks: list[str] = []
+    if config.harness if harness is None else harness:
+        from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
+
+        harness_tasks = lm_harness.write_tasks(run.eval / "harness", recipe, tokenizer, generation_rows, probes)
+        lm_harness.check_builtin_tasks(run.eval / "harness", config.harness_tasks)
 
     results: dict = {"models": {}}
     outputs: dict[str, list[str]] = {}
@@ -88,6 +97,12 @@ def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
                 "accuracy": {key: float(np.mean(s.components)) for key, s in probe_results[label].items()},
                 "seconds": round(time.perf_counter() - started, 1),
             }
+        if harness_tasks:
+            console.print(f"Running {len(harness_tasks) + len(config.harness_tasks)} lm-eval tasks on the {label} model...")
+            results["models"][label]["harness"] = lm_harness.run_tasks(
+                model, tokenizer, run.eval / "harness", harness_tasks, config.harness_tasks, config.batch_size,
+                config.harness_limit,
+            )
         del model
     results.update(
         n_test=len(splits["test"]),
@@ -118,6 +133,8 @@ def evaluate_run(run: RunDir, console: Console | None = None) -> dict:
             }
     if samples:
         results["errors"] = _error_analysis(config, generation_rows, samples, outputs, stats)
+    if config.judge and samples and "base" in outputs:
+        results["judge"] = _judge(config, samples, run, bf16, console)
 
     run.eval.mkdir(parents=True, exist_ok=True)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -144,3 +161,19 @@ def _error_analysis(config, rows: list[dict], samples: list[dict], outputs: dict
     if "accuracy" in config.metrics or any(row.get("label") is not None for row in rows):
         errors["labels"] = {label: label_confusion(predictions, references) for label, predictions in outputs.items()}
     return errors
+
+
+def _judge(config, samples: list[dict], run: RunDir, bf16: bool, console: Console) -> dict:
+    settings = config.judge
+    if settings.endpoint:
+        ask, name = judge.endpoint_judge(settings.endpoint, settings.endpoint_model, settings.api_key_env,
+                                         settings.max_new_tokens), f"{settings.endpoint_model} at {settings.endpoint}"
+    else:
+        ask, name = judge.local_judge(settings.model, settings.max_new_tokens, config.batch_size, bf16), settings.model
+    judged = samples[: settings.max_items]
+    console.print(f"Judging {len(judged)} answer pairs with {name}, both orders...")
+    verdicts = judge.judge_pairs(ask, judged, settings.rubric)
+    for sample, verdict in zip(judged, verdicts):
+        sample["judge"] = verdict["winner"]
+    return {"judge": name, "rubric": settings.rubric,
+            **judge.summarise(verdicts, judge.read_feedback(run.eval / "feedback.jsonl"))}

@@ -1,0 +1,109 @@
+"""The pairwise judge with scripted stubs: consistent picks, position bias cancelled, human agreement."""
+import re
+
+import pytest
+
+from domaintune.errors import DomaintuneError
+from domaintune.evaluation.judge import judge_pairs, local_judge, parse_choice, read_feedback, summarise
+
+SAMPLES = [
+    {"prompt": f"Where is office {i}?", "reference": f"[City{i} - LOCATION]",
+     "base": "I don't know", "tuned": f"[City{i} - LOCATION]"}
+    for i in range(4)
+]
+SAMPLES.append({"prompt": "Which?", "reference": "[X - ORG]", "base": "[X - ORG]", "tuned": "no idea"})
+
+
+def reference_matcher(prompts):
+    """Prefers whichever answer equals the reference, wherever it stands."""
+    replies = []
+    for prompt in prompts:
+        reference = re.search(r"Reference answer:\n(.*)\n", prompt).group(1)
+        a = re.search(r"Answer A:\n(.*)\n", prompt).group(1)
+        replies.append("A" if a == reference else "B is better.")
+    return replies
+
+
+def test_a_consistent_judge_picks_the_same_answer_in_both_orders():
+    verdicts = judge_pairs(reference_matcher, SAMPLES, "Be strict.")
+    assert [v["winner"] for v in verdicts] == ["tuned"] * 4 + ["base"]
+    assert all(v["consistent"] for v in verdicts)
+    summary = summarise(verdicts)
+    assert summary["wins"] == {"tuned": 4, "base": 1, "tie": 0}
+    assert summary["tuned_win_rate"] == 0.8 and summary["consistency"] == 1.0
+
+
+def test_a_position_biased_judge_is_cancelled_by_swapping():
+    verdicts = judge_pairs(lambda prompts: ["A"] * len(prompts), SAMPLES, "Be strict.")
+    # "A" is base in one order and tuned in the other: no win survives.
+    assert {v["winner"] for v in verdicts} == {"tie"}
+    assert summarise(verdicts)["consistency"] == 0.0
+
+
+def test_prompts_carry_the_rubric_and_both_orders():
+    seen = []
+    judge_pairs(lambda prompts: seen.extend(prompts) or ["tie"] * len(prompts), SAMPLES[:1], "RUBRIC-X")
+    assert len(seen) == 2 and all(p.startswith("RUBRIC-X") for p in seen)
+    assert "Answer A:\nI don't know\n" in seen[0] and "Answer B:\nI don't know\n" in seen[1]
+
+
+def test_parse_choice():
+    assert parse_choice("B") == "B" and parse_choice(" a.") == "A" and parse_choice("Tie") == "tie"
+    assert parse_choice("Both are fine") == "tie" and parse_choice("Answer B is better than A") == "B"
+
+
+def test_agreement_with_human_choices(tmp_path):
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text('{"index": 0, "choice": "tuned"}\n{"index": 4, "choice": "tuned"}\n')
+    summary = summarise(judge_pairs(reference_matcher, SAMPLES, "r"), read_feedback(feedback))
+    assert summary["human_agreement"] == {"items": 2, "agreement": 0.5}
+    feedback.write_text("not json\n")
+    with pytest.raises(DomaintuneError, match="feedback.jsonl line 1"):
+        read_feedback(feedback)
+
+
+def test_a_loadable_model_can_judge(tiny_model_dir):
+    ask = local_judge(str(tiny_model_dir), max_new_tokens=3, batch_size=2, bf16=False)
+    verdicts = judge_pairs(ask, SAMPLES[:2], "r")
+    assert len(verdicts) == 2 and all(v["winner"] in {"base", "tuned", "tie"} for v in verdicts)
+
+
+def test_an_openai_compatible_endpoint_can_judge():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from domaintune.evaluation.judge import endpoint_judge
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path.endswith("/chat/completions") and request["model"] == "stub-judge"
+            [reply] = reference_matcher([request["messages"][-1]["content"]])
+            body = json.dumps({"id": "1", "object": "chat.completion", "created": 0, "model": "stub-judge",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ask = endpoint_judge(f"http://127.0.0.1:{server.server_port}/v1", "stub-judge", "NO_SUCH_KEY_VARIABLE", 4)
+        assert [v["winner"] for v in judge_pairs(ask, SAMPLES, "r")] == ["tuned"] * 4 + ["base"]
+    finally:
+        server.shutdown()
+
+
+def test_the_judge_section_needs_exactly_one_judge():
+    from domaintune.config import validate_recipe
+
+    for judge in ({}, {"model": "a", "endpoint": "http://x/v1"}):
+        with pytest.raises(DomaintuneError, match="evaluation.judge: .*exactly one of model and endpoint"):
+            validate_recipe({"evaluation": {"judge": judge}})
