@@ -128,11 +128,13 @@ def train(
     return run
 
 
-def evaluate(run_dir: str | Path | RunDir, console: Console | None = None) -> dict:
+def evaluate(run_dir: str | Path | RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
+    """Base vs tuned on the run's test split, with intervals, forgetting probes and error analysis;
+    `harness=True` also runs the lm-evaluation-harness tasks (default: the recipe's evaluation.harness)."""
     from domaintune.evaluation.runner import evaluate_run
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    return evaluate_run(run, console=_console(console))
+    return evaluate_run(run, console=_console(console), harness=harness)
 
 
 def export_model(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
@@ -179,6 +181,38 @@ def estimate(recipe: RecipeLike, overrides: list[str] | None = None, console: Co
     result = estimator.estimate(estimator.count_work(recipe, lengths), speed, recipe.evaluation.compare_base)
     console.print(estimator.describe(result), highlight=False)
     return result
+
+
+def select(
+    recipe: RecipeLike,
+    candidates: list[str],
+    samples: int = 30,
+    shots: int = 3,
+    estimate_training: bool = False,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Rank candidate base models on a sample of the recipe's task (zero- and few-shot quality, speed,
+    memory) and recommend one; `estimate_training` adds each one's predicted run time. Writes
+    <output_dir>/<name>-select/selection.json."""
+    import tempfile
+
+    from domaintune.evaluation.select import select_base_model, write_selection
+
+    console = _console(console)
+    recipe = load(recipe, overrides)
+    if not candidates:
+        raise DomaintuneError("--candidates: name at least one model, e.g. --candidates smollm2-135m-instruct,./my-model")
+    # The prepared sample is scratch: it must not show up among the user's runs.
+    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-select-")})
+    run_dir, _ = prepare_data(scratch, console=console)
+    selection = select_base_model(recipe, run_dir.data, candidates, samples, shots, console)
+    if estimate_training:
+        for candidate in selection["candidates"]:
+            forecast = estimate(recipe, overrides=[f"model.name={candidate['model']}"], console=console)
+            candidate["estimated_run_seconds"] = forecast["total_seconds"]
+    selection["path"] = str(write_selection(selection, Path(recipe.output_dir) / f"{recipe.name}-select"))
+    return selection
 
 
 def tune(

@@ -100,11 +100,44 @@ def tune(
 
 @app.command()
 @user_errors
-def evaluate(run_dir: Path):
+def evaluate(
+    run_dir: Path,
+    harness: Annotated[
+        bool, typer.Option("--harness", help="Also run the test split and probes as lm-evaluation-harness tasks.")
+    ] = False,
+):
     """Evaluate a run's tuned model against its base model and write the report."""
-    results = api.evaluate(run_dir, console=console)
+    results = api.evaluate(run_dir, console=console, harness=harness or None)
     _print_results(results)
     typer.echo(f"Report: {Path(run_dir).resolve() / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def select(
+    recipe: Path,
+    candidates: Annotated[str, typer.Option("--candidates", help="Comma-separated base models: names, folders or hub ids.")],
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Test rows each candidate answers.")] = 30,
+    shots: Annotated[int, typer.Option("--shots", min=0, help="Training rows shown as examples in the few-shot setting.")] = 3,
+    estimate_training: Annotated[
+        bool, typer.Option("--estimate", help="Also predict each candidate's training run time (probes a few steps each).")
+    ] = False,
+    overrides: SetOption = None,
+):
+    """Rank candidate base models on a sample of the task by quality, speed and memory, and recommend one."""
+    names = [name.strip() for name in candidates.split(",") if name.strip()]
+    selection = api.select(recipe, names, samples=samples, shots=shots, estimate_training=estimate_training,
+                           overrides=overrides, console=console)
+    metric = selection["metric"]
+    table = Table("rank", "model", metric, "loss", "s/answer", "tokens/s", "weights MB", "est. run")
+    for position, row in enumerate(selection["candidates"], start=1):
+        run_time = row.get("estimated_run_seconds")
+        table.add_row(str(position), row["model"], f"{row['score']:.3f} ({row['setting']})", _fmt(row["loss"]),
+                      str(row["seconds_per_item"]), str(row["tokens_per_second"]), f"{row['memory_mb']:.0f}",
+                      "-" if run_time is None else f"{run_time / 60:.1f} min")
+    Console().print(table)
+    typer.echo(f"Recommendation: {selection['recommendation']} ({'; '.join(selection['reasons'])})")
+    typer.echo(f"Details: {selection['path']}")
 
 
 @app.command()
@@ -181,15 +214,18 @@ def methods(
     """List the training methods and objectives: what each trains, when to use it, its cost for the model."""
     from domaintune.methods.guide import OBJECTIVES
 
+    from domaintune.config import ModelConfig
+
+    model = model or ModelConfig().name
     rows = api.list_methods(model)
-    table = Table("method", "trains", "when to use it", "trainable", "share", "memory*", title=f"Methods for {model or 'the default model'}")
+    table = Table("method", "trains", "when to use it", "trainable", "share", "memory*", title=f"Methods for {model}")
     for row in rows:
         notes = [] if row["mergeable"] else ["adapter only on export"]
         table.add_row(
             row["name"], row["trains"], row["when"] + (f" ({'; '.join(notes)})" if notes else ""),
             f"{row['trainable']:,}", f"{row['share']:.2%}", f"{row['memory_mb']:,} MB",
         )
-    out = Console()
+    out = Console(width=max(Console().width, 150))  # the table needs room; piped output is 80 wide
     out.print(table)
     out.print("* weights + gradients + Adam state at the method's defaults; activations come on top "
               "(`domaintune estimate RECIPE` measures a run).")
@@ -202,13 +238,29 @@ def methods(
 def _print_results(results: dict) -> None:
     models = results["models"]
     names = list(models)
-    table = Table("metric", *names)
+    comparison = results.get("comparison") or {}
+    table = Table("metric", *names, *(["change (interval)", "verdict"] if comparison else []))
+
+    def verdict(key: str) -> list[str]:
+        entry = comparison.get(key)
+        if not comparison:
+            return []
+        if not entry:
+            return ["", ""]
+        return [f"{entry['delta']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]", entry["verdict"]]
+
     keys = sorted({key for model in models.values() for key in model["metrics"]})
     for key in keys:
-        table.add_row(key, *(f"{models[name]['metrics'].get(key, float('nan')):.3f}" for name in names))
+        table.add_row(key, *(f"{models[name]['metrics'].get(key, float('nan')):.3f}" for name in names), *verdict(key))
     for split in ("validation", "test"):
-        table.add_row(f"{split} loss", *(_fmt(models[name]["loss"].get(split)) for name in names))
+        table.add_row(f"{split} loss", *(_fmt(models[name]["loss"].get(split)) for name in names),
+                      *verdict(f"loss ({split})"))
     Console().print(table)
+    overall = ((results.get("forgetting") or {}).get("comparison") or {}).get("overall")
+    if overall:
+        Console().print(f"General ability (probes): base {overall['base']:.3f} → tuned {overall['tuned']:.3f}, "
+                        f"{overall['delta']:+.3f} [{overall['low']:+.3f}, {overall['high']:+.3f}]: {overall['verdict']}",
+                        highlight=False)
 
 
 def _fmt(value) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domaintune.errors import DomaintuneError
 from domaintune.methods import method_config_types
@@ -35,6 +35,11 @@ class SplitConfig(Section):
         if self.validation + self.test >= 1.0:
             raise ValueError("validation + test must leave rows for training (sum < 1)")
         return self
+
+
+def _off_is_a_word(value: Any) -> Any:
+    # YAML reads a bare `off` as false; in these settings the user meant the word.
+    return "off" if value is False else value
 
 
 class DocumentsConfig(Section):
@@ -69,6 +74,20 @@ class PiiConfig(Section):
     types: list[PiiType] = Field(default_factory=lambda: list(PII_TYPES), description="Detectors to run.")
     phone_region: str = Field("US", description="Region for phone numbers written without a +country code.")
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return _off_is_a_word(value)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        import phonenumbers
+
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r}; use a two-letter country code such as US, GB or DE")
+        return value.upper()
+
 
 class QualityConfig(Section):
     enabled: bool = Field(True, description="Run the quality filters below (each can be turned off with null).")
@@ -94,6 +113,11 @@ class ContaminationConfig(Section):
         0.5, gt=0.0, le=1.0, description="An evaluation row is contaminated when this share of its n-grams occurs in train."
     )
     benchmarks: list[str] = Field(default_factory=list, description="Extra evaluation files checked against train (any data format).")
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return _off_is_a_word(value)
 
 
 AugmentMethod = Literal["word_dropout", "word_swap", "template", "paraphrase"]
@@ -188,7 +212,10 @@ class TrainingConfig(Section):
     precision: Precision = Field("auto", description="'auto' uses bf16 autocast where the CPU/GPU supports it.")
     threads: int | Literal["auto"] = Field("auto", description="CPU threads for torch; 'auto' uses the free cores.")
     group_by_length: bool = Field(True, description="Batch rows of similar length (only matters without packing).")
-    packing: bool = Field(True, description="Flatten each batch into one padding-free row (exact, faster).")
+    packing: bool = Field(True, description="Pack each batch into padding-free rows (exact, faster).")
+    pack_tokens: int = Field(
+        512, ge=16, description="Longest packed row; CPU attention cost grows with the square of a row's length."
+    )
     supervised_logits_only: bool = Field(
         True, description="With packing, compute the LM head only where the next token is supervised."
     )
@@ -204,6 +231,28 @@ class TrainingConfig(Section):
 
 
 Metric = Literal["exact_match", "accuracy", "entity_f1", "token_f1", "rouge_l"]
+
+
+class JudgeConfig(Section):
+    model: str | None = Field(None, description="Judge model domaintune can load (built-in name, folder, hub id).")
+    endpoint: str | None = Field(
+        None, description="Or the base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1 (domaintune serve)."
+    )
+    endpoint_model: str = Field("default", description="Model name sent to the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    rubric: str = Field(
+        "You compare two answers to the same question. The better answer is correct, complete, follows the "
+        "format of the reference answer and adds nothing that is not asked for.",
+        description="Instructions that open every judge prompt.",
+    )
+    max_items: int = Field(50, ge=1, description="Test items judged (each twice, answers swapped).")
+    max_new_tokens: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> "JudgeConfig":
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("set exactly one of model and endpoint")
+        return self
 
 
 class EvaluationConfig(Section):
@@ -222,6 +271,16 @@ class EvaluationConfig(Section):
         None, description="JSONL of multiple-choice probes (question, choices, answer index, category); null: built-in."
     )
     error_examples: int = Field(10, ge=0, description="Test items where tuned got worse, listed in the report.")
+    harness: bool = Field(False, description="Also run the lm-evaluation-harness tasks (`evaluate --harness`).")
+    harness_files: list[str] = Field(
+        default_factory=list,
+        description="Extra evaluation files for the harness: multiple choice (question, choices, answer) or any data format.",
+    )
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="Built-in lm-eval task names (their data comes from the Hugging Face hub)."
+    )
+    harness_limit: int | None = Field(None, ge=1, description="At most this many items per harness task.")
+    judge: JudgeConfig | None = Field(None, description="Pairwise LLM-as-judge of base vs tuned answers; off when null.")
 
 
 class ObjectiveConfig(Section):
@@ -497,6 +556,7 @@ def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
     recipe.data.synthesize.documents = resolve(recipe.data.synthesize.documents)
     if recipe.evaluation.probes:
         recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
+    recipe.evaluation.harness_files = resolve(recipe.evaluation.harness_files)
     return recipe
 
 
