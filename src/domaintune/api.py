@@ -172,7 +172,8 @@ def estimate(recipe: RecipeLike, overrides: list[str] | None = None, console: Co
     # The probe's run directory is scratch: it must not show up among the user's runs.
     scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
     run_dir, _ = prepare_data(scratch, console=console)
-    lengths = estimator.split_lengths(run_dir, recipe, load_tokenizer(recipe.model))
+    tokenizer = load_tokenizer(recipe.model)
+    lengths = {**estimator.split_lengths(run_dir, recipe, tokenizer), "probes": estimator.probe_lengths(recipe, tokenizer)}
     console.print("Timing a few training steps, a validation pass and a generation batch...")
     speed = estimator.probe(run_dir)
     estimator.record_throughput(

@@ -63,6 +63,20 @@ def split_lengths(run: RunDir, recipe: Recipe, tokenizer) -> dict[str, list[int]
     }
 
 
+def probe_lengths(recipe: Recipe, tokenizer) -> list[int]:
+    """Tokens the forgetting check runs per model: each probe's prompt once, then each choice."""
+    from domaintune.evaluation.forgetting import load_probes, probe_prompt
+
+    if not recipe.evaluation.forgetting:
+        return []
+    _, probes = load_probes(recipe.evaluation.probes)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return [count(probe_prompt(tokenizer, probe)) + sum(map(count, probe.choices)) for probe in probes]
+
+
 def real_tokens_per_step(recipe: Recipe, lengths: dict[str, list[int]]) -> float:
     """Mean non-padding tokens an optimiser step consumes (what speeds are measured in)."""
     train = lengths["train"]
@@ -83,6 +97,7 @@ def count_work(recipe: Recipe, lengths: dict[str, list[int]]) -> dict:
         "validation_tokens": sum(lengths.get("validation", [])),
         "evaluations": steps // config.eval_every if lengths.get("validation") else 0,
         "test_tokens": sum(lengths.get("test", [])),
+        "probe_tokens": sum(lengths.get("probes", [])),
         "generation_batches": math.ceil(generated / recipe.evaluation.batch_size) if generated else 0,
     }
 
@@ -193,8 +208,8 @@ def estimate(work: dict, speed: dict, compare_base: bool) -> dict:
     phases = {
         "training": work["train_tokens"] / train_rate,
         "validation": work["evaluations"] * work["validation_tokens"] / eval_rate,
-        # Evaluation: loss on validation and test, then generation, for each model compared.
-        "evaluation": models * ((work["validation_tokens"] + work["test_tokens"]) / eval_rate
+        # Evaluation: loss on validation and test, forgetting probes, then generation, for each model compared.
+        "evaluation": models * ((work["validation_tokens"] + work["test_tokens"] + work["probe_tokens"]) / eval_rate
                                 + work["generation_batches"] * speed.get("generation_batch_seconds", 0.0)),
         "export": EXPORT_SECONDS,
     }
