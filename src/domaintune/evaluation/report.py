@@ -81,6 +81,7 @@ def write_report(run_dir: Path) -> Path:
             if isinstance(value, dict)
         ],
         splits_chart=_splits_chart(splits),
+        data_report="data/data_report.html" if (run_dir / "data" / "data_report.html").exists() else None,
         recipe_text=recipe_text,
     )
     path = run_dir / "report.html"
