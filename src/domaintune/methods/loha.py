@@ -26,12 +26,5 @@ class Config(BaseModel):
 def apply(model, config: Config):
     from peft import LoHaConfig, TaskType, get_peft_model
 
-    peft_config = LoHaConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=config.r,
-        alpha=config.alpha,
-        rank_dropout=config.rank_dropout,
-        module_dropout=config.module_dropout,
-        target_modules=config.target_modules,
-    )
-    return get_peft_model(model, peft_config)
+    # The recipe's fields carry peft's own names, so they pass straight through.
+    return get_peft_model(model, LoHaConfig(task_type=TaskType.CAUSAL_LM, **config.model_dump(exclude={"name"})))

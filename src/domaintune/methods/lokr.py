@@ -28,14 +28,5 @@ class Config(BaseModel):
 def apply(model, config: Config):
     from peft import LoKrConfig, TaskType, get_peft_model
 
-    peft_config = LoKrConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=config.r,
-        alpha=config.alpha,
-        decompose_both=config.decompose_both,
-        decompose_factor=config.decompose_factor,
-        rank_dropout=config.rank_dropout,
-        module_dropout=config.module_dropout,
-        target_modules=config.target_modules,
-    )
-    return get_peft_model(model, peft_config)
+    # The recipe's fields carry peft's own names, so they pass straight through.
+    return get_peft_model(model, LoKrConfig(task_type=TaskType.CAUSAL_LM, **config.model_dump(exclude={"name"})))
