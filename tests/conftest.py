@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# Tests keep their own cache (converted bundled model, downloads, measured speeds), so they neither
+# read nor pollute the user's ~/.cache/domaintune; converting the bundled model once costs ~20 s.
+os.environ["DOMAINTUNE_CACHE"] = tempfile.mkdtemp(prefix="domaintune-test-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _remove_test_cache():
+    yield
+    shutil.rmtree(os.environ["DOMAINTUNE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
