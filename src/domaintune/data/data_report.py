@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 import jinja2
-from matplotlib.figure import Figure
 
 from domaintune.data.cleaning import char_length
-from domaintune.evaluation.report import png_data_uri
+from domaintune.evaluation.charts import new_axes, png_data_uri
 
 BLUE, GREY, ORANGE = "#2f6fde", "#9aa5b1", "#e8743b"
 SPLIT_COLOURS = {"train": BLUE, "validation": ORANGE, "test": "#3aa57a"}
@@ -64,10 +63,7 @@ def funnel(card: dict) -> list[dict]:
 
 
 def _axes(width: float = 7.0, height: float = 3.0):
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    axes.spines[["top", "right"]].set_visible(False)
-    return figure, axes
+    return new_axes(width, height, dpi=100, grid=False)
 
 
 def _barh(items: list[tuple[str, int]], colour: str, xlabel: str) -> str | None:

@@ -7,8 +7,6 @@ adds its section when present.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -16,10 +14,10 @@ from typing import Any
 
 import jinja2
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from domaintune.errors import DomaintuneError
+from domaintune.evaluation.charts import new_axes, png_data_uri
 from domaintune.evaluation.metrics import METRICS
 
 DEFAULT_SAMPLES = 12  # when the recipe does not set evaluation.report_samples
@@ -286,21 +284,6 @@ def _card_value(value: Any) -> str:
 # --- charts -------------------------------------------------------------------------------
 
 
-def png_data_uri(figure: Figure) -> str:
-    # The Agg canvas is attached to this figure only, so no global pyplot/backend state changes.
-    buffer = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(buffer)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _axes(width: float = 7.0, height: float = 3.2):
-    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    axes = figure.add_subplot()
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.grid(axis="y", alpha=0.3)
-    return figure, axes
-
-
 def _loss_chart(records: list[dict]) -> str | None:
     curves = {
         "training loss": [(r["step"], r["loss"]) for r in records if "step" in r and "loss" in r],
@@ -308,7 +291,7 @@ def _loss_chart(records: list[dict]) -> str | None:
     }
     if not any(curves.values()):
         return None
-    figure, axes = _axes()
+    figure, axes = new_axes()
     for (label, points), style in zip(curves.items(), ({"color": "#2f6fde"}, {"color": "#e8743b", "marker": "o"})):
         if points:
             steps, losses = zip(*points)
@@ -323,7 +306,7 @@ def _metrics_chart(models: dict[str, dict]) -> str | None:
     names = _metric_names(models)
     if not names:
         return None
-    figure, axes = _axes(max(5.0, 1.1 * len(names) + 2), 3.4)
+    figure, axes = new_axes(max(5.0, 1.1 * len(names) + 2), 3.4)
     width = 0.8 / len(models)
     for i, (model_name, model) in enumerate(models.items()):
         values = [(model.get("metrics") or {}).get(name) for name in names]
@@ -344,7 +327,7 @@ def _change_chart(comparison: dict[str, dict]) -> str | None:
     if not comparison:
         return None
     names = list(comparison)
-    figure, axes = _axes(7.0, 0.45 * len(names) + 1.2)
+    figure, axes = new_axes(7.0, 0.45 * len(names) + 1.2)
     axes.grid(axis="y", visible=False)
     axes.grid(axis="x", alpha=0.3)
     for y, name in enumerate(names):
@@ -363,7 +346,7 @@ def _judge_chart(judge: dict | None) -> str | None:
     """One bar split into tuned wins, ties and base wins."""
     if not judge:
         return None
-    figure, axes = _axes(7.0, 1.4)
+    figure, axes = new_axes(7.0, 1.4)
     axes.grid(visible=False)
     left = 0
     for name, colour in (("tuned", COLOURS["tuned"]), ("tie", "#e4e7eb"), ("base", COLOURS["base"])):
@@ -384,7 +367,7 @@ def _entity_chart(entities: dict[str, dict]) -> str | None:
         return None
     kinds = [kind for kind, _ in table["rows"]]
     series = [(model, key) for model, key in table["columns"] if key != "correct"]
-    figure, axes = _axes(max(5.0, 1.4 * len(kinds) + 2), 3.2)
+    figure, axes = new_axes(max(5.0, 1.4 * len(kinds) + 2), 3.2)
     width = 0.8 / len(series)
     for i, (model, key) in enumerate(series):
         counts = [values[table["columns"].index((model, key))] for _, values in table["rows"]]
@@ -419,7 +402,7 @@ def _splits_chart(splits: dict) -> str | None:
     counts = {name: n for name, n in splits.items() if isinstance(n, (int, float)) and not isinstance(n, bool)}
     if not counts:
         return None
-    figure, axes = _axes(max(4.0, 1.2 * len(counts) + 1.5), 2.8)
+    figure, axes = new_axes(max(4.0, 1.2 * len(counts) + 1.5), 2.8)
     bars = axes.bar(list(counts), list(counts.values()), 0.6, color="#2f6fde")
     axes.bar_label(bars, fontsize=8, padding=2)
     axes.set_ylabel("rows")
