@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import torch
 
-from domaintune.objectives import encode_row
+from domaintune.objectives import encode_rows
 
 
 def autocast(bf16: bool):
@@ -21,8 +21,7 @@ def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
     """
     from transformers import DataCollatorForSeq2Seq
 
-    encoded = [encode_row(tokenizer, row, max_length) for row in rows]
-    encoded = [row for row in encoded if any(label != -100 for label in row["labels"])]
+    encoded = encode_rows(tokenizer, rows, max_length)
     if not encoded:
         return None
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)

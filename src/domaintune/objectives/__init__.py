@@ -22,12 +22,16 @@ def encode_row(tokenizer, row: dict, max_length: int) -> dict:
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int, objective=None) -> list[dict]:
-    """A split's training examples: one per row, or fixed-length blocks of the whole split for pretrain."""
+    """A split's training examples: one per row, or fixed-length blocks of the whole split for pretrain.
+
+    A row whose assistant turn was cut off entirely by truncation teaches nothing and is left out."""
     if objective is not None and objective.name == "pretrain":
         from domaintune.objectives.pretrain import encode_blocks
 
-        return encode_blocks(tokenizer, rows, objective.block_size)
-    return [encode_row(tokenizer, row, max_length) for row in rows]
+        encoded = encode_blocks(tokenizer, rows, objective.block_size)
+    else:
+        encoded = [encode_row(tokenizer, row, max_length) for row in rows]
+    return [row for row in encoded if any(label != -100 for label in row["labels"])]
 
 
 def after_prepare(data_dir, recipe) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import resource
-from pathlib import Path
 
 from rich.console import Console
 
@@ -34,10 +33,7 @@ def read_split(run: RunDir, split: str) -> list[dict]:
 def encode_split(rows: list[dict], tokenizer, max_length: int, objective=None):
     from datasets import Dataset
 
-    encoded = encode_rows(tokenizer, rows, max_length, objective)
-    # A row whose assistant turn was cut off entirely by truncation teaches nothing.
-    encoded = [row for row in encoded if any(label != -100 for label in row["labels"])]
-    return Dataset.from_list(encoded)
+    return Dataset.from_list(encode_rows(tokenizer, rows, max_length, objective))
 
 
 def _numel(parameter) -> int:
