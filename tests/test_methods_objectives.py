@@ -67,7 +67,7 @@ def test_instruct_builds_instructions_from_labelled_rows(tiny_recipe, tmp_path):
 
 
 def test_instruct_needs_a_task():
-    with pytest.raises(DomaintuneError, match="objective instruct needs a task"):
+    with pytest.raises(DomaintuneError, match="objective.task: field required"):
         domaintune.load({"objective": {"name": "instruct"}})
 
 

@@ -212,7 +212,7 @@ def methods(
     model: Annotated[Optional[str], typer.Option("--model", help="Model to size the methods for (default: the default model).")] = None,
 ):
     """List the training methods and objectives: what each trains, when to use it, its cost for the model."""
-    from domaintune.methods.guide import OBJECTIVES
+    from domaintune.objectives import OBJECTIVES
 
     from domaintune.config import ModelConfig
 
@@ -229,9 +229,9 @@ def methods(
     out.print(table)
     out.print("* weights + gradients + Adam state at the method's defaults; activations come on top "
               "(`domaintune estimate RECIPE` measures a run).")
-    objectives = Table("objective", "when to use it", title="Objectives (picked from the data's format)")
-    for name, line in OBJECTIVES.items():
-        objectives.add_row(name, line)
+    objectives = Table("objective", "when to use it", title="Objectives (objective.name; default: sft)")
+    for name, module in OBJECTIVES.items():
+        objectives.add_row(name, module.SUMMARY)
     out.print(objectives)
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from domaintune.errors import DomaintuneError
 from domaintune.methods import method_config_types
+from domaintune.objectives import objective_config_types, objective_names
 
 
 class Section(BaseModel):
@@ -283,23 +284,7 @@ class EvaluationConfig(Section):
     judge: JudgeConfig | None = Field(None, description="Pairwise LLM-as-judge of base vs tuned answers; off when null.")
 
 
-class ObjectiveConfig(Section):
-    name: Literal["auto", "sft", "pretrain", "instruct"] = Field(
-        "auto",
-        description="What is learned. auto/sft: conversations train on the answers, text rows as causal LM per "
-        "document; pretrain: raw text packed into fixed-length blocks (continued pretraining); instruct: "
-        "rows become instructions built from `task` (labelled rows: 'Answer with one of: ...').",
-    )
-    block_size: int = Field(512, ge=16, description="pretrain: tokens per training block.")
-    task: str | None = Field(
-        None, description="instruct: the task description that opens every instruction, e.g. 'Classify the review.'"
-    )
-
-    @model_validator(mode="after")
-    def _instruct_needs_a_task(self) -> "ObjectiveConfig":
-        if self.name == "instruct" and not (self.task or "").strip():
-            raise ValueError("objective instruct needs a task description (objective.task)")
-        return self
+ObjectiveConfig = Annotated[Union[objective_config_types()], Field(discriminator="name")]
 
 
 class ExportConfig(Section):
@@ -431,7 +416,7 @@ class CompareConfig(Section):
 class StageConfig(Section):
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Stage name in run names; default stageN.")
     data: dict[str, Any] = Field(default_factory=dict, description="Keys of the data section that differ in this stage.")
-    objective: dict[str, Any] = Field(default_factory=dict, description="Keys of the objective section for this stage.")
+    objective: dict[str, Any] | None = Field(None, description="This stage's objective block (replaces the recipe's).")
     method: dict[str, Any] | None = Field(None, description="This stage's method block (replaces the recipe's).")
     training: dict[str, Any] = Field(default_factory=dict, description="Keys of the training section that differ.")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="Keys of the evaluation section that differ.")
@@ -447,7 +432,9 @@ class Recipe(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = Field(
+        default_factory=lambda: objective_config_types()[0](), description="What is learned (`domaintune methods` lists the objectives)."
+    )
     tune: TuneConfig | None = Field(None, description="Hyper-parameter search (`domaintune tune`).")
     compare: CompareConfig | None = Field(None, description="Methods compared by `domaintune compare`.")
     stages: list[StageConfig] | None = Field(
@@ -491,6 +478,7 @@ def format_validation_error(error: ValidationError) -> str:
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value (e.g. 'lora', 'float') into the location of union members.
     tags = {cls.model_fields["name"].default for cls in method_config_types()}
+    tags |= {name for cls in objective_config_types() for name in objective_names(cls)}
     tags |= {cls.model_fields["type"].default for cls in SEARCH_PARAM_TYPES}
     return isinstance(part, str) and part in tags
 

@@ -19,6 +19,7 @@ from domaintune.evaluation.generation import generate, mean_loss, perplexity, ro
 from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.objectives import hook
 from domaintune.objectives.sft import prompt_text
 from domaintune.rundir import RunDir
 from domaintune.training.hardware import configure_threads, use_bf16
@@ -57,10 +58,14 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
 def evaluate_run(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
     """Writes eval/results.json, eval/samples.jsonl and report.html; returns the results.
 
-    `harness` (default: evaluation.harness) also runs the lm-eval tasks written to eval/harness/."""
+    `harness` (default: evaluation.harness) also runs the lm-eval tasks written to eval/harness/.
+    An objective with its own evaluation (a classification head, an embedding model) runs that instead."""
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
+    own_evaluation = hook(recipe.objective, "evaluate")
+    if own_evaluation:
+        return own_evaluation(run, console=console, harness=harness)
     config = recipe.evaluation
     configure_threads(recipe.training)
     bf16 = use_bf16(recipe.training)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.models.loading import PEFT_ADAPTER_FILES, adapter_files, is_adapter_folder, load_trained_model, merge_blocker
+from domaintune.objectives import hook
 from domaintune.rundir import RunDir
 
 ADAPTER_FILES = PEFT_ADAPTER_FILES
@@ -19,6 +20,9 @@ def export_run(run: RunDir, console: Console | None = None) -> dict[str, str]:
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
+    own_export = hook(recipe.objective, "export")
+    if own_export:  # a classifier or an embedding model: its own artifact layout
+        return own_export(run, console=console)
     config = recipe.export
     written: dict[str, str] = {}
 

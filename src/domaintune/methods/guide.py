@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 
 from domaintune.methods import METHODS
-from domaintune.objectives import OBJECTIVES  # noqa: F401  (listed next to the methods)
 
 ADAM_BYTES_PER_TRAINABLE = 4 + 8  # fp32 gradient + two fp32 moments
 FP32 = 4

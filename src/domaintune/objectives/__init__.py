@@ -1,19 +1,50 @@
-"""What the model learns from. A prepared row's shape picks the encoding:
-conversations (`messages`) train with SFT, raw documents (`text`) with causal LM.
+"""What the model learns from. One module per objective, registered here by name; the recipe's
+`objective.name` picks it. Adding an objective is one module plus one line below.
 
-The recipe's `objective` adds to that: `pretrain` packs the raw text of a split into fixed-length
-blocks (`encode_rows`) and measures domain perplexity before and after; `instruct` rewrites the
-prepared rows into instructions built from a task description (`after_prepare`).
+An objective module defines `Config` (a pydantic model whose `name` field is a Literal of the
+objective's name) and `SUMMARY` (one line on when to use it). Everything else is an optional hook,
+each with a default, so the runner never asks for an objective by name:
+
+- `after_prepare(data_dir, config)`: rewrite the prepared splits once after `data prepare` (instruct).
+- `encode_rows(tokenizer, rows, max_length, config) -> list[dict]`: the split's training examples
+  for the causal-LM trainer (pretrain packs blocks). Default: one example per row, its shape picking
+  the encoding: conversations (`messages`) train with SFT, raw documents (`text`) with causal LM.
+- `DOMAIN_PERPLEXITY = True`: the runner measures perplexity on the validation examples before and after.
+- `train(run, resume, callbacks, console) -> dict`, `evaluate(run, console, harness) -> dict`,
+  `export(run, console) -> dict`: an objective that is not causal-LM training on token labels
+  (a classification head, an embedding model, preference optimisation) brings its own trainer,
+  evaluation and export; the defaults are the causal-LM ones in training/, evaluation/ and export/.
 """
 from __future__ import annotations
 
-from domaintune.objectives import causal_lm, sft
+from types import ModuleType
+from typing import get_args
 
-OBJECTIVES = {
-    "sft": "conversations, prompt/completion or labelled rows; loss on the answers only. The default for task data.",
-    "pretrain": "raw domain text packed into fixed-length blocks (continued pretraining); domain perplexity before/after.",
-    "instruct": "rows rewritten into instructions from a task description; labelled rows list the allowed answers.",
+from domaintune.objectives import causal_lm, instruct, pretrain, sft
+
+OBJECTIVES: dict[str, ModuleType] = {
+    "sft": sft,
+    "pretrain": pretrain,
+    "instruct": instruct,
 }
+
+
+def objective_config_types() -> tuple[type, ...]:
+    return tuple(module.Config for module in OBJECTIVES.values())
+
+
+def objective_names(config_type: type) -> tuple[str, ...]:
+    """The names a Config answers to (sft answers to `auto` too)."""
+    return get_args(config_type.model_fields["name"].annotation)
+
+
+def get_objective(name: str) -> ModuleType:
+    return next(module for module in OBJECTIVES.values() if name in objective_names(module.Config))
+
+
+def hook(config, name: str):
+    """The objective's own hook `name`, or None where the default applies."""
+    return getattr(get_objective(config.name), name, None)
 
 
 def encode_row(tokenizer, row: dict, max_length: int) -> dict:
@@ -22,24 +53,19 @@ def encode_row(tokenizer, row: dict, max_length: int) -> dict:
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int, objective=None) -> list[dict]:
-    """A split's training examples: one per row, or fixed-length blocks of the whole split for pretrain.
+    """A split's training examples: one per row, or what the objective's own `encode_rows` makes.
 
     A row whose assistant turn was cut off entirely by truncation teaches nothing and is left out."""
-    if objective is not None and objective.name == "pretrain":
-        from domaintune.objectives.pretrain import encode_blocks
-
-        encoded = encode_blocks(tokenizer, rows, objective.block_size)
-    else:
-        encoded = [encode_row(tokenizer, row, max_length) for row in rows]
+    own = hook(objective, "encode_rows") if objective is not None else None
+    encoded = own(tokenizer, rows, max_length, objective) if own else [encode_row(tokenizer, row, max_length) for row in rows]
     return [row for row in encoded if any(label != -100 for label in row["labels"])]
 
 
 def after_prepare(data_dir, recipe) -> None:
     """Objective-specific rewriting of the prepared splits (instruct)."""
-    if recipe.objective.name == "instruct":
-        from domaintune.objectives.instruct import rewrite_splits
-
-        rewrite_splits(data_dir, recipe.objective.task)
+    own = hook(recipe.objective, "after_prepare")
+    if own:
+        own(data_dir, recipe.objective)
 
 
 def count_tokens(tokenizer, row: dict) -> int:

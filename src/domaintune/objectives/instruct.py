@@ -9,10 +9,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from domaintune.errors import DomaintuneError
 
+SUMMARY = "rows rewritten into instructions from a task description; labelled rows list the allowed answers."
 SPLITS = ("train", "validation", "test")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["instruct"] = "instruct"
+    task: str = Field(description="The task description that opens every instruction, e.g. 'Classify the review.'")
+
+    @field_validator("task")
+    @classmethod
+    def _not_blank(cls, task: str) -> str:
+        if not task.strip():
+            raise ValueError("objective instruct needs a task description")
+        return task
+
+
+def after_prepare(data_dir: Path, config: Config) -> None:
+    rewrite_splits(data_dir, config.task)
 
 
 def label_set(rows: list[dict]) -> list[str]:

@@ -9,6 +9,20 @@ trained as text. Domain perplexity on the validation blocks is measured before a
 from __future__ import annotations
 
 import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUMMARY = "raw domain text packed into fixed-length blocks (continued pretraining); domain perplexity before/after."
+# The runner measures perplexity on the validation blocks before and after training.
+DOMAIN_PERPLEXITY = True
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["pretrain"] = "pretrain"
+    block_size: int = Field(512, ge=16, description="Tokens per training block.")
 
 
 def document_text(tokenizer, row: dict) -> str:
@@ -17,6 +31,10 @@ def document_text(tokenizer, row: dict) -> str:
     from domaintune.objectives.sft import render
 
     return render(tokenizer, row["messages"])
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int, config: Config) -> list[dict]:
+    return encode_blocks(tokenizer, rows, config.block_size)
 
 
 def encode_blocks(tokenizer, rows: list[dict], block_size: int) -> list[dict]:

@@ -7,7 +7,21 @@ so the mask is right for any template that renders prefixes consistently, not ju
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUMMARY = "conversations, prompt/completion or labelled rows; loss on the answers only. The default for task data."
 IGNORE_INDEX = -100
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["auto", "sft"] = Field(
+        "auto",
+        description="auto/sft: conversations train on the answers, raw text rows as causal LM per document.",
+    )
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:

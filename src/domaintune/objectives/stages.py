@@ -23,10 +23,10 @@ STAGE_SECTIONS = ("data", "objective", "method", "training", "evaluation")
 def merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "method":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("method", "objective"):
             out[key] = merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)  # a method replaces the whole method block
+            out[key] = copy.deepcopy(value)  # a method or objective block replaces the recipe's whole block
     return out
 
 

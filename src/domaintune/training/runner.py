@@ -13,7 +13,7 @@ from domaintune.config import Recipe
 from domaintune.errors import DomaintuneError
 from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.loading import load_causal_lm, load_tokenizer
-from domaintune.objectives import encode_rows
+from domaintune.objectives import encode_rows, hook
 from domaintune.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 from domaintune.training.distributed import bf16_enabled
@@ -98,6 +98,14 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
 
 def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
     """Train the run's recipe on its prepared data; returns a summary also written to model/training.json."""
+    own_trainer = hook(run.recipe().objective, "train")
+    if own_trainer:
+        return own_trainer(run, resume=resume, callbacks=callbacks, console=console or Console(stderr=True))
+    return train_causal_lm(run, resume=resume, callbacks=callbacks, console=console)
+
+
+def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
+    """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions)."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
     from transformers.integrations import TensorBoardCallback
@@ -173,7 +181,7 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
     elif checkpoint is not None:
         console.print(f"Resuming from {checkpoint.name}")
     domain_loss = {}
-    if recipe.objective.name == "pretrain" and has_validation and checkpoint is None:
+    if hook(recipe.objective, "DOMAIN_PERPLEXITY") and has_validation and checkpoint is None:
         from domaintune.objectives.pretrain import block_loss
 
         domain_loss["before"] = block_loss(model, validation_set)  # adapters start as the identity: the base model's
