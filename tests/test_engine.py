@@ -4,14 +4,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from domaintune.objectives import encode_row
-from domaintune.training.engine import PackedCollator, supervised_positions_loss
+from domaintune.training.engine import PACKED_ATTENTION, PackedCollator, supervised_positions_loss
 
 
-@pytest.fixture
-def model_and_features(tiny_model_dir):
+# Packed rows are exact with transformers' block-diagonal SDPA mask and with domaintune's per-example attention.
+@pytest.fixture(params=["sdpa", PACKED_ATTENTION])
+def model_and_features(tiny_model_dir, request):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.config.use_cache = False
+    model.config._attn_implementation = request.param
     rows = [
         {"messages": [{"role": "user", "content": "Short?"}, {"role": "assistant", "content": "Yes."}]},
         {"messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "A much longer question about the loan terms and the collateral?"}, {"role": "assistant", "content": "[Bank - ORGANIZATION, Borrower - PERSON]"}]},
@@ -60,6 +62,27 @@ def test_rows_are_capped_and_padding_changes_nothing(model_and_features):
         with torch.no_grad():
             expected += model(input_ids=single["input_ids"], labels=single["labels"]).loss * supervised
     assert torch.allclose(flat, expected, atol=1e-4)
+
+
+def test_per_example_attention_matches_the_block_diagonal_mask(tiny_model_dir):
+    """Loss and gradients of packed rows: per-example attention equals transformers' masked SDPA."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    texts = ["The borrower repays.", "Interest accrues daily on the outstanding principal amount.", "Fees are due."]
+    features = [encode_row(tokenizer, {"text": text}, 64) for text in texts]
+    batch = PackedCollator(False, row_tokens=40, pad_token_id=tokenizer.pad_token_id)(features)
+    results = {}
+    for implementation in ("sdpa", PACKED_ATTENTION):
+        model.config._attn_implementation = implementation
+        model.zero_grad()
+        loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss
+        loss.backward()
+        results[implementation] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (mask_loss, mask_grads), (packed_loss, packed_grads) = results["sdpa"], results[PACKED_ATTENTION]
+    assert torch.allclose(packed_loss, mask_loss, atol=1e-6)
+    for name, grad in mask_grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-6), name
 
 
 def test_supervised_logits_only_matches_the_full_lm_head(model_and_features):
