@@ -242,9 +242,13 @@ def compare(recipe: RecipeLike, overrides: list[str] | None = None, console: Con
     return compare_methods(recipe, _console(console))
 
 
-def quickstart(overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
-    """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base."""
-    from domaintune.quickstart import quickstart_recipe
+def quickstart(overrides: list[str] | None = None, console: Console | None = None, with_head: bool = False) -> RunDir:
+    """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base.
+    `with_head` also trains a token-classification head on the same splits and reports it alongside."""
+    from domaintune.quickstart import add_token_head, quickstart_recipe
 
     console = _console(console)
-    return run(quickstart_recipe(console), overrides=overrides, console=console)
+    run_dir = run(quickstart_recipe(console), overrides=overrides, console=console)
+    if with_head:
+        add_token_head(run_dir, console)
+    return run_dir

@@ -155,7 +155,7 @@ class SynthesizeConfig(Section):
     output: str | None = Field(None, description="Output file; default <output_dir>/<name>-synthetic.jsonl.")
 
 
-DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled"]
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled", "spans", "pairs"]
 
 
 class DataConfig(Section):
@@ -448,6 +448,21 @@ class Recipe(Section):
             from domaintune.objectives.stages import stage_recipes
 
             stage_recipes(self)  # each stage, merged into this recipe, must be a valid recipe itself
+        return self
+
+    @model_validator(mode="after")
+    def _method_fits_objective(self) -> "Recipe":
+        # A task head exists only for classify; classify and the embedding objectives train their own way.
+        from domaintune.methods import get_method
+        from domaintune.objectives import get_objective
+
+        objectives = getattr(get_method(self.method.name), "OBJECTIVES", None)
+        if objectives and self.objective.name not in objectives:
+            raise ValueError(f"method {self.method.name} works with objective {' or '.join(objectives)} only")
+        methods = getattr(get_objective(self.objective.name), "METHODS", None)
+        if methods and self.method.name not in methods:
+            raise ValueError(f"objective {self.objective.name} trains with method {' or '.join(methods)} "
+                             f"(set method.name), not {self.method.name}")
         return self
 
     @model_validator(mode="after")

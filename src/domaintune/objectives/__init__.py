@@ -14,18 +14,20 @@ each with a default, so the runner never asks for an objective by name:
   `export(run, console) -> dict`: an objective that is not causal-LM training on token labels
   (a classification head, an embedding model, preference optimisation) brings its own trainer,
   evaluation and export; the defaults are the causal-LM ones in training/, evaluation/ and export/.
+- `METHODS`: the only methods the objective trains with (classify: head).
 """
 from __future__ import annotations
 
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, instruct, pretrain, sft
+from domaintune.objectives import causal_lm, classify, instruct, pretrain, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
     "pretrain": pretrain,
     "instruct": instruct,
+    "classify": classify,
 }
 
 
@@ -69,7 +71,10 @@ def after_prepare(data_dir, recipe) -> None:
 
 
 def count_tokens(tokenizer, row: dict) -> int:
-    """Token length of a row as training sees it (untruncated)."""
+    """Token length of a row as training sees it (untruncated). A tokenizer without a chat template
+    (an encoder's, for classify/fewshot/contrastive) sees a conversation's turns as plain text."""
+    if "messages" in row and tokenizer.chat_template is None:
+        return len(tokenizer("\n".join(m["content"] for m in row["messages"]))["input_ids"])
     if "messages" in row:
         return len(tokenizer(sft.render(tokenizer, row["messages"]), add_special_tokens=False)["input_ids"])
     return len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) + 1
