@@ -21,13 +21,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, classify, instruct, pretrain, sft
+from domaintune.objectives import causal_lm, classify, contrastive, fewshot, instruct, pretrain, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
     "pretrain": pretrain,
     "instruct": instruct,
     "classify": classify,
+    "contrastive": contrastive,
+    "fewshot": fewshot,
 }
 
 
