@@ -63,18 +63,25 @@ def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console
 
     from domaintune.data.generator import load_generator
 
+    from domaintune.objectives import hook
+
     recipe = load(recipe)
     run = run or RunDir.create(recipe)
     tokenizer = load_tokenizer(recipe.model)
-    card = prepare_dataset(
-        recipe.data,
-        run.data,
-        seed=recipe.seed,
-        count_tokens=lambda row: count_tokens(tokenizer, row),
-        console=_console(console),
-        tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
-        paraphraser=lambda: load_generator(recipe, recipe.data.augment.model, max_new_tokens=128, batch_size=8),
-    )
+
+    def prepare_one(data_config, folder):
+        return prepare_dataset(
+            data_config,
+            folder,
+            seed=recipe.seed,
+            count_tokens=lambda row: count_tokens(tokenizer, row),
+            console=_console(console),
+            tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
+            paraphraser=lambda: load_generator(recipe, data_config.augment.model, max_new_tokens=128, batch_size=8),
+        )
+
+    own = hook(recipe.objective, "prepare")  # multitask prepares each task's data on its own
+    card = own(recipe, run, prepare_one) if own else prepare_one(recipe.data, run.data)
     after_prepare(run.data, recipe)  # objective-specific rewriting of the splits (instruct)
     return run, card
 

@@ -560,6 +560,11 @@ def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
     if recipe.evaluation.probes:
         recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
     recipe.evaluation.harness_files = resolve(recipe.evaluation.harness_files)
+    from domaintune.objectives import hook
+
+    own = hook(recipe.objective, "resolve_paths")  # multitask: each task's files
+    if own:
+        own(recipe.objective, resolve)
     return recipe
 
 

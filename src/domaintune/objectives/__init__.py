@@ -14,6 +14,9 @@ each with a default, so the runner never asks for an objective by name:
   `export(run, console) -> dict`: an objective that is not causal-LM training on token labels
   (a classification head, an embedding model, preference optimisation) brings its own trainer,
   evaluation and export; the defaults are the causal-LM ones in training/, evaluation/ and export/.
+- `prepare(recipe, run, prepare_one) -> card`: prepare the data itself, calling `prepare_one(data_config,
+  folder)` (the normal pipeline) per part (multitask); `resolve_paths(config, resolve)`: make the
+  objective's own data paths absolute against the recipe's folder.
 - `METHODS`: the only methods the objective trains with (classify: head).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, classify, contrastive, fewshot, instruct, pretrain, sft
+from domaintune.objectives import causal_lm, classify, contrastive, fewshot, instruct, multitask, pretrain, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
@@ -30,6 +33,7 @@ OBJECTIVES: dict[str, ModuleType] = {
     "classify": classify,
     "contrastive": contrastive,
     "fewshot": fewshot,
+    "multitask": multitask,
 }
 
 

@@ -69,8 +69,8 @@ def split_pairs(run: RunDir, split: str, recipe) -> list[tuple[str, str]]:
 def train(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import PrinterCallback, set_seed
 
     from domaintune.training.distributed import bf16_enabled
