@@ -14,8 +14,9 @@ from domaintune.training.engine import PackedCollator
 
 
 def test_every_registered_method_is_a_recipe_choice():
-    for name in METHODS:
-        assert validate_recipe({"method": {"name": name}}).method.name == name
+    for name, module in METHODS.items():
+        objective = getattr(module, "OBJECTIVES", ("auto",))[0]  # head exists only for classify
+        assert validate_recipe({"method": {"name": name}, "objective": {"name": objective}}).method.name == name
     with pytest.raises(DomaintuneError, match="method.rank: unknown key"):
         validate_recipe({"method": {"name": "ia3", "rank": 4}})
     with pytest.raises(DomaintuneError, match="choose what to train"):
@@ -105,7 +106,7 @@ def test_every_method_has_a_valid_example_recipe():
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     seen = set()
-    for path in sorted(examples.glob("method-*.yaml")):
+    for path in sorted([*examples.glob("method-*.yaml"), *examples.glob("classify-*.yaml")]):  # head: classify-entities-head
         recipe = domaintune.check_recipe(path)
         assert Path(recipe.data.train[0]).exists(), path
         seen.add(recipe.method.name)

@@ -63,18 +63,25 @@ def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console
 
     from domaintune.data.generator import load_generator
 
+    from domaintune.objectives import hook
+
     recipe = load(recipe)
     run = run or RunDir.create(recipe)
     tokenizer = load_tokenizer(recipe.model)
-    card = prepare_dataset(
-        recipe.data,
-        run.data,
-        seed=recipe.seed,
-        count_tokens=lambda row: count_tokens(tokenizer, row),
-        console=_console(console),
-        tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
-        paraphraser=lambda: load_generator(recipe, recipe.data.augment.model, max_new_tokens=128, batch_size=8),
-    )
+
+    def prepare_one(data_config, folder):
+        return prepare_dataset(
+            data_config,
+            folder,
+            seed=recipe.seed,
+            count_tokens=lambda row: count_tokens(tokenizer, row),
+            console=_console(console),
+            tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
+            paraphraser=lambda: load_generator(recipe, data_config.augment.model, max_new_tokens=128, batch_size=8),
+        )
+
+    own = hook(recipe.objective, "prepare")  # multitask prepares each task's data on its own
+    card = own(recipe, run, prepare_one) if own else prepare_one(recipe.data, run.data)
     after_prepare(run.data, recipe)  # objective-specific rewriting of the splits (instruct)
     return run, card
 
@@ -242,9 +249,13 @@ def compare(recipe: RecipeLike, overrides: list[str] | None = None, console: Con
     return compare_methods(recipe, _console(console))
 
 
-def quickstart(overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
-    """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base."""
-    from domaintune.quickstart import quickstart_recipe
+def quickstart(overrides: list[str] | None = None, console: Console | None = None, with_head: bool = False) -> RunDir:
+    """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base.
+    `with_head` also trains a token-classification head on the same splits and reports it alongside."""
+    from domaintune.quickstart import add_token_head, quickstart_recipe
 
     console = _console(console)
-    return run(quickstart_recipe(console), overrides=overrides, console=console)
+    run_dir = run(quickstart_recipe(console), overrides=overrides, console=console)
+    if with_head:
+        add_token_head(run_dir, console)
+    return run_dir

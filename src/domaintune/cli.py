@@ -47,9 +47,12 @@ def user_errors(command):
 
 @app.command()
 @user_errors
-def quickstart(overrides: SetOption = None):
+def quickstart(
+    overrides: SetOption = None,
+    with_head: Annotated[bool, typer.Option("--with-head", help="Also train a token-classification head (minilm-l6) on the same splits and report its entity F1 alongside.")] = False,
+):
     """Financial entity extraction on the bundled model: fetch data, LoRA-tune, compare with base, report."""
-    run = api.quickstart(overrides=overrides, console=console)
+    run = api.quickstart(overrides=overrides, console=console, with_head=with_head)
     typer.echo(f"Report: {run.report}")
 
 

@@ -155,7 +155,7 @@ class SynthesizeConfig(Section):
     output: str | None = Field(None, description="Output file; default <output_dir>/<name>-synthetic.jsonl.")
 
 
-DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled"]
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled", "spans", "pairs"]
 
 
 class DataConfig(Section):
@@ -451,6 +451,21 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _method_fits_objective(self) -> "Recipe":
+        # A task head exists only for classify; classify and the embedding objectives train their own way.
+        from domaintune.methods import get_method
+        from domaintune.objectives import get_objective
+
+        objectives = getattr(get_method(self.method.name), "OBJECTIVES", None)
+        if objectives and self.objective.name not in objectives:
+            raise ValueError(f"method {self.method.name} works with objective {' or '.join(objectives)} only")
+        methods = getattr(get_objective(self.objective.name), "METHODS", None)
+        if methods and self.method.name not in methods:
+            raise ValueError(f"objective {self.objective.name} trains with method {' or '.join(methods)} "
+                             f"(set method.name), not {self.method.name}")
+        return self
+
+    @model_validator(mode="after")
     def _one_precision(self) -> "Recipe":
         # The launched processes and the Trainer inside them must agree; an explicit contradiction is a mistake.
         wanted = {"no": "fp32", "bf16": "bf16"}.get(self.distributed.mixed_precision)
@@ -545,6 +560,11 @@ def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
     if recipe.evaluation.probes:
         recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
     recipe.evaluation.harness_files = resolve(recipe.evaluation.harness_files)
+    from domaintune.objectives import hook
+
+    own = hook(recipe.objective, "resolve_paths")  # multitask: each task's files
+    if own:
+        own(recipe.objective, resolve)
     return recipe
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 from domaintune.config import Recipe, validate_recipe
 from domaintune.errors import DomaintuneError
 from domaintune.models.registry import cache_dir
+from domaintune.rundir import RunDir
 
 EVALS_REQUIREMENT = "evals==3.0.1.post1"
 WHEEL_NAME = "evals-3.0.1.post1-py3-none-any.whl"
@@ -83,3 +85,46 @@ def quickstart_recipe(console: Console) -> Recipe:
     data = yaml.safe_load(resources.files("domaintune.recipes").joinpath("quickstart.yaml").read_text())
     data["data"]["train"] = [str(ner_finance_dataset(console))]
     return validate_recipe(data, source="quickstart recipe")
+
+
+HEAD_COLUMN = "token head"
+
+
+def head_recipe(run: RunDir) -> dict:
+    """The token-head recipe on the generative run's prepared splits, so both are tested on the same rows."""
+    data = yaml.safe_load(resources.files("domaintune.recipes").joinpath("quickstart-head.yaml").read_text())
+    generative = run.recipe()
+    data["output_dir"] = generative.output_dir
+    data["seed"] = generative.seed
+    for split in ("train", "validation", "test"):
+        data["data"][split] = [str(run.data / f"{split}.jsonl")] if (run.data / f"{split}.jsonl").exists() else []
+    return data
+
+
+def add_token_head(run: RunDir, console: Console) -> dict:
+    """Train the token head on the run's splits and put its entity F1 beside the generative models' in
+    the run's results and report; returns what was added (with the head's wall time, all phases)."""
+    from domaintune import api
+    from domaintune.evaluation.metrics import compute_metrics
+    from domaintune.evaluation.report import write_report
+
+    console.rule("[bold]token-classification head (minilm-l6) on the same splits")
+    started = time.perf_counter()
+    head_run = api.run(head_recipe(run), console=console)
+    seconds = time.perf_counter() - started
+    results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
+    generated = [json.loads(line) for line in (run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    tagged = {s["prompt"]: s["tuned"] for s in map(json.loads, (head_run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines())}
+    # Scored on exactly the test items the generative models answered; an item the head set aside
+    # (its names not found in the text) counts as answered with nothing.
+    predictions = [tagged.get(sample["prompt"], "") for sample in generated]
+    metrics = compute_metrics(run.recipe().evaluation.metrics, predictions, [s["reference"] for s in generated])
+    results["models"][HEAD_COLUMN] = {"model": f"minilm-l6 token classifier ({head_run.root})", "metrics": metrics,
+                                      "loss": {}, "seconds": round(seconds, 1)}
+    results["token_head"] = {"run_dir": str(head_run.root), "seconds": round(seconds, 1),
+                             "items": len(generated), "items_set_aside": sum(s["prompt"] not in tagged for s in generated)}
+    (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_report(run.root)
+    console.print(f"Token head: entity F1 {metrics['entity_f1']:.3f} (generative: "
+                  f"{results['models']['tuned']['metrics'].get('entity_f1', float('nan')):.3f}) in {seconds:.0f} s")
+    return results["token_head"]

@@ -5,6 +5,12 @@ Canonical rows are what every later stage consumes:
   system message, then user/assistant turns alternating, ending with the assistant;
 - raw text (continued pretraining): {"text": str}.
 
+Two additive formats also become conversations, so every objective can read them:
+- `pairs` (anchor, positive) for embedding training: the anchor asks, the positive answers;
+- `spans` (text, entities: [{start, end, label}]) for entity extraction: the answer is the
+  `[NAME - TYPE, ...]` list (or "No entities found") and the spans stay in the row as `entities`,
+  so a token-classification head labels exactly those characters.
+
 A row that does not fit its format raises `RowError` (the row is rejected, the run goes on);
 a file that cannot be in the format at all raises `DomaintuneError`.
 """
@@ -23,7 +29,9 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
+    "spans": ("text", "entities"),
     "labelled": ("text", "label"),
+    "pairs": ("anchor", "positive"),
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
@@ -105,14 +113,61 @@ def to_canonical(data: dict, fmt: str, config: DataConfig) -> dict:
         messages = _turn(prompt + "\n\n" + extra if extra.strip() else prompt, _text(data, "output", config))
     elif fmt == "prompt_completion":
         messages = _turn(_text(data, "prompt", config), _text(data, "completion", config))
+    elif fmt == "pairs":
+        messages = _turn(_text(data, "anchor", config), _text(data, "positive", config))
+    elif fmt == "spans":
+        text = _text(data, "text", config)
+        entities = _spans(data, config, text)
+        messages = _turn(text, entity_list(text, entities))
+        return {"messages": _with_system(messages, config), "label": None, "entities": entities}
     elif fmt == "labelled":
         label = _label(data, config)
         messages = _turn(_label_prompt(config, _text(data, "text", config)), label)
     else:
         raise ValueError(f"unknown format {fmt!r}")
+    return {"messages": _with_system(messages, config), "label": label}
+
+
+def _with_system(messages: list[dict], config: DataConfig) -> list[dict]:
     if config.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": config.system_prompt})
-    return {"messages": messages, "label": label}
+    return messages
+
+
+NO_ENTITIES = "No entities found"
+
+
+def entity_list(text: str, entities: list[dict]) -> str:
+    """The `[NAME - TYPE, ...]` answer for character spans, in text order (the quickstart's answer format)."""
+    if not entities:
+        return NO_ENTITIES
+    return "[" + ", ".join(f"{text[e['start']:e['end']]} - {e['label']}" for e in entities) + "]"
+
+
+def _spans(data: dict, config: DataConfig, text: str) -> list[dict]:
+    key = column(config, "entities")
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise RowError(f"column {key!r}: expected a list of {{start, end, label}}, got {json_type(value)}")
+    spans = []
+    for index, span in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(span, dict) or not {"start", "end", "label"} <= set(span):
+            raise RowError(f"{where}: expected an object with 'start', 'end' and 'label'")
+        start, end, label = span["start"], span["end"], span["label"]
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise RowError(f"{where}: start/end {start!r}..{end!r} is not a span of the {len(text)}-character text")
+        if not isinstance(label, str) or not label.strip():
+            raise RowError(f"{where}.label: expected a type name, got {json_type(label)}")
+        if text[start:end] != text[start:end].strip():
+            raise RowError(f"{where}: span {text[start:end]!r} starts or ends with whitespace")
+        spans.append({"start": start, "end": end, "label": label.strip().upper()})
+    spans.sort(key=lambda span: span["start"])
+    for before, after in zip(spans, spans[1:]):
+        if after["start"] < before["end"]:
+            raise RowError(f"{key}: spans {text[before['start']:before['end']]!r} and "
+                           f"{text[after['start']:after['end']]!r} overlap")
+    return spans
 
 
 def _text(data: dict, name: str, config: DataConfig, optional: bool = False) -> str:

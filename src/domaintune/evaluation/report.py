@@ -175,7 +175,10 @@ def _comparison_rows(models: dict[str, dict], comparison: dict) -> tuple[list[di
         for name in _metric_names(models)
     ]
     fit_rows = []
-    for key, split in FIT_ROWS:
+    # Beyond validation and test: any split a model reports (multitask: "test · ner").
+    extra = [split for model in models.values() for split in (model.get("loss") or {}) if ("loss", split) not in FIT_ROWS]
+    rows = FIT_ROWS + [(key, split) for key in ("loss", "perplexity") for split in dict.fromkeys(extra)]
+    for key, split in rows:
         values = {m: _dig(model, key, split) for m, model in models.items()}
         if any(v is not None for v in values.values()):
             label = f"{key} ({split})"

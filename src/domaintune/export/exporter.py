@@ -15,14 +15,19 @@ ADAPTER_FILES = PEFT_ADAPTER_FILES
 
 def export_run(run: RunDir, console: Console | None = None) -> dict[str, str]:
     """Writes export/adapter (adapter methods) and export/merged; returns what was written."""
-    import torch
-
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
     own_export = hook(recipe.objective, "export")
     if own_export:  # a classifier or an embedding model: its own artifact layout
         return own_export(run, console=console)
+    return export_causal_lm(run, recipe, console)
+
+
+def export_causal_lm(run: RunDir, recipe, console: Console) -> dict[str, str]:
+    """The default export: the adapter as peft saved it, and the merged causal LM."""
+    import torch
+
     config = recipe.export
     written: dict[str, str] = {}
 

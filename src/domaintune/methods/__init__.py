@@ -14,13 +14,15 @@ Optional module-level hooks, each with a default, so the runner never asks for a
 - `ARTIFACT_FILES`, `save_trained(model, folder)`, `load_trained(base_model, folder)`: a method whose
   artifact is neither a peft adapter nor a full model saves and loads it itself; `ARTIFACT_FILES[0]`
   marks a folder as holding it.
+- `OBJECTIVES`: the only objectives the method works with (head: classify); `meta_model(config)`:
+  the model `domaintune methods` sizes it on, when that is not the plain causal LM.
 """
 from __future__ import annotations
 
 import logging
 from types import ModuleType
 
-from domaintune.methods import adapters, freeze, full, ia3, loha, lokr, lora, prefix, prompt, qlora
+from domaintune.methods import adapters, freeze, full, head, ia3, loha, lokr, lora, prefix, prompt, qlora
 
 METHODS: dict[str, ModuleType] = {
     "lora": lora,
@@ -33,6 +35,7 @@ METHODS: dict[str, ModuleType] = {
     "loha": loha,
     "lokr": lokr,
     "adapters": adapters,
+    "head": head,
 }
 
 

@@ -16,7 +16,7 @@ FP32 = 4
 NF4 = 0.5 + 1 / 64  # 4 bits a weight plus an 8-bit (double-quantised) scale per block of 64
 
 
-def _meta_model(path: str):
+def _meta_model(path: str, build=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -25,7 +25,7 @@ def _meta_model(path: str):
     try:
         config = AutoConfig.from_pretrained(path)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
+            return (build or AutoModelForCausalLM.from_config)(config)
     except (OSError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DomaintuneError(f"--model {path}: can't size the methods for it ({first}); they adapt causal LMs") from None
@@ -53,7 +53,8 @@ def describe_methods(model_path: str) -> list[dict]:
         if quantises:
             lora = METHODS["lora"]
             module, config = lora, lora.Config(**config.model_dump(include=set(lora.Config.model_fields) - {"name"}))
-        model = module.apply(copy.deepcopy(base), config)
+        own_base = getattr(module, "meta_model", None)  # head: the model with its task head
+        model = module.apply(_meta_model(model_path, own_base) if own_base else copy.deepcopy(base), config)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         weights = quantised * NF4 + (total - quantised) * FP32 if quantises else total * FP32
         added = sum(p.numel() for p in model.parameters()) - total

@@ -14,18 +14,26 @@ each with a default, so the runner never asks for an objective by name:
   `export(run, console) -> dict`: an objective that is not causal-LM training on token labels
   (a classification head, an embedding model, preference optimisation) brings its own trainer,
   evaluation and export; the defaults are the causal-LM ones in training/, evaluation/ and export/.
+- `prepare(recipe, run, prepare_one) -> card`: prepare the data itself, calling `prepare_one(data_config,
+  folder)` (the normal pipeline) per part (multitask); `resolve_paths(config, resolve)`: make the
+  objective's own data paths absolute against the recipe's folder.
+- `METHODS`: the only methods the objective trains with (classify: head).
 """
 from __future__ import annotations
 
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, instruct, pretrain, sft
+from domaintune.objectives import causal_lm, classify, contrastive, fewshot, instruct, multitask, pretrain, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
     "pretrain": pretrain,
     "instruct": instruct,
+    "classify": classify,
+    "contrastive": contrastive,
+    "fewshot": fewshot,
+    "multitask": multitask,
 }
 
 
@@ -69,7 +77,10 @@ def after_prepare(data_dir, recipe) -> None:
 
 
 def count_tokens(tokenizer, row: dict) -> int:
-    """Token length of a row as training sees it (untruncated)."""
+    """Token length of a row as training sees it (untruncated). A tokenizer without a chat template
+    (an encoder's, for classify/fewshot/contrastive) sees a conversation's turns as plain text."""
+    if "messages" in row and tokenizer.chat_template is None:
+        return len(tokenizer("\n".join(m["content"] for m in row["messages"]))["input_ids"])
     if "messages" in row:
         return len(tokenizer(sft.render(tokenizer, row["messages"]), add_special_tokens=False)["input_ids"])
     return len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) + 1

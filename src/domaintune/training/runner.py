@@ -48,13 +48,14 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
 
 
-def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: bool):
+def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: bool, cls=None, **overrides):
+    """The recipe's TrainingArguments; `cls` a subclass (sentence-transformers'), `overrides` settings that differ."""
     import torch
     from transformers import TrainingArguments
 
     config = recipe.training
     early_stopping = config.early_stopping is not None and has_validation
-    return TrainingArguments(
+    values = dict(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -94,6 +95,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         # Every trainable parameter takes part in each forward pass; searching for unused ones costs DDP a graph walk.
         ddp_find_unused_parameters=False,
     )
+    return (cls or TrainingArguments)(**{**values, **overrides})
 
 
 def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
@@ -104,14 +106,37 @@ def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None
     return train_causal_lm(run, resume=resume, callbacks=callbacks, console=console)
 
 
-def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
-    """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions)."""
+def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, console: Console, callbacks: list | None) -> list:
+    """metrics.jsonl, the progress bar, TensorBoard, the caller's callbacks, and early stopping on validation."""
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
+    from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
 
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    found = [
+        MetricsLogCallback(run.metrics),
+        RichProgressCallback(console),
+        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None),
+        *(callbacks or []),
+    ]
+    if has_validation and recipe.training.early_stopping is not None:
+        found.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=recipe.training.early_stopping.patience,
+                early_stopping_threshold=recipe.training.early_stopping.min_delta,
+            )
+        )
+    return found
+
+
+def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None,
+                    recipe: Recipe | None = None) -> dict:
+    """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions).
+    `recipe` replaces the run's own where an objective adjusts it (fewshot's regularisation)."""
+    from transformers import PrinterCallback, Trainer, set_seed
+
     console = console or Console(stderr=True)
-    recipe = run.recipe()
+    recipe = recipe or run.recipe()
     if recipe.training.packing and not supports_packing(recipe.method):
         # Virtual tokens (prefix/prompt tuning) are prepended per row, which a packed row can't express.
         console.print(f"[yellow]{recipe.method.name}: packing is off for this method; training uses padded batches.")
@@ -150,20 +175,6 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     collator, compute_loss = batching(
         model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only, recipe.training.pack_tokens
     )
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
-    trainer_callbacks = [
-        MetricsLogCallback(run.metrics),
-        RichProgressCallback(console),
-        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None),
-        *(callbacks or []),
-    ]
-    if has_validation and recipe.training.early_stopping is not None:
-        trainer_callbacks.append(
-            EarlyStoppingCallback(
-                early_stopping_patience=recipe.training.early_stopping.patience,
-                early_stopping_threshold=recipe.training.early_stopping.min_delta,
-            )
-        )
     trainer = Trainer(
         model=model,
         args=args,
@@ -172,7 +183,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
         data_collator=collator,
         compute_loss_func=compute_loss,
         processing_class=tokenizer,
-        callbacks=trainer_callbacks,
+        callbacks=trainer_callbacks(run, recipe, args, has_validation, console, callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
     checkpoint = run.last_checkpoint() if resume else None

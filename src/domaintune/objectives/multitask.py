@@ -1,0 +1,157 @@
+"""Several tasks in one run: each task's data goes through the normal prepare pipeline on its own
+(data/tasks/<name>/), its rows are tagged (`task`, and `tag` opening the request, e.g. "[NER]"),
+and the train splits are mixed by weight into one causal-LM training split: a task of weight 2
+appears twice, 0.5 half (a seeded sample). Validation and test keep every task's rows once.
+Evaluation runs the usual loss and generation metrics per task (each task its own metrics), base
+vs tuned, with intervals; results.json holds them under `tasks` and the report shows one row per
+task and metric.
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
+
+from domaintune.objectives.common import write_results
+
+if TYPE_CHECKING:
+    from domaintune.rundir import RunDir
+
+SUMMARY = "several tasks in one run: per-task data, mixing weights, a task tag in the prompt; per-task evaluation"
+SPLITS = ("train", "validation", "test")
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    train: list[str] = Field(min_length=1, description="This task's data files (any data format).")
+    validation: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+    weight: float = Field(1.0, gt=0, description="Copies of each train row in the mix (fractions sample).")
+    tag: str | None = Field(None, description="Text opening every request of this task, e.g. '[NER]'.")
+    metrics: list[str] | None = Field(None, description="This task's metrics; default: evaluation.metrics.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        from domaintune.evaluation.metrics import METRICS
+
+        unknown = [name for name in metrics or [] if name not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        return metrics
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["multitask"] = "multitask"
+    tasks: list[Task] = Field(min_length=2)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[Task]) -> list[Task]:
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+        return tasks
+
+
+def resolve_paths(config: Config, resolve) -> None:
+    for task in config.tasks:
+        task.train, task.validation, task.test = resolve(task.train), resolve(task.validation), resolve(task.test)
+
+
+def tagged(row: dict, task: Task) -> dict:
+    row = {**row, "task": task.name}
+    if task.tag and "messages" in row:
+        messages = [dict(m) for m in row["messages"]]
+        user = next(m for m in reversed(messages) if m["role"] == "user")
+        user["content"] = f"{task.tag} {user['content']}"
+        row["messages"] = messages
+    elif task.tag:
+        row["text"] = f"{task.tag} {row['text']}"
+    return row
+
+
+def mix(rows: list[dict], weight: float, rng: random.Random) -> list[dict]:
+    whole, part = int(weight), weight - int(weight)
+    return rows * whole + rng.sample(rows, round(part * len(rows)))
+
+
+def prepare(recipe, run: RunDir, prepare_one) -> dict:
+    """Prepare each task's data, tag its rows, mix the train splits by weight; returns the data card."""
+    from domaintune.training.runner import read_split
+
+    rng = random.Random(recipe.seed)
+    splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    cards = {}
+    for task in recipe.objective.tasks:
+        folder = run.data / "tasks" / task.name
+        cards[task.name] = prepare_one(recipe.data.model_copy(update={"train": task.train, "validation": task.validation,
+                                                                      "test": task.test}), folder)
+        for split in SPLITS:
+            rows = [tagged(row, task) for row in read_split(run, f"tasks/{task.name}/{split}")]
+            splits[split] += mix(rows, task.weight, rng) if split == "train" else rows
+    rng.shuffle(splits["train"])
+    for split, rows in splits.items():
+        (run.data / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    card = {"splits": {split: len(rows) for split, rows in splits.items()},
+            "tasks": {task.name: {"weight": task.weight, "tag": task.tag, **cards[task.name].get("splits", {})}
+                      for task in recipe.objective.tasks}}
+    (run.data / "data_card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    return card
+
+
+def _task_key(key: str, task: str) -> str:
+    # "loss (test)" -> "loss (test · ner)"; "entity_f1" -> "ner: entity_f1"
+    return key.replace(")", f" · {task})") if key.endswith(")") else f"{task}: {key}"
+
+
+def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
+    from domaintune.evaluation.runner import evaluate_model
+    from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+    from domaintune.training.hardware import configure_threads, use_bf16
+    from domaintune.training.runner import read_split
+
+    console = console or Console(stderr=True)
+    recipe = run.recipe()
+    configure_threads(recipe.training)
+    bf16 = use_bf16(recipe.training)
+    tokenizer = load_tokenizer(recipe.model, path=str(run.model))
+    rows = {split: read_split(run, split) for split in ("validation", "test")}
+    results: dict = {"models": {}, "tasks": {}}
+    stats: dict[str, dict] = {}
+    samples = []
+    candidates = [("base", lambda: load_causal_lm(recipe.model))] if recipe.evaluation.compare_base else []
+    for label, load in [*candidates, ("tuned", lambda: load_trained_model(recipe.model, run.model))]:
+        model = load()
+        entry = results["models"][label] = {"model": recipe.model.name if label == "base" else str(run.model),
+                                            "metrics": {}, "loss": {}, "perplexity": {}}
+        stats[label] = {}
+        for task in recipe.objective.tasks:
+            task_recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(
+                update={"metrics": task.metrics or recipe.evaluation.metrics})})
+            splits = {split: [r for r in found if r.get("task") == task.name] for split, found in rows.items()}
+            console.print(f"Evaluating the {label} model on task {task.name} ({len(splits['test'])} test rows)...")
+            result, predictions, item_stats = evaluate_model(model, tokenizer, task_recipe, splits, bf16, console)
+            results["tasks"].setdefault(task.name, {})[label] = result
+            entry["metrics"].update({f"{task.name}: {k}": v for k, v in result["metrics"].items()})
+            for kind in ("loss", "perplexity"):
+                entry[kind].update({f"{split} · {task.name}": v for split, v in result[kind].items()})
+            stats[label].update({_task_key(k, task.name): v for k, v in item_stats.items()})
+            generated = [r for r in splits["test"] if "messages" in r][: recipe.evaluation.max_samples]
+            if label == "tuned":
+                samples += [{"prompt": r["messages"][-2]["content"], "reference": r["messages"][-1]["content"],
+                             "base": None, "tuned": p, "task": task.name} for r, p in zip(generated, predictions)]
+        del model
+    if "base" in stats:
+        from domaintune.objectives.common import paired_comparison
+
+        results.update(paired_comparison(recipe, stats["base"], stats["tuned"]))
+    results["n_test"] = len(rows["test"])
+    return write_results(run, results, samples, console)
