@@ -1,0 +1,94 @@
+"""Serving pieces without a server: keys, limits, what gets served, the vLLM hand-over, the CLI's refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from domaintune.cli import app
+from domaintune.errors import DomaintuneError
+from domaintune.serving.auth import KeyStore, load_keys
+from domaintune.serving.errors import ApiError
+from domaintune.serving.settings import ServeSettings
+from domaintune.serving.sources import resolve_sources
+from domaintune.serving.vllm import check_vllm, vllm_command, vllm_environment
+
+
+def test_keys_are_kept_hashed_and_checked(tmp_path):
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"id": "a", "sha256": hashlib.sha256(b"sk-aaa").hexdigest(), "models": ["m"]}]))
+    store = KeyStore(load_keys(keys_file, environ={"DOMAINTUNE_API_KEYS": "ops:sk-ops, sk-plain"}))
+    assert [key.id for key in store.keys] == ["a", "ops", "env-1"]
+    assert all("sk-" not in repr(key) for key in store.keys)  # only digests are kept
+    assert store.authenticate("Bearer sk-aaa").id == "a" and store.authenticate("Bearer sk-plain").id == "env-1"
+    with pytest.raises(ApiError) as caught:
+        store.authenticate("Bearer sk-aa")
+    assert caught.value.status == 401
+
+
+def test_token_limit_refuses_until_the_window_passes():
+    key = load_keys(environ={"DOMAINTUNE_API_KEYS": "t:sk-t"})[0]
+    store = KeyStore([key])
+    key.tokens_per_minute = 100
+    store.admit(key, now=0)
+    store.spend(key, 150, now=1)
+    with pytest.raises(ApiError) as caught:
+        store.admit(key, now=30)
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "31"
+    store.admit(key, now=61.5)  # the spend left the window
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"id": "x"}, "exactly one of key or sha256"),
+    ({"id": "x", "sha256": "abc"}, "64 hex digits"),
+    ({"id": "x", "key": "k", "requests_per_minute": 0}, "requests_per_minute"),
+])
+def test_bad_keys_file_entries_are_named(tmp_path, entry, message):
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(DomaintuneError, match=message):
+        load_keys(keys_file, environ={})
+
+
+def test_refuses_a_public_address_without_keys(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("DOMAINTUNE_API_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "--host" in result.output and "without API keys" in result.output and "Traceback" not in result.output
+
+
+def test_adapters_dir_and_names(tiny_model_dir, tmp_path):
+    for name in ("legal", "medical"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "x"}))
+    served = resolve_sources([f"base={tiny_model_dir}"], adapters_dir=str(tmp_path))
+    assert served.chat == ("base", str(tiny_model_dir)) and set(served.adapters) == {"legal", "medical"}
+    with pytest.raises(DomaintuneError, match="--adapter: .* is not a peft adapter"):
+        resolve_sources([str(tiny_model_dir)], adapters=[f"x={tiny_model_dir}"])
+
+
+def test_vllm_command_line(tiny_model_dir, tmp_path):
+    (tmp_path / "legal").mkdir()
+    (tmp_path / "legal" / "adapter_config.json").write_text(json.dumps({"r": 32}))
+    served = resolve_sources([f"base={tiny_model_dir}"], adapters=[f"legal={tmp_path / 'legal'}"])
+    settings = ServeSettings(port=9001, max_context=2048)
+    command = vllm_command(served, settings, python="/venvs/vllm/bin/python")
+    assert command[:3] == ["/venvs/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(command)
+    assert f"--model {tiny_model_dir} --served-model-name base --host 127.0.0.1 --port 9001" in joined
+    assert f"--enable-lora --max-loras 1 --max-lora-rank 32 --lora-modules legal={tmp_path / 'legal'}" in joined
+    assert "--max-model-len 2048" in joined
+    environment = vllm_environment(settings, environ={"DOMAINTUNE_API_KEYS": "ops:sk-secret"})
+    assert environment["VLLM_API_KEY"] == "sk-secret" and "sk-secret" not in joined
+
+
+def test_vllm_missing_is_a_clear_message(tmp_path, tiny_model_dir):
+    with pytest.raises(DomaintuneError, match="--vllm-python: .* can't import vllm; install vLLM"):
+        check_vllm(sys.executable)  # this environment has no vllm
+    with pytest.raises(DomaintuneError, match="--vllm-python: .* does not exist"):
+        check_vllm(str(tmp_path / "python"))
+    result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--engine", "vllm"])
+    assert result.exit_code == 2 and "vLLM is not installed" in result.output
