@@ -166,6 +166,7 @@ def serve(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Requests generated together.")] = 16,
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="How long the batcher waits for more requests.")] = 5.0,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 where the CPU has it), bfloat16 or float32.")] = "auto",
+    threads: Annotated[str, typer.Option("--threads", help="Torch threads, or auto (the cores other work leaves free).")] = "auto",
     log_content: Annotated[bool, typer.Option("--log-content", help="Put prompts and completions in the audit log.")] = False,
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII in outputs with placeholders like [EMAIL].")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
@@ -177,7 +178,8 @@ def serve(
         models, adapters=adapter, adapters_dir=adapters_dir, engine=engine, vllm_python=vllm_python, console=console,
         host=host, port=port, keys_file=keys_file, cors_origins=cors_origin or [], max_tokens=max_tokens,
         max_context=max_context, max_body_bytes=max_body_bytes, max_loaded_adapters=max_loaded_adapters,
-        max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, dtype=dtype, log_content=log_content,
+        max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, dtype=dtype,
+        threads=int(threads) if threads.isdigit() else threads, log_content=log_content,
         redact_pii=redact_pii, trust_remote_code=trust_remote_code,
     )
 

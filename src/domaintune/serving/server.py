@@ -29,8 +29,14 @@ def audit_to_stderr() -> None:
 
 
 def run_server(served: Served, settings: ServeSettings, console=None) -> None:
+    import torch
     import uvicorn
 
+    from domaintune.config import TrainingConfig
+    from domaintune.training.hardware import thread_count
+
+    # As in training: a torch thread waiting on a core other work keeps busy stalls every matmul.
+    torch.set_num_threads(thread_count(TrainingConfig(threads=settings.threads)))
     app = build_app(served, settings)
     audit_to_stderr()
     if console is not None:

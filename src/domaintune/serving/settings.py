@@ -20,6 +20,7 @@ class ServeSettings:
     log_content: bool = False  # put prompts and completions in the audit log
     redact_pii: bool = False  # replace PII in outputs with typed placeholders
     dtype: str = "auto"  # auto: bf16 where the CPU has it, else fp32
+    threads: int | str = "auto"  # torch threads; auto: the cores other work leaves free
     max_loaded_adapters: int = 4
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
@@ -29,6 +30,8 @@ class ServeSettings:
         for name in ("max_body_bytes", "max_tokens", "max_inputs", "max_loaded_adapters", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise DomaintuneError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.threads != "auto" and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise DomaintuneError(f"--threads: a positive whole number or auto, got {self.threads!r}")
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise DomaintuneError(f"--dtype: one of auto, bfloat16, float32 (fp16 is slow on CPUs), got {self.dtype!r}")
 
