@@ -304,10 +304,8 @@ def _add_routes(app: FastAPI, state: State) -> None:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: TextsRequest, request: Request, key: ApiKey = Depends(authorized)):
-        embedder: Embedder = state.pick(state.embedders, body.model, key, "embeddings")
-        texts = _texts(state, body)
-        record = request.state.record
-        record.model = body.model
+        embedder: Embedder
+        embedder, texts, record = _encoder_call(state, state.embedders, body, key, request, "embeddings")
         record.prompt_tokens = embedder.count_tokens(texts)
         vectors = await run_in_threadpool(embedder.embed, texts)
         data = [{"object": "embedding", "index": index,
@@ -319,21 +317,23 @@ def _add_routes(app: FastAPI, state: State) -> None:
 
     @app.post("/v1/classify")
     async def classify(body: TextsRequest, request: Request, key: ApiKey = Depends(authorized)):
-        classifier: Classifier = state.pick(state.classifiers, body.model, key, "classification")
-        texts = _texts(state, body)
-        record = request.state.record
-        record.model = body.model
+        classifier: Classifier
+        classifier, texts, record = _encoder_call(state, state.classifiers, body, key, request, "classification")
         results, tokens = await run_in_threadpool(classifier.classify, texts)
         record.prompt_tokens = tokens
         return {"object": "list", "model": body.model, "data": [{"index": index, **result} for index, result in enumerate(results)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def _texts(state: State, body: TextsRequest) -> list[str]:
+def _encoder_call(state: State, models: dict, body: TextsRequest, key: ApiKey, request: Request, endpoint: str):
+    """(model, texts, record) of an embeddings or classify request, after the model and input checks."""
+    model = state.pick(models, body.model, key, endpoint)
     texts = body.texts()
     if not texts or len(texts) > state.settings.max_inputs:
         raise ApiError(400, f"input: give 1 to {state.settings.max_inputs} texts, got {len(texts)}.", param="input")
-    return texts
+    record = request.state.record
+    record.model = body.model
+    return model, texts, record
 
 
 async def _events(work: GenerationRequest) -> AsyncIterator[Event]:
