@@ -236,6 +236,10 @@ def test_oversized_body_is_413(server):
                           json={"model": "base", "messages": [{"role": "user", "content": "x" * 30_000}]})
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "invalid_request_error"
+    body = json.dumps({"model": "base", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode()
+    chunked = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEYS['admin']}"},
+                         content=iter([body[:10_000], body[10_000:]]))  # no Content-Length: counted while read
+    assert chunked.status_code == 413 and chunked.json()["error"]["message"].startswith("Request body is larger")
 
 
 @pytest.mark.parametrize("change, param", [

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -142,9 +142,36 @@ def create_app(served: Served, settings: ServeSettings, keys: KeyStore) -> FastA
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _add_handlers(app, state)
     _add_routes(app, state)
     return app
+
+
+class BodyLimit:
+    """413 for bodies sent without a Content-Length (chunked) once they pass the limit; declared
+    lengths are refused before reading (the `account` middleware)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # An HTTPException passes FastAPI's body parsing unchanged; the handler gives it OpenAI's shape.
+                raise HTTPException(413, f"Request body is larger than {self.limit} bytes.")
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _finish(state: State, record: Record, status: int) -> None:
