@@ -92,3 +92,77 @@ def test_vllm_missing_is_a_clear_message(tmp_path, tiny_model_dir):
         check_vllm(str(tmp_path / "python"))
     result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--engine", "vllm"])
     assert result.exit_code == 2 and "vLLM is not installed" in result.output
+
+
+def test_a_run_directory_serves_its_adapter_on_its_base(tiny_recipe, tiny_model_dir):
+    import shutil
+
+    from domaintune.config import validate_recipe
+    from domaintune.rundir import RunDir
+
+    run = RunDir.create(validate_recipe(tiny_recipe))
+    run.model.mkdir()
+    (run.model / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    served = resolve_sources([str(run.root)])
+    assert served.chat == (tiny_model_dir.name, str(tiny_model_dir)) and served.adapters == {"tiny": str(run.model)}
+    shutil.copytree(tiny_model_dir, run.export / "merged")  # once exported, the merged model is served instead
+    assert resolve_sources([str(run.root)]).chat == ("tiny", str(run.export / "merged")) and not resolve_sources([str(run.root)]).adapters
+
+
+def test_token_classifier_labels_each_word_piece_with_offsets(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from domaintune.models.registry import resolve_model_path
+    from domaintune.serving.engine import Classifier
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, id2label={0: "O", 1: "B-ORG"}, label2id={"O": 0, "B-ORG": 1})
+    torch.manual_seed(0)
+    BertForTokenClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    results, tokens = Classifier(str(tmp_path)).classify(["Acme Bank lends", "hi"])
+    pieces = results[0]["tokens"]
+    # Word pieces as spans of the original text; no [CLS], [SEP] or padding.
+    assert "".join(piece["text"] for piece in pieces) == "AcmeBanklends"
+    assert all("Acme Bank lends"[piece["start"]:piece["end"]] == piece["text"] for piece in pieces)
+    assert {piece["label"] for piece in pieces} <= {"O", "B-ORG"} and [p["text"] for p in results[1]["tokens"]] == ["hi"]
+    assert tokens == sum(len(ids) for ids in tokenizer(["Acme Bank lends", "hi"])["input_ids"])
+
+
+class _FakeWork:
+    def __init__(self, events):
+        import asyncio
+
+        self.events = asyncio.Queue()
+        for event in events:
+            self.events.put_nowait(event)
+
+
+def test_pii_redaction_covers_whole_and_streamed_answers():
+    import asyncio
+    import types
+
+    from domaintune.config import PiiConfig
+    from domaintune.data.pii import PiiScanner
+    from domaintune.serving import app as serving_app
+    from domaintune.serving.engine import Event
+    from domaintune.serving.metrics import Metrics
+
+    scanner = PiiScanner(PiiConfig())
+    state = types.SimpleNamespace(scanner=scanner, metrics=Metrics(), redact=lambda text: scanner.redact(text)[0],
+                                  keys=KeyStore([]), settings=ServeSettings())
+    events = [Event(text="write to jane.doe@"), Event(text="example.com today"), Event(finish_reason="stop", completion_tokens=6)]
+    text, reason, tokens = asyncio.run(serving_app._collect(state, _FakeWork(events)))
+    assert text == "write to [EMAIL] today" and (reason, tokens) == ("stop", 6)
+
+    async def stream():
+        body = serving_app.ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+        record = serving_app.Record("/v1/chat/completions")
+        return [chunk async for chunk in serving_app._stream(state, body, record, _FakeWork(events), "chat.completion")]
+
+    chunks = asyncio.run(stream())
+    contents = [json.loads(chunk[6:])["choices"][0]["delta"].get("content") for chunk in chunks[:-1]]
+    assert "write to [EMAIL] today" in contents and not any("jane" in (content or "") for content in contents)
+    assert chunks[-1] == "data: [DONE]\n\n"

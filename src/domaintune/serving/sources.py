@@ -63,15 +63,21 @@ def _from_run(run_dir: Path, served: Served, name: str | None) -> None:
     name = name or recipe.name
     merged = run.export / "merged"
     if merged.exists():
-        served.chat = (name, str(merged))
+        _set_chat(served, name, str(merged))
     elif is_adapter_folder(run.model) and (run.model / PEFT_ADAPTER_FILES[0]).exists():
-        served.chat = (recipe.model.name, resolve_model_path(recipe.model.name))
+        _set_chat(served, _default_name(recipe.model.name), resolve_model_path(recipe.model.name))
         served.adapters[name] = str(run.model)
     elif run.model.exists() and (run.model / "config.json").exists():
-        served.chat = (name, str(run.model))
+        _set_chat(served, name, str(run.model))
     else:
         raise DomaintuneError(f"model: run directory {run_dir} has no servable model (no export/merged, no peft adapter in model/); "
                               "train it, or `domaintune export` it first")
+
+
+def _default_name(where: str) -> str:
+    """A bundled name or hub id as given; a folder by its own name, not its whole path."""
+    folder = Path(where).expanduser()
+    return folder.name if folder.exists() else where
 
 
 def _set_chat(served: Served, name: str, path: str) -> None:
@@ -93,11 +99,11 @@ def resolve_sources(models: list[str], adapters: list[str] | None = None, adapte
             continue
         if (folder / PEFT_ADAPTER_FILES[0]).exists():
             base = _adapter_base(folder)
-            _set_chat(served, base, resolve_model_path(base))
+            _set_chat(served, _default_name(base), resolve_model_path(base))
             served.adapters[name or folder.name] = str(folder.resolve())
             continue
         path = resolve_model_path(where)
-        name = name or (where if not folder.exists() else folder.name)
+        name = name or _default_name(where)
         kind = model_kind(path)
         if kind == "causal-lm":
             _set_chat(served, name, path)
