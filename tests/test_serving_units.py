@@ -166,3 +166,63 @@ def test_pii_redaction_covers_whole_and_streamed_answers():
     contents = [json.loads(chunk[6:])["choices"][0]["delta"].get("content") for chunk in chunks[:-1]]
     assert "write to [EMAIL] today" in contents and not any("jane" in (content or "") for content in contents)
     assert chunks[-1] == "data: [DONE]\n\n"
+
+
+def _greedy_alone(model, tokenizer, prompt_ids: list[int], tokens: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_rows_joining_a_running_batch_keep_their_greedy_output(tiny_model_dir):
+    import asyncio
+
+    import torch
+
+    from domaintune.serving.engine import Batch, GenerationRequest, Generator, Row
+
+    generator = Generator("base", str(tiny_model_dir), {}, dtype="float32")
+    loop = asyncio.new_event_loop()
+    try:
+        prompts = [generator.tokenizer(text)["input_ids"] for text in
+                   ("A long first prompt about a loan agreement and its many clauses", "Short", "Medium sized prompt here")]
+        requests = [GenerationRequest(model="base", prompt_ids=ids, max_tokens=tokens, loop=loop, events=asyncio.Queue())
+                    for ids, tokens in zip(prompts, (12, 5, 9))]
+        batch = Batch(generator, "base")
+        rows = [Row(request, generator.tokenizer, generator.eos_ids) for request in requests]
+        batch.join(rows[:1])
+        for _ in range(3):
+            batch.step()
+        batch.join(rows[1:])  # shorter prompts join a batch whose cache is already longer
+        while batch.rows:
+            batch.step()
+        batch.close()
+        loop.run_until_complete(asyncio.sleep(0))  # deliver the events the rows sent
+        model = generator.pool.model
+        for row, ids in zip(rows, prompts):
+            expected = _greedy_alone(model, generator.tokenizer, ids, row.request.max_tokens)
+            assert row.tokens == expected[:len(row.tokens)]
+            assert len(row.tokens) == row.request.max_tokens or expected[len(row.tokens)] in generator.eos_ids
+            events = []
+            while not row.request.events.empty():
+                events.append(row.request.events.get_nowait())
+            assert "".join(event.text for event in events) == generator.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            assert events[-1].finish_reason in {"length", "stop"}
+    finally:
+        generator.close()
+        loop.close()
+    assert torch.is_grad_enabled()  # the worker's no-grad setting stays in its own thread
+
+
+def test_sampling_with_tiny_top_p_is_the_most_likely_token():
+    import torch
+
+    from domaintune.serving.engine import GenerationRequest, choose_tokens
+
+    logits = torch.tensor([[0.1, 3.0, 0.2], [2.0, 0.1, 0.3]])
+    requests = [GenerationRequest(model="m", prompt_ids=[1], max_tokens=1, temperature=0.7, top_p=1e-6),
+                GenerationRequest(model="m", prompt_ids=[1], max_tokens=1)]
+    assert choose_tokens(logits, requests).tolist() == [[1], [0]]

@@ -1,12 +1,12 @@
 """The models behind the server: one causal LM with lazily loaded peft adapters (LRU-capped),
 a background worker that batches concurrent requests, and embedding and classification models.
 
-Batching: the worker takes the oldest pending request, waits a few milliseconds for others,
-and generates every pending request for the same model and sampling settings together,
-left-padded with an attention mask (transformers derives the position ids from it, so a row's
-greedy output is the same as alone). A stopping criterion sees each new token of every row:
-it streams text deltas to the row's request, and ends the row at an end token, a stop string
-or its own max_tokens, while the rest of the batch goes on.
+Batching: the worker takes the oldest pending request, waits a few milliseconds for others for
+the same model (base or adapter), prefills them together, left-padded, and decodes them one token
+per step with the KV cache. Requests arriving later for that model are prefilled and join the
+running batch between steps (continuous batching); a row leaves at an end token, a stop string or
+its own max_tokens, and its text is streamed as it grows. Requests for another model wait until
+the running batch has drained.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Event:
     error: BaseException | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # requests are compared by identity
 class GenerationRequest:
     model: str
     prompt_ids: list[int]
@@ -42,10 +42,6 @@ class GenerationRequest:
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     created: float = field(default_factory=time.perf_counter)
-
-    def batch_key(self) -> tuple:
-        # Rows of one generate call share the adapter and the sampling settings.
-        return (self.model, 0.0, 1.0) if self.temperature == 0 else (self.model, self.temperature, self.top_p)
 
     def send(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -144,118 +140,204 @@ class Generator:
         import torch
 
         torch.set_grad_enabled(False)
+        batch: Batch | None = None
         while True:
-            batch = self._next_batch()
             if batch is None:
-                return
+                first = self.held.pop(0) if self.held else self.pending.get()
+                if first is None:
+                    return
+                new = [first, *self._gather(first.model, self.max_batch_size - 1, self.batch_wait)]
+                batch = Batch(self, first.model)
+            elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
+                new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
+            else:
+                new = []
             try:
-                self._generate(batch)
+                if new:
+                    batch.join([Row(request, self.tokenizer, self.eos_ids) for request in new])
+                batch.step()
             except Exception as error:  # a failing batch must not kill the worker; its requests get a 500
-                for request in batch:
+                for request in [*(row.request for row in batch.rows), *new]:
                     request.send(Event(finish_reason="error", error=error))
+                batch.rows = []
+            if not batch.rows:
+                batch.close()
+                batch = None
 
-    def _next_batch(self) -> list[GenerationRequest] | None:
-        first = self.held.pop(0) if self.held else self.pending.get()
-        if first is None:
-            return None
-        waiting = self.held
-        deadline = time.perf_counter() + self.batch_wait
-        while True:  # collect what arrives within the wait
+    def _gather(self, model: str, limit: int, wait: float) -> list[GenerationRequest]:
+        """Up to `limit` pending requests for `model`, waiting up to `wait` seconds for them; others are held."""
+        taken = [request for request in self.held if request.model == model][:limit]
+        self.held = [request for request in self.held if request not in taken]
+        deadline = time.perf_counter() + wait
+        while len(taken) < limit:
             timeout = deadline - time.perf_counter()
             try:
-                item = self.pending.get(timeout=max(timeout, 0)) if timeout > 0 else self.pending.get_nowait()
+                item = self.pending.get(timeout=timeout) if timeout > 0 else self.pending.get_nowait()
             except queue.Empty:
                 break
             if item is None:
-                self.pending.put(None)  # stop after this batch
+                self.pending.put(None)  # stop once the running requests are answered
                 break
-            waiting.append(item)
-        batch = [first]
-        self.held = []
-        for request in waiting:
-            if request.batch_key() == first.batch_key() and len(batch) < self.max_batch_size:
-                batch.append(request)
-            else:
-                self.held.append(request)
-        return batch
+            (taken if item.model == model else self.held).append(item)
+        return taken
 
-    def _generate(self, batch: list[GenerationRequest]) -> None:
+
+class Batch:
+    """Rows generated together: one model (base or one adapter), a KV cache and a left-padded attention
+    mask. New rows are prefilled on their own and join at a step boundary (continuous batching);
+    finished rows leave. Positions come from the mask, as `generate` computes them, so each row's
+    greedy output is what it would be alone."""
+
+    def __init__(self, generator: Generator, model: str):
+        import contextlib
+
+        self.generator = generator
+        self.model = model
+        self.scope = contextlib.ExitStack()
+        self.network, adapter_scope = generator.pool.activate(None if model == generator.name else model)
+        self.scope.enter_context(adapter_scope)
+        self.rows: list[Row] = []
+        self.cache = None
+        self.mask = None  # [rows, length]
+        self.last = None  # [rows, 1]: each row's latest token, the next step's input
+        self.can_join = True
+
+    def close(self) -> None:
+        self.scope.close()
+
+    def _forward(self, input_ids, mask, positions, cache, **kwargs):
         import torch
-        from transformers import StoppingCriteriaList
 
-        first = batch[0]
-        padded = self.tokenizer.pad({"input_ids": [request.prompt_ids for request in batch]}, return_tensors="pt")
-        sampling = (
-            {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
-            if first.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
-        rows = RowStreams(batch, self.tokenizer, self.eos_ids, padded["input_ids"].shape[1])
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(batch))
-        model, adapter_scope = self.pool.activate(None if first.model == self.name else first.model)
-        with adapter_scope, torch.inference_mode():
-            model.generate(
-                **padded,
-                max_new_tokens=max(request.max_tokens for request in batch),
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-                stopping_criteria=StoppingCriteriaList([rows]),
-                **sampling,
-            )
-        rows.finish_all("length")
+        with torch.inference_mode():
+            output = self.network(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                  past_key_values=cache, use_cache=True, **kwargs)
+        return output.logits[:, -1].float()
+
+    def join(self, rows: list[Row]) -> None:
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        tokenizer = self.generator.tokenizer
+        padded = tokenizer.pad({"input_ids": [row.request.prompt_ids for row in rows]}, return_tensors="pt")
+        mask = padded["attention_mask"]
+        cache = DynamicCache(config=self.network.config)
+        logits = self._forward(padded["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, logits_to_keep=1)
+        last = choose_tokens(logits, [row.request for row in rows])
+        # Joining pads the caches to one length: only plain layers (no sliding window) can be padded.
+        self.can_join = all(type(layer) is DynamicLayer for layer in cache.layers)
+        if self.cache is None:
+            self.cache, self.mask, self.last, self.rows = cache, mask, last, rows
+        else:
+            length = max(self.mask.shape[1], mask.shape[1])
+            for mine, theirs in zip(self.cache.layers, cache.layers):
+                mine.keys = torch.cat([_pad_left(mine.keys, length, -2), _pad_left(theirs.keys, length, -2)])
+                mine.values = torch.cat([_pad_left(mine.values, length, -2), _pad_left(theirs.values, length, -2)])
+            self.mask = torch.cat([_pad_left(self.mask, length, -1), _pad_left(mask, length, -1)])
+            self.last = torch.cat([self.last, last])
+            self.rows = [*self.rows, *rows]
+        for row, token in zip(rows, last[:, 0].tolist()):
+            row.add(token)
+        self._drop_finished()
+
+    def step(self) -> None:
+        import torch
+
+        if not self.rows:
+            return
+        if self.generator.metrics is not None:
+            self.generator.metrics.batch_size.observe(len(self.rows))
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        positions = self.mask.sum(-1, keepdim=True) - 1
+        logits = self._forward(self.last, self.mask, positions, self.cache)
+        self.last = choose_tokens(logits, [row.request for row in self.rows])
+        for row, token in zip(self.rows, self.last[:, 0].tolist()):
+            row.add(token)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        import torch
+
+        keep = [index for index, row in enumerate(self.rows) if not row.done]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[index] for index in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep)
+        self.mask, self.last = self.mask[index], self.last[index]
+        # Columns that are padding in every remaining row are dropped: attention no longer pays for them.
+        start = int((self.mask.sum(0) > 0).nonzero()[0])
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
 
 
-class RowStreams:
-    """A transformers stopping criterion that turns each row's new tokens into text deltas for its
-    request and tells generate which rows are finished."""
+def _pad_left(tensor, length: int, dim: int):
+    import torch.nn.functional as F
 
-    def __init__(self, batch: list[GenerationRequest], tokenizer, eos_ids: list[int], prompt_length: int):
-        self.batch = batch
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    # F.pad takes (left, right) pairs from the last dimension backwards.
+    pad = [0, 0] * (-dim - 1) + [missing, 0]
+    return F.pad(tensor, pad)
+
+
+def choose_tokens(logits, requests: list[GenerationRequest]):
+    """[rows, 1] next tokens: argmax for temperature 0, else temperature and top-p sampling per row."""
+    import torch
+
+    tokens = logits.argmax(-1)
+    for row, request in enumerate(requests):
+        if request.temperature > 0:
+            probabilities = (logits[row] / request.temperature).softmax(-1)
+            ordered, order = probabilities.sort(descending=True)
+            outside = ordered.cumsum(-1) - ordered > request.top_p  # keeps at least the most likely token
+            ordered[outside] = 0
+            tokens[row] = order[torch.multinomial(ordered / ordered.sum(), 1)]
+    return tokens[:, None]
+
+
+class Row:
+    """One request in a batch: its tokens so far, the text already streamed, and whether it is finished."""
+
+    def __init__(self, request: GenerationRequest, tokenizer, eos_ids: list[int]):
+        self.request = request
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
-        self.prompt_length = prompt_length
-        self.tokens: list[list[int]] = [[] for _ in batch]
-        self.sent = [""] * len(batch)
-        self.done = [False] * len(batch)
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.done = False
 
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
+    def add(self, token: int) -> None:
+        """Streams the new text, and finishes the row at an end token, a stop string or max_tokens."""
+        request = self.request
+        if token in self.eos_ids:
+            return self._finish("stop", self._decode())
+        self.tokens.append(token)
+        text = self._decode()
+        cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
+        if cut >= 0:
+            self._finish("stop", text[:cut])
+        elif len(self.tokens) >= request.max_tokens:
+            self._finish("length", text)
+        else:
+            self._send(_safe_prefix(text, request.stop))
 
-        for row, request in enumerate(self.batch):
-            if self.done[row]:
-                continue
-            token = int(input_ids[row, -1])
-            if token in self.eos_ids:
-                self._finish(row, "stop", self._decode(row))
-                continue
-            self.tokens[row].append(token)
-            text = self._decode(row)
-            cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
-            if cut >= 0:
-                self._finish(row, "stop", text[:cut])
-            elif len(self.tokens[row]) >= request.max_tokens:
-                self._finish(row, "length", text)
-            else:
-                self._send(row, _safe_prefix(text, request.stop))
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+    def _decode(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
 
-    def _decode(self, row: int) -> str:
-        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent):
+            self.request.send(Event(text=text[len(self.sent):]))
+            self.sent = text
 
-    def _send(self, row: int, text: str) -> None:
-        if len(text) > len(self.sent[row]):
-            self.batch[row].send(Event(text=text[len(self.sent[row]):]))
-            self.sent[row] = text
-
-    def _finish(self, row: int, reason: str, text: str) -> None:
-        self._send(row, text)
-        self.done[row] = True
-        self.batch[row].send(Event(finish_reason=reason, completion_tokens=len(self.tokens[row])))
-
-    def finish_all(self, reason: str) -> None:
-        for row in range(len(self.batch)):
-            if not self.done[row]:
-                self._finish(row, reason, self._decode(row))
+    def _finish(self, reason: str, text: str) -> None:
+        self._send(text)
+        self.done = True
+        self.request.send(Event(finish_reason=reason, completion_tokens=len(self.tokens)))
 
 
 def _safe_prefix(text: str, stops: list[str]) -> str:

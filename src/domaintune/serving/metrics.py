@@ -18,7 +18,7 @@ class Metrics:
         self.first_token = Histogram("domaintune_time_to_first_token_seconds", "Time to the first streamed token",
                                      ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.errors = Counter("domaintune_errors", "Error responses by OpenAI error type", ["type"], registry=self.registry)
-        self.batch_size = Histogram("domaintune_batch_size", "Requests generated together",
+        self.batch_size = Histogram("domaintune_batch_size", "Rows in each decoding step",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
 
     def render(self) -> bytes:
