@@ -226,3 +226,16 @@ def test_sampling_with_tiny_top_p_is_the_most_likely_token():
     requests = [GenerationRequest(model="m", prompt_ids=[1], max_tokens=1, temperature=0.7, top_p=1e-6),
                 GenerationRequest(model="m", prompt_ids=[1], max_tokens=1)]
     assert choose_tokens(logits, requests).tolist() == [[1], [0]]
+
+
+def test_a_keyless_loopback_server_refuses_other_host_names():
+    from fastapi.testclient import TestClient
+
+    from domaintune.serving.app import create_app
+
+    app = create_app(resolve_sources(["minilm-l6"]), ServeSettings(), KeyStore([]))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+        reply = client.post("/v1/embeddings", json={"model": "minilm-l6", "input": "no key needed here"})
+        assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 384

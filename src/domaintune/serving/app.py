@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from domaintune.serving.auth import ApiKey, KeyStore, check_scope
-from domaintune.serving.engine import Classifier, Embedder, Event, GenerationRequest, Generator, check_capacity
+from domaintune.serving.engine import Classifier, Embedder, Event, GenerationRequest, Generator
 from domaintune.serving.errors import ApiError
 from domaintune.serving.metrics import Metrics
-from domaintune.serving.settings import ServeSettings
+from domaintune.serving.settings import ServeSettings, is_loopback
 from domaintune.serving.sources import Served
 
 audit_log = logging.getLogger("domaintune.audit")
@@ -142,6 +142,12 @@ def create_app(served: Served, settings: ServeSettings, keys: KeyStore) -> FastA
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    if is_loopback(settings.host) and not keys.required:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        # Keyless is safe only for this machine's own clients: refusing other Host names stops a web
+        # page from reaching the server through DNS rebinding.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
     # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _add_handlers(app, state)
@@ -281,7 +287,6 @@ def _add_routes(app: FastAPI, state: State) -> None:
         if prompt_tokens + max_tokens > context:
             raise ApiError(400, f"{param}: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the "
                                 f"context limit of {context} tokens.", param=param, code="context_length_exceeded")
-        check_capacity(generator, prompt_tokens, max_tokens, param)
         return max_tokens
 
     def submit(generator: Generator, body: Sampling, prompt_ids: list[int], max_tokens: int) -> GenerationRequest:
@@ -444,5 +449,6 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
         state.metrics.errors.labels(error.type).inc()
         yield f"data: {json.dumps(error.body())}\n\n"
     finally:
+        work.cancelled = True  # a no-op once finished; stops the row if the client disconnected
         record.content["completion"] = state.redact(text)
         _finish(state, record, status)

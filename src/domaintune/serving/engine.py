@@ -18,7 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from domaintune.serving.errors import ApiError
 
 
 @dataclass
@@ -42,6 +41,7 @@ class GenerationRequest:
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     created: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # the client went away: the row leaves the batch at the next step
 
     def send(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -314,6 +314,9 @@ class Row:
     def add(self, token: int) -> None:
         """Streams the new text, and finishes the row at an end token, a stop string or max_tokens."""
         request = self.request
+        if request.cancelled:
+            self.done = True
+            return
         if token in self.eos_ids:
             return self._finish("stop", self._decode())
         self.tokens.append(token)
@@ -424,8 +427,3 @@ class Classifier:
         return {"label": self.labels[best], "score": float(row[best]),
                 "scores": {self.labels[index]: float(value) for index, value in enumerate(row)}}
 
-
-def check_capacity(generator: Generator, prompt_tokens: int, max_tokens: int, param: str) -> None:
-    if prompt_tokens + max_tokens > generator.context_length:
-        raise ApiError(400, f"{param}: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the model's "
-                            f"context of {generator.context_length} tokens", param=param, code="context_length_exceeded")
