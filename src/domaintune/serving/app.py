@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -27,7 +27,7 @@ from domaintune.serving.sources import Served
 audit_log = logging.getLogger("domaintune.audit")
 
 
-# Requests: unknown fields are ignored, as OpenAI clients send ones this server has no use for.
+# Requests: unknown fields are ignored (pydantic's default), as OpenAI clients send ones this server has no use for.
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = ""
@@ -70,9 +70,6 @@ class TextsRequest(BaseModel):
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else self.input
 
-
-for _model in (Message, Sampling, ChatRequest, CompletionRequest, TextsRequest):
-    _model.model_config = ConfigDict(extra="ignore")
 
 
 class Record:
@@ -156,8 +153,8 @@ def create_app(served: Served, settings: ServeSettings, keys: KeyStore) -> FastA
 
 
 class BodyLimit:
-    """413 for bodies sent without a Content-Length (chunked) once they pass the limit; declared
-    lengths are refused before reading (the `account` middleware)."""
+    """413 for a body over the limit: a declared Content-Length before anything is read, a chunked
+    body once what was read passes the limit."""
 
     def __init__(self, app, limit: int):
         self.app = app
@@ -166,13 +163,15 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared_too_large = declared.isdigit() and int(declared) > self.limit
         received = 0
 
         async def limited():
             nonlocal received
-            message = await receive()
+            message = {} if declared_too_large else await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if declared_too_large or received > self.limit:
                 # An HTTPException passes FastAPI's body parsing unchanged; the handler gives it OpenAI's shape.
                 raise HTTPException(413, f"Request body is larger than {self.limit} bytes.")
             return message
@@ -199,17 +198,10 @@ def _finish(state: State, record: Record, status: int) -> None:
 
 
 def _add_handlers(app: FastAPI, state: State) -> None:
-    limit = state.settings.max_body_bytes
-
     @app.middleware("http")
     async def account(request: Request, call_next):
         record = request.state.record = Record(request.url.path)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            response = _error_response(state, ApiError(413, f"Request body is larger than {limit} bytes.",
-                                                       code="request_too_large"))
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         if not record.deferred:
             _finish(state, record, response.status_code)
         return response
@@ -303,7 +295,11 @@ def _add_routes(app: FastAPI, state: State) -> None:
             raise ApiError(400, f"messages: the model '{body.model}' has no chat template; use /v1/completions.",
                            param="messages")
         messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # templates raise on conversations they don't support (roles, order)
+            raise ApiError(400, f"messages: the model's chat template refused them: {str(error).splitlines()[0]}",
+                           param="messages") from None
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         max_tokens = max_tokens_for(body, body.max_completion_tokens or body.max_tokens, len(prompt_ids), generator,
                                     "messages")
