@@ -196,9 +196,14 @@ def test_rows_joining_a_running_batch_keep_their_greedy_output(tiny_model_dir):
         batch.join(rows[:1])
         for _ in range(3):
             batch.step()
-        batch.join(rows[1:])  # shorter prompts join a batch whose cache is already longer
+        abandoned = Row(GenerationRequest(model="base", prompt_ids=prompts[1], max_tokens=50, loop=loop,
+                                          events=asyncio.Queue()), generator.tokenizer, generator.eos_ids)
+        batch.join([*rows[1:], abandoned])  # shorter prompts join a batch whose cache is already longer
+        batch.step()
+        abandoned.request.cancelled = True  # its client went away
         while batch.rows:
             batch.step()
+        assert len(abandoned.tokens) == 2
         batch.close()
         loop.run_until_complete(asyncio.sleep(0))  # deliver the events the rows sent
         model = generator.pool.model

@@ -269,7 +269,7 @@ def _add_routes(app: FastAPI, state: State) -> None:
         request.state.record.model = name
         return generator
 
-    def max_tokens_for(body: Sampling, requested: int | None, prompt_tokens: int, generator: Generator, param: str) -> int:
+    def max_tokens_for(requested: int | None, prompt_tokens: int, generator: Generator, param: str) -> int:
         cap = state.settings.max_tokens
         if requested is not None and requested > cap:
             raise ApiError(400, f"max_tokens: {requested} is above this server's limit of {cap}.",
@@ -301,8 +301,7 @@ def _add_routes(app: FastAPI, state: State) -> None:
             raise ApiError(400, f"messages: the model's chat template refused them: {str(error).splitlines()[0]}",
                            param="messages") from None
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        max_tokens = max_tokens_for(body, body.max_completion_tokens or body.max_tokens, len(prompt_ids), generator,
-                                    "messages")
+        max_tokens = max_tokens_for(body.max_completion_tokens or body.max_tokens, len(prompt_ids), generator, "messages")
         work = submit(generator, body, prompt_ids, max_tokens)
         record = request.state.record
         record.prompt_tokens = len(prompt_ids)
@@ -316,8 +315,11 @@ def _add_routes(app: FastAPI, state: State) -> None:
         if not prompts or (body.stream and len(prompts) > 1):
             raise ApiError(400, "prompt: give one prompt (streaming) or a non-empty list of prompts.", param="prompt")
         encoded = [generator.tokenizer(prompt)["input_ids"] for prompt in prompts]
-        work = [submit(generator, body, ids, max_tokens_for(body, body.max_tokens, len(ids), generator, "prompt"))
-                for ids in encoded]
+        if not all(encoded):
+            raise ApiError(400, "prompt: a prompt is empty.", param="prompt")
+        # Every prompt is checked before any is generated.
+        limits = [max_tokens_for(body.max_tokens, len(ids), generator, "prompt") for ids in encoded]
+        work = [submit(generator, body, ids, limit) for ids, limit in zip(encoded, limits)]
         record = request.state.record
         record.prompt_tokens = sum(len(ids) for ids in encoded)
         record.content["prompt"] = json.dumps(prompts)
@@ -326,8 +328,7 @@ def _add_routes(app: FastAPI, state: State) -> None:
         results = [await _collect(state, item) for item in work]
         record.completion_tokens = sum(tokens for _, _, tokens in results)
         record.content["completion"] = json.dumps([text for text, _, _ in results])
-        choices = [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}
-                   for index, (text, reason, _) in enumerate(results)]
+        choices = [_choice(False, index, text, reason) for index, (text, reason, _) in enumerate(results)]
         return _completion(body.model, "text_completion", choices, record)
 
     @app.post("/v1/embeddings")
@@ -365,13 +366,16 @@ def _encoder_call(state: State, models: dict, body: TextsRequest, key: ApiKey, r
 
 
 async def _events(work: GenerationRequest) -> AsyncIterator[Event]:
-    while True:
-        event = await work.events.get()
-        if event.error is not None:
-            raise ApiError(500, "The server had an error while generating.") from event.error
-        yield event
-        if event.finish_reason:
-            return
+    try:
+        while True:
+            event = await work.events.get()
+            if event.error is not None:
+                raise ApiError(500, "The server had an error while generating.") from event.error
+            yield event
+            if event.finish_reason:
+                return
+    finally:
+        work.cancelled = True  # a no-op once finished; if the client went away, its row leaves the batch
 
 
 async def _collect(state: State, work: GenerationRequest) -> tuple[str, str, int]:
@@ -381,6 +385,12 @@ async def _collect(state: State, work: GenerationRequest) -> tuple[str, str, int
         if event.finish_reason:
             reason, tokens = event.finish_reason, event.completion_tokens
     return state.redact(text), reason, tokens
+
+
+def _choice(chat: bool, index: int, text: str, reason: str) -> dict:
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
 
 
 def _completion(model: str, kind: str, choices: list[dict], record: Record) -> dict:
@@ -396,9 +406,7 @@ async def _respond(state: State, body: Sampling, record: Record, work: Generatio
         text, reason, tokens = await _collect(state, work)
         record.completion_tokens = tokens
         record.content["completion"] = text
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
-                  else {"index": 0, "text": text, "finish_reason": reason, "logprobs": None})
-        return _completion(body.model, kind, [choice], record)
+        return _completion(body.model, kind, [_choice(chat, 0, text, reason)], record)
     record.deferred = True
     return StreamingResponse(_stream(state, body, record, work, kind), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -445,6 +453,5 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
         state.metrics.errors.labels(error.type).inc()
         yield f"data: {json.dumps(error.body())}\n\n"
     finally:
-        work.cancelled = True  # a no-op once finished; stops the row if the client disconnected
         record.content["completion"] = state.redact(text)
         _finish(state, record, status)
