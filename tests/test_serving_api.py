@@ -278,3 +278,26 @@ def test_load_script_reports_statuses(server, tmp_path):
     report = json.loads((tmp_path / "load.json").read_text())
     assert report["status_counts"] == {"200": 12}
     assert report["latency_s"]["p50"] <= report["latency_s"]["p95"]
+
+
+def test_metrics_count_requests_tokens_latency_and_errors(client, server):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server["url"] + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+    _chat(client, "base", "count me", tokens=3)
+    text = httpx.get(server["url"] + "/metrics", headers={"Authorization": f"Bearer {KEYS['admin']}"}).text
+    assert 'domaintune_requests_total{endpoint="/v1/chat/completions",model="base",status="200"}' in text
+    assert 'domaintune_errors_total{type="authentication_error"}' in text
+    assert 'domaintune_tokens_total{kind="completion",model="base"}' in text
+    assert 'domaintune_request_latency_seconds_bucket{endpoint="/v1/chat/completions",le="0.5"}' in text
+
+
+def test_log_content_puts_prompt_and_completion_in_the_audit_line(client, server, caplog):
+    settings = server["app"].state.domaintune.settings
+    settings.log_content = True
+    try:
+        with caplog.at_level(logging.INFO, logger="domaintune.audit"):
+            answer = _chat(client, "base", "an auditable question", tokens=3)
+    finally:
+        settings.log_content = False
+    line = json.loads(next(r.getMessage() for r in caplog.records if r.name == "domaintune.audit"))
+    assert "an auditable question" in line["prompt"] and line["completion"] == answer
