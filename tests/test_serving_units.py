@@ -244,3 +244,26 @@ def test_a_keyless_loopback_server_refuses_other_host_names():
         assert client.get("/health", headers={"Host": "attacker.example"}).status_code == 400
         reply = client.post("/v1/embeddings", json={"model": "minilm-l6", "input": "no key needed here"})
         assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 384
+
+
+def test_a_broken_adapter_fails_its_requests_not_the_worker(tiny_model_dir, tmp_path):
+    import asyncio
+
+    from domaintune.serving.engine import GenerationRequest, Generator
+
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    generator = Generator("base", str(tiny_model_dir), {"broken": str(tmp_path)}, dtype="float32")
+
+    async def ask(model: str):
+        request = GenerationRequest(model=model, prompt_ids=generator.tokenizer("Hi there")["input_ids"], max_tokens=2)
+        generator.submit(request)
+        events = [await request.events.get()]
+        while not events[-1].finish_reason:
+            events.append(await request.events.get())
+        return events[-1]
+
+    try:
+        assert asyncio.run(ask("broken")).error is not None
+        assert asyncio.run(ask("base")).finish_reason in {"length", "stop"}  # the worker is still serving
+    finally:
+        generator.close()

@@ -11,6 +11,7 @@ the running batch has drained.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -142,25 +143,27 @@ class Generator:
         torch.set_grad_enabled(False)
         batch: Batch | None = None
         while True:
-            if batch is None:
-                first = self.held.pop(0) if self.held else self.pending.get()
-                if first is None:
-                    return
-                new = [first, *self._gather(first.model, self.max_batch_size - 1, self.batch_wait)]
-                batch = Batch(self, first.model)
-            elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
-                new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
-            else:
-                new = []
+            new: list[GenerationRequest] = []
             try:
+                if batch is None:
+                    first = self.held.pop(0) if self.held else self.pending.get()
+                    if first is None:
+                        return
+                    new = [first, *self._gather(first.model, self.max_batch_size - 1, self.batch_wait)]
+                    batch = Batch(self, first.model)  # loads the adapter on first use
+                elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
+                    new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
                 if new:
                     batch.join([Row(request, self.tokenizer, self.eos_ids) for request in new])
                 batch.step()
             except Exception as error:  # a failing batch must not kill the worker; its requests get a 500
-                for request in [*(row.request for row in batch.rows), *new]:
+                logging.getLogger("domaintune.serving").exception("generation failed")
+                running = [row.request for row in batch.rows] if batch is not None else []
+                for request in {id(request): request for request in [*running, *new]}.values():
                     request.send(Event(finish_reason="error", error=error))
-                batch.rows = []
-            if not batch.rows:
+                if batch is not None:
+                    batch.rows = []
+            if batch is not None and not batch.rows:
                 batch.close()
                 batch = None
 
