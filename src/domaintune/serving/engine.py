@@ -76,19 +76,21 @@ class AdapterPool:
         if name is None:
             return self.model, (self.model.disable_adapter() if self.loaded else contextlib.nullcontext())
         self._load(name)
-        self.model.set_adapter(name)
         return self.model, contextlib.nullcontext()
 
     def _load(self, name: str) -> None:
+        """Make `name` the active adapter, loading it (and evicting the least recently used) if needed."""
         from peft import PeftModel
 
         if name in self.loaded:
             self.loaded.move_to_end(name)
+            self.model.set_adapter(name)
             return
         if not self.loaded:
             self.model = PeftModel.from_pretrained(self.model, self.paths[name], adapter_name=name)
         else:
             self.model.load_adapter(self.paths[name], adapter_name=name)
+        self.model.set_adapter(name)  # before evicting: deleting the active adapter makes peft pick another
         self.loaded[name] = None
         while len(self.loaded) > self.capacity:  # the new one is loaded first, so one always remains
             oldest, _ = self.loaded.popitem(last=False)
