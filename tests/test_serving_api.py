@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -267,12 +268,14 @@ def test_audit_log_has_no_content_and_no_key(client, caplog):
     assert "secret question" not in caplog.text and KEYS["admin"] not in caplog.text
 
 
-def test_load_script_reports_statuses(server, tmp_path):
+def test_load_script_reports_statuses(tiny_model_dir, tmp_path):
+    # The script starts `domaintune serve` itself (the CLI, with a key from DOMAINTUNE_API_KEYS) on a free port.
     script = Path(__file__).parents[1] / "bench" / "serve_load.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--url", server["url"], "--model", "base", "--requests", "12",
-         "--concurrency", "4", "--max-tokens", "2", "--output", str(tmp_path / "load.json")],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "DOMAINTUNE_API_KEY": KEYS["admin"]},
+        [sys.executable, str(script), "--model-dir", str(tiny_model_dir), "--requests", "12",
+         "--concurrency", "4", "--max-tokens", "2", "--timeout", "240", "--output", str(tmp_path / "load.json")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])},
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "load.json").read_text())
