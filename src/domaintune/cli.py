@@ -153,6 +153,42 @@ def export(run_dir: Path):
 
 @app.command()
 @user_errors
+def serve(
+    models: Annotated[list[str], typer.Argument(help="[NAME=]run directory, model folder (causal LM, classifier, "
+                                                "sentence encoder), bundled name or hub id; repeatable.")],
+    adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="NAME=PATH peft adapter on the causal LM (repeatable).")] = None,
+    adapters_dir: Annotated[Optional[str], typer.Option("--adapters-dir", help="Serve every adapter subfolder, named by folder.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; other than loopback needs API keys.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    keys_file: Annotated[Optional[str], typer.Option("--keys-file", help="YAML/JSON keys: id, key or sha256, models, limits.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow browsers on this origin (repeatable).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Largest max_tokens a request may ask for.")] = 1024,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", help="Cap on prompt + max_tokens.")] = None,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Larger request bodies get 413.")] = 1 << 20,
+    max_loaded_adapters: Annotated[int, typer.Option("--max-loaded-adapters", help="Adapters kept loaded (LRU).")] = 4,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Requests generated together.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="How long the batcher waits for more requests.")] = 5.0,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 where the CPU has it), bfloat16 or float32.")] = "auto",
+    threads: Annotated[str, typer.Option("--threads", help="Torch threads, or auto (the cores other work leaves free).")] = "auto",
+    log_content: Annotated[bool, typer.Option("--log-content", help="Put prompts and completions in the audit log.")] = False,
+    redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII in outputs with placeholders like [EMAIL].")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="builtin, or vllm (hands the model and adapters to vLLM).")] = "builtin",
+    vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="Python of a venv with vLLM installed.")] = None,
+):
+    """Serve models over an OpenAI-compatible API (chat, completions, embeddings, classify) with keys and limits."""
+    api.serve(
+        models, adapters=adapter, adapters_dir=adapters_dir, engine=engine, vllm_python=vllm_python, console=console,
+        host=host, port=port, keys_file=keys_file, cors_origins=cors_origin or [], max_tokens=max_tokens,
+        max_context=max_context, max_body_bytes=max_body_bytes, max_loaded_adapters=max_loaded_adapters,
+        max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, dtype=dtype,
+        threads=int(threads) if threads.isdigit() else threads, log_content=log_content,
+        redact_pii=redact_pii, trust_remote_code=trust_remote_code,
+    )
+
+
+@app.command()
+@user_errors
 def estimate(recipe: Path, overrides: SetOption = None):
     """Predict wall time, peak memory and tokens of a run on this machine (probes a few steps)."""
     result = api.estimate(recipe, overrides=overrides, console=console)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from domaintune.errors import DomaintuneError
 from domaintune.methods import method_config_types
@@ -291,6 +291,18 @@ class ExportConfig(Section):
     adapter: bool = Field(True, description="Write the adapter folder (adapter methods only).")
     merged: bool = Field(True, description="Write a merged safetensors folder loadable without peft.")
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    gguf: list[Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m"]] = Field(
+        default_factory=list,
+        description="GGUF files for llama.cpp/Ollama, e.g. [f16, q8_0] (needs the converter `make setup` installs); "
+        "q4 types need llama.cpp's llama-quantize and can erase a small model's fine-tuning.",
+    )
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf_needs_merged(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("merged", True):
+            raise ValueError("GGUF is converted from the merged model: set export.merged: true")
+        return value
 
 
 class FsdpConfig(Section):

@@ -1,6 +1,7 @@
-"""Export a run's model: the adapter as peft saved it, and a merged safetensors folder."""
+"""Export a run's model: the adapter as peft saved it, a merged safetensors folder, GGUF files."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def export_causal_lm(run: RunDir, recipe, console: Console) -> dict[str, str]:
         model.save_pretrained(str(merged_dir), safe_serialization=True)
         _copy_tokenizer(run.model, merged_dir)
         written["merged"] = str(merged_dir)
+        if config.gguf:
+            written.update(_export_gguf(run, merged_dir, config.gguf, console))
 
     for kind, path in written.items():
         console.print(f"Exported {kind}: {path}")
@@ -66,3 +69,30 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(target))
+
+
+def _export_gguf(run: RunDir, merged_dir: Path, kinds: list[str], console: Console) -> dict[str, str]:
+    from domaintune.export.gguf import export_gguf, verify_gguf
+
+    written = export_gguf(merged_dir, run.export / "gguf", kinds, run.recipe().name, console)
+    files = {key.removeprefix("gguf-"): path for key, path in written.items() if key.startswith("gguf-")}
+    report = verify_gguf(merged_dir, files, _probe_prompts(run))
+    for kind, result in report.items():
+        colour = "green" if result["same_greedy_output"] == result["prompts"] else "yellow"
+        console.print(f"[{colour}]GGUF {kind}: greedy output loaded back with transformers equals the merged model's "
+                      f"on {result['same_greedy_output']}/{result['prompts']} prompts", highlight=False)
+    (run.export / "gguf" / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return written
+
+
+def _probe_prompts(run: RunDir, count: int = 3) -> list[str]:
+    """The first user turns of the test split (the task the model was tuned for), else generic prompts."""
+    prompts = []
+    test = run.data / "test.jsonl"
+    for line in test.read_text(encoding="utf-8").splitlines() if test.exists() else []:
+        user = next((m.get("content") for m in json.loads(line).get("messages", []) if m.get("role") == "user"), None)
+        if user:
+            prompts.append(user)
+        if len(prompts) == count:
+            return prompts
+    return prompts or ["Hello, who are you?", "Summarise what a loan agreement is."]

@@ -1,0 +1,269 @@
+"""Serving pieces without a server: keys, limits, what gets served, the vLLM hand-over, the CLI's refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from domaintune.cli import app
+from domaintune.errors import DomaintuneError
+from domaintune.serving.auth import KeyStore, load_keys
+from domaintune.serving.errors import ApiError
+from domaintune.serving.settings import ServeSettings
+from domaintune.serving.sources import resolve_sources
+from domaintune.serving.vllm import check_vllm, vllm_command, vllm_environment
+
+
+def test_keys_are_kept_hashed_and_checked(tmp_path):
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"id": "a", "sha256": hashlib.sha256(b"sk-aaa").hexdigest(), "models": ["m"]}]))
+    store = KeyStore(load_keys(keys_file, environ={"DOMAINTUNE_API_KEYS": "ops:sk-ops, sk-plain"}))
+    assert [key.id for key in store.keys] == ["a", "ops", "env-1"]
+    assert all("sk-" not in repr(key) for key in store.keys)  # only digests are kept
+    assert store.authenticate("Bearer sk-aaa").id == "a" and store.authenticate("Bearer sk-plain").id == "env-1"
+    with pytest.raises(ApiError) as caught:
+        store.authenticate("Bearer sk-aa")
+    assert caught.value.status == 401
+
+
+def test_token_limit_refuses_until_the_window_passes():
+    key = load_keys(environ={"DOMAINTUNE_API_KEYS": "t:sk-t"})[0]
+    store = KeyStore([key])
+    key.tokens_per_minute = 100
+    store.admit(key, now=0)
+    store.spend(key, 150, now=1)
+    with pytest.raises(ApiError) as caught:
+        store.admit(key, now=30)
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "31"
+    store.admit(key, now=61.5)  # the spend left the window
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"id": "x"}, "exactly one of key or sha256"),
+    ({"id": "x", "sha256": "abc"}, "64 hex digits"),
+    ({"id": "x", "key": "k", "requests_per_minute": 0}, "requests_per_minute"),
+])
+def test_bad_keys_file_entries_are_named(tmp_path, entry, message):
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(DomaintuneError, match=message):
+        load_keys(keys_file, environ={})
+
+
+def test_refuses_a_public_address_without_keys(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("DOMAINTUNE_API_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "--host" in result.output and "without API keys" in result.output and "Traceback" not in result.output
+
+
+def test_adapters_dir_and_names(tiny_model_dir, tmp_path):
+    for name in ("legal", "medical"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "x"}))
+    served = resolve_sources([f"base={tiny_model_dir}"], adapters_dir=str(tmp_path))
+    assert served.chat == ("base", str(tiny_model_dir)) and set(served.adapters) == {"legal", "medical"}
+    with pytest.raises(DomaintuneError, match="--adapter: .* is not a peft adapter"):
+        resolve_sources([str(tiny_model_dir)], adapters=[f"x={tiny_model_dir}"])
+
+
+def test_vllm_command_line(tiny_model_dir, tmp_path):
+    (tmp_path / "legal").mkdir()
+    (tmp_path / "legal" / "adapter_config.json").write_text(json.dumps({"r": 32}))
+    served = resolve_sources([f"base={tiny_model_dir}"], adapters=[f"legal={tmp_path / 'legal'}"])
+    settings = ServeSettings(port=9001, max_context=2048)
+    command = vllm_command(served, settings, python="/venvs/vllm/bin/python")
+    assert command[:3] == ["/venvs/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(command)
+    assert f"--model {tiny_model_dir} --served-model-name base --host 127.0.0.1 --port 9001" in joined
+    assert f"--enable-lora --max-loras 1 --max-lora-rank 32 --lora-modules legal={tmp_path / 'legal'}" in joined
+    assert "--max-model-len 2048" in joined
+    environment = vllm_environment(settings, environ={"DOMAINTUNE_API_KEYS": "ops:sk-secret"})
+    assert environment["VLLM_API_KEY"] == "sk-secret" and "sk-secret" not in joined
+
+
+def test_vllm_missing_is_a_clear_message(tmp_path, tiny_model_dir):
+    with pytest.raises(DomaintuneError, match="--vllm-python: .* can't import vllm; install vLLM"):
+        check_vllm(sys.executable)  # this environment has no vllm
+    with pytest.raises(DomaintuneError, match="--vllm-python: .* does not exist"):
+        check_vllm(str(tmp_path / "python"))
+    result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--engine", "vllm"])
+    assert result.exit_code == 2 and "vLLM is not installed" in result.output
+
+
+def test_a_run_directory_serves_its_adapter_on_its_base(tiny_recipe, tiny_model_dir):
+    import shutil
+
+    from domaintune.config import validate_recipe
+    from domaintune.rundir import RunDir
+
+    run = RunDir.create(validate_recipe(tiny_recipe))
+    run.model.mkdir()
+    (run.model / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    served = resolve_sources([str(run.root)])
+    assert served.chat == (tiny_model_dir.name, str(tiny_model_dir)) and served.adapters == {"tiny": str(run.model)}
+    shutil.copytree(tiny_model_dir, run.export / "merged")  # once exported, the merged model is served instead
+    assert resolve_sources([str(run.root)]).chat == ("tiny", str(run.export / "merged")) and not resolve_sources([str(run.root)]).adapters
+
+
+def test_token_classifier_labels_each_word_piece_with_offsets(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from domaintune.models.registry import resolve_model_path
+    from domaintune.serving.engine import Classifier
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, id2label={0: "O", 1: "B-ORG"}, label2id={"O": 0, "B-ORG": 1})
+    torch.manual_seed(0)
+    BertForTokenClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    results, tokens = Classifier(str(tmp_path)).classify(["Acme Bank lends", "hi"])
+    pieces = results[0]["tokens"]
+    # Word pieces as spans of the original text; no [CLS], [SEP] or padding.
+    assert "".join(piece["text"] for piece in pieces) == "AcmeBanklends"
+    assert all("Acme Bank lends"[piece["start"]:piece["end"]] == piece["text"] for piece in pieces)
+    assert {piece["label"] for piece in pieces} <= {"O", "B-ORG"} and [p["text"] for p in results[1]["tokens"]] == ["hi"]
+    assert tokens == sum(len(ids) for ids in tokenizer(["Acme Bank lends", "hi"])["input_ids"])
+
+
+class _FakeWork:
+    def __init__(self, events):
+        import asyncio
+
+        self.events = asyncio.Queue()
+        for event in events:
+            self.events.put_nowait(event)
+
+
+def test_pii_redaction_covers_whole_and_streamed_answers():
+    import asyncio
+    import types
+
+    from domaintune.config import PiiConfig
+    from domaintune.data.pii import PiiScanner
+    from domaintune.serving import app as serving_app
+    from domaintune.serving.engine import Event
+    from domaintune.serving.metrics import Metrics
+
+    scanner = PiiScanner(PiiConfig())
+    state = types.SimpleNamespace(scanner=scanner, metrics=Metrics(), redact=lambda text: scanner.redact(text)[0],
+                                  keys=KeyStore([]), settings=ServeSettings())
+    events = [Event(text="write to jane.doe@"), Event(text="example.com today"), Event(finish_reason="stop", completion_tokens=6)]
+    text, reason, tokens = asyncio.run(serving_app._collect(state, _FakeWork(events)))
+    assert text == "write to [EMAIL] today" and (reason, tokens) == ("stop", 6)
+
+    async def stream():
+        body = serving_app.ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+        record = serving_app.Record("/v1/chat/completions")
+        return [chunk async for chunk in serving_app._stream(state, body, record, _FakeWork(events), "chat.completion")]
+
+    chunks = asyncio.run(stream())
+    contents = [json.loads(chunk[6:])["choices"][0]["delta"].get("content") for chunk in chunks[:-1]]
+    assert "write to [EMAIL] today" in contents and not any("jane" in (content or "") for content in contents)
+    assert chunks[-1] == "data: [DONE]\n\n"
+
+
+def _greedy_alone(model, tokenizer, prompt_ids: list[int], tokens: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_rows_joining_a_running_batch_keep_their_greedy_output(tiny_model_dir):
+    import asyncio
+
+    import torch
+
+    from domaintune.serving.engine import Batch, GenerationRequest, Generator, Row
+
+    generator = Generator("base", str(tiny_model_dir), {}, dtype="float32")
+    loop = asyncio.new_event_loop()
+    try:
+        prompts = [generator.tokenizer(text)["input_ids"] for text in
+                   ("A long first prompt about a loan agreement and its many clauses", "Short", "Medium sized prompt here")]
+        requests = [GenerationRequest(model="base", prompt_ids=ids, max_tokens=tokens, loop=loop, events=asyncio.Queue())
+                    for ids, tokens in zip(prompts, (12, 5, 9))]
+        batch = Batch(generator, "base")
+        rows = [Row(request, generator.tokenizer, generator.eos_ids) for request in requests]
+        batch.join(rows[:1])
+        for _ in range(3):
+            batch.step()
+        abandoned = Row(GenerationRequest(model="base", prompt_ids=prompts[1], max_tokens=50, loop=loop,
+                                          events=asyncio.Queue()), generator.tokenizer, generator.eos_ids)
+        batch.join([*rows[1:], abandoned])  # shorter prompts join a batch whose cache is already longer
+        batch.step()
+        abandoned.request.cancelled = True  # its client went away
+        while batch.rows:
+            batch.step()
+        assert len(abandoned.tokens) == 2
+        batch.close()
+        loop.run_until_complete(asyncio.sleep(0))  # deliver the events the rows sent
+        model = generator.pool.model
+        for row, ids in zip(rows, prompts):
+            expected = _greedy_alone(model, generator.tokenizer, ids, row.request.max_tokens)
+            assert row.tokens == expected[:len(row.tokens)]
+            assert len(row.tokens) == row.request.max_tokens or expected[len(row.tokens)] in generator.eos_ids
+            events = []
+            while not row.request.events.empty():
+                events.append(row.request.events.get_nowait())
+            assert "".join(event.text for event in events) == generator.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            assert events[-1].finish_reason in {"length", "stop"}
+    finally:
+        generator.close()
+        loop.close()
+    assert torch.is_grad_enabled()  # the worker's no-grad setting stays in its own thread
+
+
+def test_sampling_with_tiny_top_p_is_the_most_likely_token():
+    import torch
+
+    from domaintune.serving.engine import GenerationRequest, choose_tokens
+
+    logits = torch.tensor([[0.1, 3.0, 0.2], [2.0, 0.1, 0.3]])
+    requests = [GenerationRequest(model="m", prompt_ids=[1], max_tokens=1, temperature=0.7, top_p=1e-6),
+                GenerationRequest(model="m", prompt_ids=[1], max_tokens=1)]
+    assert choose_tokens(logits, requests).tolist() == [[1], [0]]
+
+
+def test_a_keyless_loopback_server_refuses_other_host_names():
+    from fastapi.testclient import TestClient
+
+    from domaintune.serving.app import create_app
+
+    app = create_app(resolve_sources(["minilm-l6"]), ServeSettings(), KeyStore([]))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+        reply = client.post("/v1/embeddings", json={"model": "minilm-l6", "input": "no key needed here"})
+        assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 384
+
+
+def test_a_broken_adapter_fails_its_requests_not_the_worker(tiny_model_dir, tmp_path):
+    import asyncio
+
+    from domaintune.serving.engine import GenerationRequest, Generator
+
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    generator = Generator("base", str(tiny_model_dir), {"broken": str(tmp_path)}, dtype="float32")
+
+    async def ask(model: str):
+        request = GenerationRequest(model=model, prompt_ids=generator.tokenizer("Hi there")["input_ids"], max_tokens=2)
+        generator.submit(request)
+        events = [await request.events.get()]
+        while not events[-1].finish_reason:
+            events.append(await request.events.get())
+        return events[-1]
+
+    try:
+        assert asyncio.run(ask("broken")).error is not None
+        assert asyncio.run(ask("base")).finish_reason in {"length", "stop"}  # the worker is still serving
+    finally:
+        generator.close()
