@@ -66,6 +66,13 @@ def evaluate_run(run: RunDir, console: Console | None = None, harness: bool | No
     own_evaluation = hook(recipe.objective, "evaluate")
     if own_evaluation:
         return own_evaluation(run, console=console, harness=harness)
+    return evaluate_causal_lm(run, console, harness)
+
+
+def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = None) -> dict:
+    """The default evaluation: base and tuned causal LMs on the test split (an objective's own
+    evaluation may run it and add to it)."""
+    recipe = run.recipe()
     config = recipe.evaluation
     configure_threads(recipe.training)
     bf16 = use_bf16(recipe.training)

@@ -20,12 +20,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, instruct, pretrain, sft
+from domaintune.objectives import causal_lm, dpo, instruct, kto, orpo, pretrain, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
     "pretrain": pretrain,
     "instruct": instruct,
+    "dpo": dpo,
+    "kto": kto,
+    "orpo": orpo,
 }
 
 
