@@ -20,7 +20,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, dpo, instruct, kto, orpo, pretrain, sft
+from domaintune.objectives import causal_lm, dpo, grpo, instruct, kto, orpo, ppo, pretrain, reward, sft
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
@@ -29,6 +29,9 @@ OBJECTIVES: dict[str, ModuleType] = {
     "dpo": dpo,
     "kto": kto,
     "orpo": orpo,
+    "reward": reward,
+    "grpo": grpo,
+    "ppo": ppo,
 }
 
 

@@ -5,6 +5,7 @@ TRL's KTOTrainer (promoted from trl.experimental to trl in 1.16) does the work.
 """
 from __future__ import annotations
 
+import random
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +36,11 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     recipe = run.recipe()
     config = recipe.objective
     train_rows, validation_rows = preference.split_or_fail(run, kto_examples, config.threshold)
+    # KTO's KL estimate pairs each answer with its neighbour's prompt in a fixed order, so the
+    # examples are shuffled once here (seeded) and read sequentially.
+    random.Random(recipe.seed).shuffle(train_rows)
     args = preference.trl_config(KTOConfig, recipe, run, bool(validation_rows), beta=config.beta,
+                                 train_sampling_strategy="sequential",
                                  desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight,
                                  max_length=recipe.data.max_tokens)
     return preference.run_trl(KTOTrainer, args, run, recipe, resume, console, callbacks, train_rows, validation_rows)

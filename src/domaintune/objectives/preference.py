@@ -28,7 +28,8 @@ def trl_config(config_class, recipe, run: RunDir, has_validation: bool, **settin
     # TRL batches hold prompt/chosen/rejected tensors, not the causal-LM engine's labels and lengths.
     values.update(label_names=[], train_sampling_strategy="random", include_num_input_tokens_seen="no",
                   neftune_noise_alpha=None, torch_compile=False)
-    return config_class(**values, **settings)
+    values.update(settings)
+    return config_class(**values)
 
 
 def load_policy(recipe):
@@ -61,8 +62,9 @@ def split_or_fail(run: RunDir, make, *extra) -> tuple:
     return train, validation
 
 
-def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, train_rows: int, **extra) -> dict:
-    """Train (resuming from the last checkpoint if asked), save the model and tokenizer, write training.json."""
+def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, train_rows: int, save=None) -> dict:
+    """Train (resuming from the last checkpoint if asked), save the model (with `save(folder)` where the
+    trainer's own saving is not what later steps load) and tokenizer, write training.json."""
     from transformers import PrinterCallback
 
     from domaintune.training.runner import count_parameters
@@ -75,7 +77,7 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
     console.print(f"[bold]{recipe.objective.name}[/] with {recipe.method.name} on {recipe.model.name}: "
                   f"{parameters['trainable']:,} trainable parameters · {train_rows} training examples")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(run.model))
+    (save or trainer.save_model)(str(run.model))
     trainer.processing_class.save_pretrained(str(run.model))
     summary = {
         "objective": recipe.objective.name,
@@ -85,7 +87,6 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
         "train_rows": train_rows,
         "parameters": parameters,
         "runtime_seconds": output.metrics.get("train_runtime"),
-        **extra,
     }
     (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
@@ -128,7 +129,7 @@ def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_k
 
 
 def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Console | None, callbacks: list | None,
-            train_rows: list[dict], validation_rows: list[dict]) -> dict:
+            train_rows: list[dict], validation_rows: list[dict], **trainer_kwargs) -> dict:
     """Train a TRL preference trainer on the policy (the recipe's model and method)."""
     from datasets import Dataset
     from transformers import set_seed
@@ -146,5 +147,6 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
         eval_dataset=Dataset.from_list(validation_rows) if validation_rows else None,
         processing_class=load_tokenizer(recipe.model),
         callbacks=callbacks_for(run, console, callbacks),
+        **trainer_kwargs,
     )
     return run_trainer(trainer, run, recipe, resume, console, len(train_rows))

@@ -130,15 +130,17 @@ class RewardModel:
         return scores
 
 
-def reward_function(specs: list[RewardSpec]):
-    """One callable (prompts as message lists, completions as text) -> weighted summed rewards."""
+def reward_sources(specs: list[RewardSpec]) -> list:
+    """One callable (prompts as message lists, completions as text) -> scores, per spec, in order."""
     if not specs:
         raise DomaintuneError("objective.rewards: list at least one reward (regex, function or model)")
-    parts = []
-    for spec in specs:
-        source = (regex_reward(spec.regex) if spec.regex is not None else python_reward(spec.function)
-                  if spec.function is not None else RewardModel(reward_model_folder(spec.model)))
-        parts.append((spec.weight, source))
+    return [regex_reward(spec.regex) if spec.regex is not None else python_reward(spec.function)
+            if spec.function is not None else RewardModel(reward_model_folder(spec.model)) for spec in specs]
+
+
+def reward_function(specs: list[RewardSpec]):
+    """One callable (prompts as message lists, completions as text) -> the weighted sum of all sources."""
+    parts = list(zip((spec.weight for spec in specs), reward_sources(specs)))
 
     def total(prompts: list[list[dict]], completions: list[str]) -> list[float]:
         sums = [0.0] * len(completions)
