@@ -18,6 +18,9 @@ import sqlite3
 from contextlib import closing
 from importlib import resources
 from pathlib import Path
+from urllib.parse import parse_qs
+
+from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
 from domaintune.errors import DomaintuneError
 
@@ -232,7 +235,7 @@ def export_pairs(db: Path, out: Path) -> dict:
 def create_app(db: Path):
     """The FastAPI app of one session."""
     import jinja2
-    from fastapi import FastAPI, Form, HTTPException, Request
+    from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, RedirectResponse
 
     db = Path(db)
@@ -249,14 +252,16 @@ def create_app(db: Path):
         return template.render(view=view, summary=session_summary(db))
 
     @app.post("/choose")
-    async def choose(request: Request, item: int = Form(...), choice: str = Form(...)):
-        form = await request.form()
+    async def choose(request: Request):
+        # The page posts a plain urlencoded form; parsing it here spares the python-multipart dependency.
+        form = {key: values[-1] for key, values in parse_qs((await request.body()).decode("utf-8")).items()}
         ratings = {int(key.removeprefix("rating-")): int(value) for key, value in form.items()
-                   if key.startswith("rating-") and str(value).isdigit()}
+                   if key.startswith("rating-") and value.isdigit()}
         try:
-            record_choice(db, item, None if choice == TIE else int(choice), ratings)
-        except (DomaintuneError, ValueError) as error:
-            raise HTTPException(400, str(error)) from None
+            choice = form["choice"]
+            record_choice(db, int(form["item"]), None if choice == TIE else int(choice), ratings)
+        except (DomaintuneError, KeyError, ValueError) as error:
+            raise HTTPException(400, f"bad choice: {error}") from None
         return RedirectResponse("/", status_code=303)  # after a POST, a reload must not send it again
 
     return app
