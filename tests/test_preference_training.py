@@ -129,3 +129,26 @@ def test_ppo_raises_a_python_reward_and_the_kl_penalty_bounds_the_drift(tmp_path
         assert records[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from the reference itself
     # Unpenalised, the policy drifts as far as the reward pulls it; the penalty keeps it much nearer.
     assert sum(r["kl"] for r in penalised[-5:]) < 0.6 * sum(r["kl"] for r in free[-5:])
+
+
+def test_stages_rank_then_reward_model_then_ppo_on_the_original_model(tmp_path, tiny_model_dir):
+    rows = [{"prompt": f"Request {i}: where is the office?", "responses": [f"[City{i} - LOCATION]", f"[City{i} - PERSON]",
+                                                                           f"It is in City{i}, I think."]} for i in range(15)]
+    data = write_jsonl(tmp_path / "ranking.jsonl", rows)
+    staged = recipe(tmp_path, tiny_model_dir, data, {"name": "reward"}, max_steps=2)
+    staged["name"] = "rlhf"
+    staged["evaluation"]["max_new_tokens"] = 4
+    staged["stages"] = [
+        {"label": "reward", "objective": {"name": "reward"}},
+        {"label": "ppo", "objective": {"name": "ppo", "rewards": [{"model": "stage:reward"}], "max_new_tokens": 4, "ppo_epochs": 1}},
+    ]
+    last = api.run(staged)
+    summary = json.loads((tmp_path / "runs" / "rlhf-stages.json").read_text(encoding="utf-8"))
+    assert [stage["objective"] for stage in summary] == ["reward", "ppo"]
+    # PPO tunes the original model (not the reward model) against the reward stage's model.
+    ppo_recipe = last.recipe()
+    assert ppo_recipe.model.name == str(tiny_model_dir)
+    assert ppo_recipe.objective.rewards[0].model == summary[0]["run_dir"]
+    results = json.loads((last.eval / "results.json").read_text(encoding="utf-8"))
+    assert results["preference"]["reward_win_rate"]["items"] == 3
+    assert [point[0] for point in results["preference"]["curves"]["kl"]] == [1, 2]
