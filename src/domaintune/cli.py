@@ -60,7 +60,7 @@ def quickstart(overrides: SetOption = None):
 def run_recipe(recipe: Path, overrides: SetOption = None):
     """Run a whole recipe: prepare, train, evaluate against base, export, report."""
     run = api.run(recipe, overrides=overrides, console=console)
-    typer.echo(f"Report: {run.report}")
+    _print_reports(run.root)
 
 
 @app.command()
@@ -110,8 +110,9 @@ def evaluate(
 ):
     """Evaluate a run's tuned model against its base model and write the report."""
     results = api.evaluate(run_dir, console=console, harness=harness or None)
-    _print_results(results)
-    typer.echo(f"Report: {Path(run_dir).resolve() / 'report.html'}")
+    if "models" in results:  # a reward model has no base-vs-tuned table, only its pairwise accuracy
+        _print_results(results)
+    _print_reports(Path(run_dir).resolve())
 
 
 @app.command()
@@ -257,6 +258,13 @@ def feedback_export(db: Path, out: Annotated[Path, typer.Option(help="Output JSO
     """Write a session's choices as preference pairs (prompt, chosen, rejected) for dpo, reward, ..."""
     result = api.export_feedback(db, out)
     typer.echo(f"{result['pairs']} pairs written to {result['out']} ({result['ties']} ties left out)")
+
+
+def _print_reports(root: Path) -> None:
+    """The run's report, and preferences.html where a preference objective wrote one."""
+    for name in ("report.html", "preferences.html"):
+        if (root / name).exists():
+            typer.echo(f"Report: {root / name}")
 
 
 def _print_results(results: dict) -> None:

@@ -15,10 +15,11 @@ from domaintune.evaluation.charts import new_axes, png_data_uri
 
 # Curves drawn together on one chart, in this order; anything else logged gets its own.
 GROUPS = {
-    "reward": ("reward", "rewards/chosen", "rewards/rejected", "rewards/margins", "margin", "eval_margin"),
-    "KL to the reference": ("kl",),
-    "accuracy": ("accuracy", "eval_accuracy", "rewards/accuracies"),
-    "loss": ("loss", "policy_loss", "value_loss", "nll_loss", "log_odds_ratio"),
+    "reward": ("reward", "rewards/chosen", "rewards/rejected", "rewards/margins", "margin",
+               "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins", "eval_margin"),
+    "KL to the reference": ("kl", "eval_kl"),
+    "accuracy": ("accuracy", "eval_accuracy", "rewards/accuracies", "eval_rewards/accuracies"),
+    "loss": ("loss", "eval_loss", "policy_loss", "value_loss", "nll_loss", "log_odds_ratio"),
 }
 
 

@@ -8,24 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from domaintune.errors import DomaintuneError
 from domaintune.objectives import preference
-from domaintune.objectives.rewards import RewardSpec
+from domaintune.objectives.rewards import SamplingConfig
 
 SUMMARY = "prompts + programmable rewards (regex/format, Python function, reward model) → GRPO; sampled groups, no value model."
 CURVES = ("reward", "reward_std", "kl", "loss", "completions/mean_length")
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Config(SamplingConfig):
     name: Literal["grpo"] = "grpo"
-    rewards: list[RewardSpec] = Field(min_length=1, description="Reward sources, summed with their weights.")
     num_generations: int = Field(4, ge=2, description="Answers sampled per prompt (the group); divides training.batch_size.")
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled answer.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
     beta: float = Field(0.04, ge=0, description="KL weight towards the reference model (0: no reference, less memory).")
 
 

@@ -19,23 +19,18 @@ import math
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from domaintune.errors import DomaintuneError
 from domaintune.objectives import preference
-from domaintune.objectives.rewards import RewardSpec
+from domaintune.objectives.rewards import SamplingConfig
 
 SUMMARY = "prompts + a reward model (or regex/function) → PPO with a KL penalty to a frozen reference (classic RLHF)."
 CURVES = ("reward", "kl", "policy_loss", "value_loss", "response_length")
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Config(SamplingConfig):
     name: Literal["ppo"] = "ppo"
-    rewards: list[RewardSpec] = Field(min_length=1, description="Reward sources (a reward model: {model: RUN_DIR or stage:LABEL}).")
-    max_new_tokens: int = Field(48, ge=1, description="Longest sampled answer.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty towards the reference model.")
     ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each batch of rollouts.")
     mini_batches: int = Field(1, ge=1, description="Pieces each batch is split into per pass.")

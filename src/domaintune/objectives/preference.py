@@ -93,12 +93,13 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
 
 
 def log_curves(run: RunDir, keys: tuple[str, ...]) -> dict[str, list[list[float]]]:
-    """The logged training values named in `keys` as [step, value] lists, from metrics.jsonl."""
+    """The logged values named in `keys`, and their validation twins (eval_<key>), as [step, value]
+    lists from metrics.jsonl."""
     curves: dict[str, list[list[float]]] = {}
     if run.metrics.exists():
         for line in run.metrics.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            for key in keys:
+            for key in (*keys, *(f"eval_{key}" for key in keys)):
                 if isinstance(record.get(key), (int, float)):
                     curves.setdefault(key, []).append([record["step"], record[key]])
     return curves

@@ -106,7 +106,7 @@ def evaluate(run, console=None, harness=None) -> dict:
         for split, numbers in results["reward_model"].items():
             console.print(f"Reward model on {numbers['pairs']} {split} pairs: pairwise accuracy "
                           f"{numbers['accuracy']:.1%}, mean margin {numbers['mean_margin']:.3f}")
-    results["preference"] = {"curves": preference.log_curves(run, ("loss", "accuracy", "margin", "eval_accuracy", "eval_margin"))}
+    results["preference"] = {"curves": preference.log_curves(run, ("loss", "accuracy", "margin"))}
     run.eval.mkdir(parents=True, exist_ok=True)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_preference_report(run)

@@ -56,6 +56,18 @@ class RewardSpec(BaseModel):
         return f"regex {self.regex}" if self.regex else f"function {self.function}" if self.function else f"model {self.model}"
 
 
+class SamplingConfig(BaseModel):
+    """What the online objectives (ppo, grpo) share: the rewards and how answers are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rewards: list[RewardSpec] = Field(
+        min_length=1, description="Reward sources, summed with their weights (a reward model: {model: RUN_DIR or stage:LABEL})."
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Longest sampled answer.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
+
+
 def last_user_turn(prompt: list[dict]) -> str:
     return next((message["content"] for message in reversed(prompt) if message["role"] == "user"), "")
 
