@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import DataConfig
-from domaintune.data.preferences import kto_examples, preference_pairs
+from domaintune.data.preferences import best_answers, kto_examples, preference_pairs
 from domaintune.data.prepare import prepare_dataset
 
 
@@ -92,6 +92,8 @@ def test_ratings_pair_within_a_prompt_and_label_for_kto(tmp_path):
         assert len(pairs) == 5 * len(prompts)  # scores 1,3,3,5: 6 pairs minus the tie
         for pair in pairs:
             assert int(pair["chosen"][0]["content"].split()[1]) > int(pair["rejected"][0]["content"].split()[1])
+        references = best_answers(split_rows)  # what evaluation compares generated answers with
+        assert len(references) == len(prompts) and {row["score"] for row in references} == {5.0}
         labels = [example["label"] for example in kto_examples(split_rows, threshold=3)]
         assert labels.count(True) == 3 * len(prompts) and labels.count(False) == len(prompts)
 

@@ -142,6 +142,16 @@ def _example(prompt: list[dict], answer: str, desirable: bool) -> dict:
     return {"prompt": prompt, "completion": [_assistant(answer)], "label": desirable}
 
 
+def best_answers(rows: list[dict]) -> list[dict]:
+    """The rows whose answer is a reference worth matching in evaluation: of rated answers only each
+    prompt's best-rated one (the first of equals); pairs and rankings already hold their best answer."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        if "score" in row and (_prompt_key(row) not in best or row["score"] > best[_prompt_key(row)]["score"]):
+            best[_prompt_key(row)] = row
+    return [row for row in rows if "score" not in row or best[_prompt_key(row)] is row]
+
+
 def prompts_of(rows: list[dict]) -> list[list[dict]]:
     """The distinct prompts of the rows, in order (what PPO and GRPO generate answers to)."""
     seen: dict[tuple, list[dict]] = {}

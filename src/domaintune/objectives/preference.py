@@ -109,10 +109,11 @@ def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_k
                     reward_specs: list | None) -> dict:
     """The causal-LM evaluation (the best answer is the reference), plus the training curves of the
     objective and, with a reward model or function, the base-vs-tuned win rate by that reward."""
+    from domaintune.data.preferences import best_answers
     from domaintune.evaluation.preference_report import write_preference_report
     from domaintune.evaluation.runner import evaluate_causal_lm
 
-    results = evaluate_causal_lm(run, console=console, harness=harness)
+    results = evaluate_causal_lm(run, console=console, harness=harness, select=best_answers)
     preference: dict = {"curves": log_curves(run, curve_keys)}
     samples = [json.loads(line) for line in (run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     if reward_specs and samples and samples[0].get("base") is not None:
@@ -120,7 +121,7 @@ def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_k
         from domaintune.training.runner import read_split
 
         # samples.jsonl holds the first generated test rows, in order; their prompts are the whole turns.
-        rows = [row for row in read_split(run, "test") if "messages" in row][: len(samples)]
+        rows = [row for row in best_answers(read_split(run, "test")) if "messages" in row][: len(samples)]
         confidence = run.recipe().evaluation.confidence
         preference["reward_win_rate"] = reward_win_rate(reward_specs, rows, samples, confidence)
     results["preference"] = preference
