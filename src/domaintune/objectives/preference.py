@@ -43,10 +43,18 @@ def load_policy(recipe):
     return get_method(recipe.method.name).apply(model, recipe.method)
 
 
-def callbacks_for(run: RunDir, console: Console, callbacks: list | None) -> list:
+def callbacks_for(run: RunDir, console: Console, callbacks: list | None, early_stopping=None) -> list:
+    """metrics.jsonl, the progress bar, the caller's callbacks, and early stopping where it applies
+    (`early_stopping`: the recipe's setting when there is validation data)."""
+    from transformers import EarlyStoppingCallback
+
     from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 
-    return [MetricsLogCallback(run.metrics), RichProgressCallback(console), *(callbacks or [])]
+    own = [MetricsLogCallback(run.metrics), RichProgressCallback(console), *(callbacks or [])]
+    if early_stopping is not None:
+        own.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience,
+                                         early_stopping_threshold=early_stopping.min_delta))
+    return own
 
 
 def split_or_fail(run: RunDir, make, *extra) -> tuple:
@@ -148,7 +156,7 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(validation_rows) if validation_rows else None,
         processing_class=load_tokenizer(recipe.model),
-        callbacks=callbacks_for(run, console, callbacks),
+        callbacks=callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_rows else None),
         **trainer_kwargs,
     )
     return run_trainer(trainer, run, recipe, resume, console, len(train_rows))
