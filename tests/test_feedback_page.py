@@ -22,6 +22,7 @@ def fake_run(tmp_path: Path, items: int) -> Path:
     samples = [{"prompt": f"question {i}", "reference": f"ref {i}", "base": f"base answer {i}", "tuned": f"tuned answer {i}"}
                for i in range(items)]
     (root / "eval" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
+    (root / "eval" / "results.json").write_text(json.dumps({"preference": {"curves": {}}}), encoding="utf-8")
     return root
 
 
@@ -91,6 +92,7 @@ def test_choices_persist_resume_and_export(server, tmp_path):
     summary = session_summary(db)
     assert summary["wins"] == {"tuned": 1, "tie": 1, "base": 1} and summary["tuned_win_rate"] == 0.5
     assert summary["interval"][0] < 0.5 < summary["interval"][1]
+    assert "Base vs tuned by people" in (root / "preferences.html").read_text(encoding="utf-8")
     result = export_pairs(db, tmp_path / "pairs.jsonl")
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     assert result == {"pairs": 2, "ties": 1, "out": str(tmp_path / "pairs.jsonl")}

@@ -209,6 +209,12 @@ def _write_run_feedback(connection, run_root: Path) -> None:
     text = "".join(json.dumps({"index": item, "choice": choice}) + "\n" for item, choice in rows)
     (eval_dir / "feedback.jsonl").write_text(text, encoding="utf-8")
     (eval_dir / "feedback-summary.json").write_text(json.dumps(_win_rate([choice for _, choice in rows]), indent=2), encoding="utf-8")
+    results = eval_dir / "results.json"
+    if results.exists() and "preference" in json.loads(results.read_text(encoding="utf-8")):
+        from domaintune.evaluation.preference_report import write_preference_report
+        from domaintune.rundir import RunDir
+
+        write_preference_report(RunDir(run_root))  # preferences.html shows people's win rate next to the reward's
 
 
 def export_pairs(db: Path, out: Path) -> dict:
