@@ -63,9 +63,10 @@ def split_or_fail(run: RunDir, make, *extra) -> tuple:
 
     train, validation = (make(read_split(run, split), *extra) for split in ("train", "validation"))
     if not train:
+        objective = run.recipe().objective.name
         raise DomaintuneError(
-            f"{run.data / 'train.jsonl'}: no preference examples (objective {run.recipe().objective.name} needs "
-            "pairwise, ranking or rating data; run `domaintune data prepare` first?)"
+            f"{run.data / 'train.jsonl'}: no training examples for objective {objective} (the Objectives table of "
+            "the README says what data it takes; run `domaintune data prepare` first?)"
         )
     return train, validation
 
