@@ -55,6 +55,7 @@ def load_scorer(recipe):
 
 def train(run, resume=False, callbacks=None, console=None) -> dict:
     from datasets import Dataset
+    from peft import PeftModel
     from rich.console import Console
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
@@ -77,7 +78,7 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
         callbacks=preference.callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
     )
     # A merged model loads anywhere as a plain AutoModelForSequenceClassification.
-    save = (lambda folder: trainer.model.merge_and_unload().save_pretrained(folder)) if peft_config is not None else None
+    save = (lambda folder: trainer.model.merge_and_unload().save_pretrained(folder)) if isinstance(trainer.model, PeftModel) else None
     return preference.run_trainer(trainer, run, recipe, resume, console, len(train_pairs), save=save)
 
 
