@@ -48,14 +48,14 @@ def _charts(curves: dict[str, list[list[float]]]) -> list[dict]:
 
 
 def _win_chart(wins: dict[str, int]) -> str:
-    figure, axes = new_axes(5.0, 1.6, grid=False)
+    figure, axes = new_axes(5.0, 1.9, grid=False)
     left = 0
     for name, color in (("tuned", "#1e8e3e"), ("tie", "#9aa5b1"), ("base", "#c5221f")):
         axes.barh([0], [wins.get(name, 0)], left=left, color=color, label=f"{name} {wins.get(name, 0)}")
         left += wins.get(name, 0)
     axes.set_yticks([])
     axes.set_xlabel("held-out prompts")
-    axes.legend(frameon=False, ncols=3, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.45))
+    axes.legend(frameon=False, ncols=3, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return png_data_uri(figure)
 
 
