@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from domaintune.errors import DomaintuneError
 from domaintune.evaluation import judge
 from domaintune.evaluation.feedback import create_app, export_pairs, item_view, prepare_session, session_summary
 
@@ -114,6 +115,8 @@ def test_a_model_session_samples_answers_and_exports_loadable_pairs(tmp_path, ti
     view = item_view(db)
     assert view["prompt"] == [{"role": "user", "content": "What is a loan?"}] and len(view["answers"]) == 2
     assert prepare_session(str(tiny_model_dir), db, prompts)["total"] == 2  # an existing session resumes as it is
+    with pytest.raises(DomaintuneError, match="holds a session for"):
+        prepare_session(str(tmp_path / "another-model"), db, prompts)
     from domaintune.evaluation.feedback import record_choice
 
     record_choice(db, 0, 1)

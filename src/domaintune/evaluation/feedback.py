@@ -92,7 +92,11 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
 
     db = Path(db)
     if db.exists():
-        return session_summary(db)
+        summary = session_summary(db)
+        # Resuming another model's session would mix its choices into this one's.
+        if Path(summary["source"]).resolve() != Path(source).resolve() and summary["source"] != source:
+            raise DomaintuneError(f"{db} holds a session for {summary['source']}, not {source}; pass another --db")
+        return summary
     db.parent.mkdir(parents=True, exist_ok=True)
     is_run = (Path(source) / "recipe.yaml").exists()
     if is_run and prompts_file is None:
