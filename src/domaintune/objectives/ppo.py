@@ -9,8 +9,9 @@ Each step:
 4. advantages by GAE (gamma, lam) from a value head on the policy's last hidden state, whitened;
 5. `ppo_epochs` passes of the clipped policy loss and the clipped value loss over the batch
    (in `mini_batches` pieces), on the answers' tokens only.
-Per step metrics.jsonl gets the mean score (`reward`), the KL to the reference (`kl`, summed over
-an answer's tokens), both losses, the clipped share and the answer length.
+Per step metrics.jsonl gets the mean score (`reward`), the KL to the reference (`kl`: the log-ratio
+summed over an answer's sampled tokens, averaged over the batch; a sampled estimate, so one batch can
+dip below 0), both losses, the clipped share and the answer length.
 """
 from __future__ import annotations
 
