@@ -152,3 +152,18 @@ def test_stages_rank_then_reward_model_then_ppo_on_the_original_model(tmp_path, 
     results = json.loads((last.eval / "results.json").read_text(encoding="utf-8"))
     assert results["preference"]["reward_win_rate"]["items"] == 3
     assert [point[0] for point in results["preference"]["curves"]["kl"]] == [1, 2]
+
+
+@pytest.mark.parametrize("objective", [{"name": "kto", "threshold": 3}, {"name": "orpo", "beta": 0.5}])
+def test_kto_and_orpo_train_on_rated_answers_and_log_their_rewards(tmp_path, tiny_model_dir, objective):
+    rows = [{"prompt": f"Request {i}: where is the office?", "response": answer, "score": score}
+            for i in range(12) for answer, score in ((f"[City{i} - LOCATION]", 5), (f"It is in City{i}, I think.", 1))]
+    data = write_jsonl(tmp_path / "rated.jsonl", rows)
+    run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, objective, max_steps=4, batch_size=4))
+    summary = train_model(run)
+    logged = metrics(run)
+    assert summary["global_step"] == 4 and (run.model / "adapter_model.safetensors").exists()
+    # (A KTO batch may hold only desirable or only undesirable answers; those steps log one side.)
+    gaps = [record["rewards/chosen"] - record["rewards/rejected"] for record in logged
+            if "rewards/chosen" in record and "rewards/rejected" in record and "loss" in record]
+    assert len(gaps) >= 2 and gaps[-1] > gaps[0]  # the desirable answers gain on the undesirable ones
