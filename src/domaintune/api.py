@@ -292,3 +292,35 @@ def serve(
     from domaintune.serving.server import run_server
 
     run_server(served, config, console=console)
+
+
+def feedback_db(source: str | Path, db: str | Path | None = None) -> Path:
+    """The session database: given, or eval/feedback.db in a run directory, or ./feedback.db."""
+    if db is not None:
+        return Path(db)
+    return Path(source) / "eval" / "feedback.db" if (Path(source) / "recipe.yaml").exists() else Path("feedback.db")
+
+
+def feedback(source: str | Path, prompts: str | Path | None = None, db: str | Path | None = None, samples: int = 2,
+             max_new_tokens: int = 128, port: int = 8765, serve: bool = True, console: Console | None = None) -> dict:
+    """Collect people's preferences on a local page (127.0.0.1): base vs tuned answers of a run directory
+    (by default its evaluated test samples), or `samples` sampled answers of one model to `prompts`.
+    Answers are generated first and kept in the SQLite `db`; an existing db resumes. Returns its summary."""
+    from domaintune.evaluation.feedback import prepare_session, serve as serve_page
+
+    console = _console(console)
+    path = feedback_db(source, db)
+    summary = prepare_session(str(source), path, Path(prompts) if prompts else None, samples=samples,
+                              max_new_tokens=max_new_tokens, console=console)
+    if serve:
+        console.print(f"Feedback page: http://127.0.0.1:{port}/ ({summary['done']} of {summary['total']} judged; "
+                      f"choices are saved in {path}). Stop with Ctrl+C.")
+        serve_page(path, port=port)
+    return summary
+
+
+def export_feedback(db: str | Path, out: str | Path) -> dict:
+    """The choices of a feedback session as `pairwise` preference rows (ties left out)."""
+    from domaintune.evaluation.feedback import export_pairs
+
+    return export_pairs(Path(db), Path(out))

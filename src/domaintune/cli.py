@@ -20,7 +20,9 @@ data_app = typer.Typer(help="Prepare data sets.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
+feedback_app = typer.Typer(help="Collect people's preferences between answers on a local page.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(feedback_app, name="feedback")
 
 console = Console(stderr=True)
 SetOption = Annotated[
@@ -61,7 +63,7 @@ def quickstart(
 def run_recipe(recipe: Path, overrides: SetOption = None):
     """Run a whole recipe: prepare, train, evaluate against base, export, report."""
     run = api.run(recipe, overrides=overrides, console=console)
-    typer.echo(f"Report: {run.report}")
+    _print_reports(run.root)
 
 
 @app.command()
@@ -111,8 +113,9 @@ def evaluate(
 ):
     """Evaluate a run's tuned model against its base model and write the report."""
     results = api.evaluate(run_dir, console=console, harness=harness or None)
-    _print_results(results)
-    typer.echo(f"Report: {Path(run_dir).resolve() / 'report.html'}")
+    if "models" in results:  # a reward model has no base-vs-tuned table, only its pairwise accuracy
+        _print_results(results)
+    _print_reports(Path(run_dir).resolve())
 
 
 @app.command()
@@ -272,6 +275,35 @@ def methods(
     for name, module in OBJECTIVES.items():
         objectives.add_row(name, module.SUMMARY)
     out.print(objectives)
+
+
+@feedback_app.command("serve")
+@user_errors
+def feedback_serve(
+    source: Annotated[str, typer.Argument(help="A run directory (base vs tuned) or a model (sampled answers).")],
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts (.txt lines or JSONL prompt/messages); a run defaults to its test samples.")] = None,
+    db: Annotated[Optional[Path], typer.Option(help="Session database; default RUN/eval/feedback.db or ./feedback.db.")] = None,
+    samples: Annotated[int, typer.Option(help="Answers per prompt from one model.")] = 2,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 128,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+):
+    """Serve the page: pick the better of two answers shown blind; choices are saved as they are made."""
+    api.feedback(source, prompts=prompts, db=db, samples=samples, max_new_tokens=max_new_tokens, port=port, console=console)
+
+
+@feedback_app.command("export")
+@user_errors
+def feedback_export(db: Path, out: Annotated[Path, typer.Option(help="Output JSONL in the pairwise format.")]):
+    """Write a session's choices as preference pairs (prompt, chosen, rejected) for dpo, reward, ..."""
+    result = api.export_feedback(db, out)
+    typer.echo(f"{result['pairs']} pairs written to {result['out']} ({result['ties']} ties left out)")
+
+
+def _print_reports(root: Path) -> None:
+    """The run's report, and preferences.html where a preference objective wrote one."""
+    for name in ("report.html", "preferences.html"):
+        if (root / name).exists():
+            typer.echo(f"Report: {root / name}")
 
 
 def _print_results(results: dict) -> None:

@@ -155,7 +155,7 @@ class SynthesizeConfig(Section):
     output: str | None = Field(None, description="Output file; default <output_dir>/<name>-synthetic.jsonl.")
 
 
-DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled", "spans", "pairs"]
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text", "labelled", "spans", "pairs", "pairwise", "ranking", "rating"]
 
 
 class DataConfig(Section):

@@ -37,6 +37,8 @@ def normalise_row(row: dict) -> dict:
         if isinstance(row.get("label"), str):
             # The label is also the answer of labelled rows; keep both spelled the same.
             row["label"] = normalise_text(row["label"])
+        if "worse" in row:
+            row["worse"] = [normalise_text(answer) for answer in row["worse"]]
     else:
         row["text"] = normalise_text(row["text"])
     return row
@@ -51,7 +53,8 @@ def row_text(row: dict) -> str:
     """The row's own words: its turns without the system prompt (which every row may share), or its text."""
     if "messages" not in row:
         return row["text"]
-    return "\n".join(message["content"] for message in row["messages"] if message["role"] != "system")
+    turns = [message["content"] for message in row["messages"] if message["role"] != "system"]
+    return "\n".join(turns + row.get("worse", []))
 
 
 def char_length(row: dict) -> int:
@@ -70,7 +73,8 @@ def content_key(row: dict) -> tuple | str:
     """The whole normalised row; equal keys are exact duplicates."""
     if "messages" not in row:
         return normalise_text(row["text"])
-    return _messages_key(row["messages"])
+    # Two pairs with the same prompt and chosen answer differ in what they were preferred to.
+    return _messages_key(row["messages"]) + tuple(("worse", normalise_text(answer)) for answer in row.get("worse", []))
 
 
 def _messages_key(messages: list[dict]) -> tuple:

@@ -4,6 +4,8 @@ Canonical rows are what every later stage consumes:
 - conversations: {"messages": [{"role", "content"}, ...], "label": str | None}, an optional
   system message, then user/assistant turns alternating, ending with the assistant;
 - raw text (continued pretraining): {"text": str}.
+- preferences (pairwise, ranking, rating): conversations whose answer is the best one, with the
+  worse answers or the answer's score beside it (see preferences.py).
 
 Two additive formats also become conversations, so every objective can read them:
 - `pairs` (anchor, positive) for embedding training: the anchor asks, the positive answers;
@@ -19,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from domaintune.config import DataConfig
+from domaintune.data.preferences import PREFERENCE_FORMATS, to_preference_row
 from domaintune.data.readers import RawRow, json_type
 from domaintune.errors import DomaintuneError
 
 # Required canonical columns per format, in detection order: the more specific formats
 # come first, so a row with `text` and `label` is labelled rather than raw text.
 FORMATS: dict[str, tuple[str, ...]] = {
+    **PREFERENCE_FORMATS,
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
@@ -102,8 +106,11 @@ def to_canonical(data: dict, fmt: str, config: DataConfig) -> dict:
     """Convert one row of format `fmt` to a canonical row, or raise RowError."""
     if fmt == "text":
         return {"text": _text(data, "text", config)}
-    label = None
-    if fmt == "chat":
+    label, preference = None, {}
+    if fmt in PREFERENCE_FORMATS:
+        preference = to_preference_row(data, fmt, lambda name: column(config, name), RowError)
+        messages = preference.pop("messages")
+    elif fmt == "chat":
         messages = _messages(data, config, "messages", "role", "content", lambda role: role if role in ROLES else None)
     elif fmt == "sharegpt":
         messages = _messages(data, config, "conversations", "from", "value", SHAREGPT_ROLES.get)
@@ -125,7 +132,7 @@ def to_canonical(data: dict, fmt: str, config: DataConfig) -> dict:
         messages = _turn(_label_prompt(config, _text(data, "text", config)), label)
     else:
         raise ValueError(f"unknown format {fmt!r}")
-    return {"messages": _with_system(messages, config), "label": label}
+    return {"messages": _with_system(messages, config), "label": label, **preference}
 
 
 def _with_system(messages: list[dict], config: DataConfig) -> list[dict]:

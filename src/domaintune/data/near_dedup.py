@@ -29,7 +29,8 @@ def shingles(row: dict) -> set[bytes]:
 
 
 def _answer_grams(row: dict) -> set[bytes] | None:
-    return _word_grams(answer_text(row)) if "messages" in row else None
+    # A preference row's answers are its best and its worse ones: pairs sharing the best answer differ.
+    return _word_grams("\n".join([answer_text(row), *row.get("worse", [])])) if "messages" in row else None
 
 
 def _word_grams(text: str) -> set[bytes]:

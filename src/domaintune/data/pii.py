@@ -178,6 +178,10 @@ def scrub_rows(rows: list[dict], config: PiiConfig) -> tuple[list[dict], list[Re
                 found.update(finding.kind for finding in findings)
                 messages.append({**message, "content": content})
             redacted = {**row, "messages": messages}
+            if "worse" in row:  # a preference row's worse answers are text too
+                worse = [redact(answer) for answer in row["worse"]]
+                found.update(finding.kind for _, findings in worse for finding in findings)
+                redacted["worse"] = [answer for answer, _ in worse]
         else:
             text, findings = redact(row["text"])
             found.update(finding.kind for finding in findings)

@@ -51,8 +51,10 @@ def perplexity(loss):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool) -> list[str]:
-    """Greedy completions for rendered prompts; prompts of similar length are batched together."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool,
+             temperature: float | None = None) -> list[str]:
+    """Completions for rendered prompts, greedy or sampled at `temperature`; prompts of similar length
+    are batched together."""
     model.eval()
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -66,7 +68,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                 generated = model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
+                    do_sample=temperature is not None,
+                    **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature is not None else {}),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )

@@ -66,11 +66,18 @@ def evaluate_run(run: RunDir, console: Console | None = None, harness: bool | No
     own_evaluation = hook(recipe.objective, "evaluate")
     if own_evaluation:
         return own_evaluation(run, console=console, harness=harness)
+    return evaluate_causal_lm(run, console, harness)
+
+
+def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = None, select=None) -> dict:
+    """The default evaluation: base and tuned causal LMs on the test split (an objective's own
+    evaluation may run it and add to it; `select(rows)` picks the rows of each split it evaluates)."""
+    recipe = run.recipe()
     config = recipe.evaluation
     configure_threads(recipe.training)
     bf16 = use_bf16(recipe.training)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
-    splits = {"validation": read_split(run, "validation"), "test": read_split(run, "test")}
+    splits = {split: (select or list)(read_split(run, split)) for split in ("validation", "test")}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
     harness_tasks: list[str] = []

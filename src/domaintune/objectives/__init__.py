@@ -24,7 +24,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import get_args
 
-from domaintune.objectives import causal_lm, classify, contrastive, fewshot, instruct, multitask, pretrain, sft
+from domaintune.objectives import (
+    causal_lm, classify, contrastive, dpo, fewshot, grpo, instruct, kto, multitask, orpo, ppo, pretrain, reward, sft,
+)
 
 OBJECTIVES: dict[str, ModuleType] = {
     "sft": sft,
@@ -34,6 +36,12 @@ OBJECTIVES: dict[str, ModuleType] = {
     "contrastive": contrastive,
     "fewshot": fewshot,
     "multitask": multitask,
+    "dpo": dpo,
+    "kto": kto,
+    "orpo": orpo,
+    "reward": reward,
+    "grpo": grpo,
+    "ppo": ppo,
 }
 
 

@@ -6,6 +6,10 @@ every stage starts from the previous one's weights and its report compares it wi
 Intermediate stages export float32 weights (nothing is lost between stages) and must use a method
 that merges (not prefix, prompt or adapters). A summary of all stages goes to
 `<output_dir>/<name>-stages.json`.
+
+A stage refers to an earlier stage's run with `stage:LABEL` anywhere in its objective block (PPO's
+`rewards: [{model: stage:reward}]`). A stage that trains no policy (`reward`, marked `POLICY = False`)
+passes on the model it started from, so ranking data → reward model → PPO tunes the original model.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.errors import DomaintuneError
+from domaintune.objectives import get_objective
 
 STAGE_SECTIONS = ("data", "objective", "method", "training", "evaluation")
 
@@ -60,9 +65,11 @@ def run_stages(recipe, console: Console):
 
     stages = stage_recipes(recipe)
     summary, previous, run = [], None, None
+    outputs: dict[str, str] = {}  # stage label -> its run directory, for `stage:LABEL` references
     for index, data in enumerate(stages):
         if previous is not None:
             data["model"]["name"] = previous
+        data["objective"] = resolve_stage_references(data["objective"], outputs, f"stages[{index}].objective")
         console.rule(f"[bold]stage {index + 1}/{len(stages)}[/]: {data['name']} ({data['objective']['name']}, {data['method']['name']})")
         run = api.run(data, console=console)
         results = json.loads((run.eval / "results.json").read_text(encoding="utf-8")) if (run.eval / "results.json").exists() else {}
@@ -78,8 +85,26 @@ def run_stages(recipe, console: Console):
             "results": {name: {"loss": model.get("loss"), "metrics": model.get("metrics")}
                         for name, model in results.get("models", {}).items()},
         })
-        previous = str(run.export / "merged")
+        outputs[recipe.stages[index].label or f"stage{index + 1}"] = str(run.root)
+        if getattr(get_objective(data["objective"]["name"]), "POLICY", True):
+            previous = str(run.export / "merged")
+        # A stage that trains no policy (a reward model) passes on the model it started from.
     out = Path(recipe.output_dir) / f"{recipe.name}-stages.json"
     out.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     console.print(f"Stages: {out}")
     return run
+
+
+def resolve_stage_references(value, outputs: dict[str, str], where: str):
+    """Replace each `stage:LABEL` string (e.g. a PPO reward model) with that earlier stage's run directory."""
+    if isinstance(value, dict):
+        return {key: resolve_stage_references(item, outputs, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve_stage_references(item, outputs, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, str) and value.startswith("stage:"):
+        label = value.removeprefix("stage:")
+        if label not in outputs:
+            known = ", ".join(outputs) or "none yet"
+            raise DomaintuneError(f"{where}: {value!r} names no earlier stage (earlier stages: {known})")
+        return outputs[label]
+    return value

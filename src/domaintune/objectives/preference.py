@@ -1,0 +1,163 @@
+"""What the preference objectives (reward, dpo, kto, orpo, grpo, ppo) share: the TRL config built
+from the recipe's training section, the policy with the recipe's method applied, the callbacks,
+saving the trained model, and the evaluation that adds preference numbers to the causal-LM one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from domaintune.errors import DomaintuneError
+
+if TYPE_CHECKING:  # rundir imports the recipe, which imports the objectives
+    from domaintune.rundir import RunDir
+
+
+def trl_config(config_class, recipe, run: RunDir, has_validation: bool, **settings):
+    """A TRL config (a TrainingArguments subclass) with the recipe's training settings and `settings`."""
+    from transformers import TrainingArguments
+
+    from domaintune.training.distributed import bf16_enabled
+    from domaintune.training.runner import training_arguments
+
+    args = training_arguments(recipe, run, has_validation, bf16_enabled(recipe))
+    values = {field.name: getattr(args, field.name) for field in fields(TrainingArguments) if field.init}
+    # TRL batches hold prompt/chosen/rejected tensors, not the causal-LM engine's labels and lengths.
+    values.update(label_names=[], train_sampling_strategy="random", include_num_input_tokens_seen="no",
+                  neftune_noise_alpha=None, torch_compile=False)
+    values.update(settings)
+    return config_class(**values)
+
+
+def load_policy(recipe):
+    """The base causal LM with the recipe's method applied: a peft model (its reference is the base with
+    the adapter disabled) or the full model (TRL keeps a frozen copy as the reference)."""
+    from domaintune.methods import get_method, load_kwargs
+    from domaintune.models.loading import load_causal_lm
+
+    model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
+    model.config.use_cache = False
+    return get_method(recipe.method.name).apply(model, recipe.method)
+
+
+def callbacks_for(run: RunDir, console: Console, callbacks: list | None, early_stopping=None) -> list:
+    """metrics.jsonl, the progress bar, the caller's callbacks, and early stopping where it applies
+    (`early_stopping`: the recipe's setting when there is validation data)."""
+    from transformers import EarlyStoppingCallback
+
+    from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
+
+    own = [MetricsLogCallback(run.metrics), RichProgressCallback(console), *(callbacks or [])]
+    if early_stopping is not None:
+        own.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience,
+                                         early_stopping_threshold=early_stopping.min_delta))
+    return own
+
+
+def split_or_fail(run: RunDir, make, *extra) -> tuple:
+    """(train examples, validation examples) from the prepared splits through `make(rows, *extra)`."""
+    from domaintune.training.runner import read_split
+
+    train, validation = (make(read_split(run, split), *extra) for split in ("train", "validation"))
+    if not train:
+        objective = run.recipe().objective.name
+        raise DomaintuneError(
+            f"{run.data / 'train.jsonl'}: no training examples for objective {objective} (the Objectives table of "
+            "the README says what data it takes; run `domaintune data prepare` first?)"
+        )
+    return train, validation
+
+
+def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, train_rows: int, save=None) -> dict:
+    """Train (resuming from the last checkpoint if asked), save the model (with `save(folder)` where the
+    trainer's own saving is not what later steps load) and tokenizer, write training.json."""
+    from transformers import PrinterCallback
+
+    from domaintune.training.runner import count_parameters
+
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
+    parameters = count_parameters(trainer.model)
+    console.print(f"[bold]{recipe.objective.name}[/] with {recipe.method.name} on {recipe.model.name}: "
+                  f"{parameters['trainable']:,} trainable parameters · {train_rows} training examples")
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    (save or trainer.save_model)(str(run.model))
+    trainer.processing_class.save_pretrained(str(run.model))
+    summary = {
+        "objective": recipe.objective.name,
+        "method": recipe.method.name,
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "train_rows": train_rows,
+        "parameters": parameters,
+        "runtime_seconds": output.metrics.get("train_runtime"),
+    }
+    (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def log_curves(run: RunDir, keys: tuple[str, ...]) -> dict[str, list[list[float]]]:
+    """The logged values named in `keys`, and their validation twins (eval_<key>), as [step, value]
+    lists from metrics.jsonl."""
+    curves: dict[str, list[list[float]]] = {}
+    if run.metrics.exists():
+        for line in run.metrics.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            for key in (*keys, *(f"eval_{key}" for key in keys)):
+                if isinstance(record.get(key), (int, float)):
+                    curves.setdefault(key, []).append([record["step"], record[key]])
+    return curves
+
+
+def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_keys: tuple[str, ...],
+                    reward_specs: list | None) -> dict:
+    """The causal-LM evaluation (the best answer is the reference), plus the training curves of the
+    objective and, with a reward model or function, the base-vs-tuned win rate by that reward."""
+    from domaintune.data.preferences import best_answers
+    from domaintune.evaluation.preference_report import write_preference_report
+    from domaintune.evaluation.runner import evaluate_causal_lm
+
+    results = evaluate_causal_lm(run, console=console, harness=harness, select=best_answers)
+    preference: dict = {"curves": log_curves(run, curve_keys)}
+    samples = [json.loads(line) for line in (run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    if reward_specs and samples and samples[0].get("base") is not None:
+        from domaintune.objectives.rewards import reward_win_rate
+        from domaintune.training.runner import read_split
+
+        # samples.jsonl holds the first generated test rows, in order; their prompts are the whole turns.
+        rows = [row for row in best_answers(read_split(run, "test")) if "messages" in row][: len(samples)]
+        confidence = run.recipe().evaluation.confidence
+        preference["reward_win_rate"] = reward_win_rate(reward_specs, rows, samples, confidence)
+    results["preference"] = preference
+    (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_preference_report(run)
+    return results
+
+
+def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Console | None, callbacks: list | None,
+            train_rows: list[dict], validation_rows: list[dict], **trainer_kwargs) -> dict:
+    """Train a TRL preference trainer on the policy (the recipe's model and method)."""
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from domaintune.models.loading import load_tokenizer
+    from domaintune.training.hardware import configure_threads
+
+    console = console or Console(stderr=True)
+    configure_threads(recipe.training)
+    set_seed(recipe.seed)
+    trainer = trainer_class(
+        model=load_policy(recipe),
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(validation_rows) if validation_rows else None,
+        processing_class=load_tokenizer(recipe.model),
+        callbacks=callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_rows else None),
+        **trainer_kwargs,
+    )
+    return run_trainer(trainer, run, recipe, resume, console, len(train_rows))

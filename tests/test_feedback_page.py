@@ -1,0 +1,126 @@
+"""The feedback page in a real headless Chromium: choices persist at once, resume after a reload,
+export to the pairwise format, and a base-vs-tuned session writes eval/feedback.jsonl for the judge."""
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from domaintune.errors import DomaintuneError
+from domaintune.evaluation import judge
+from domaintune.evaluation.feedback import create_app, export_pairs, item_view, prepare_session, session_summary
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def fake_run(tmp_path: Path, items: int) -> Path:
+    """A run directory with evaluated samples: what a base-vs-tuned session reads (no model needed)."""
+    root = tmp_path / "run"
+    (root / "eval").mkdir(parents=True)
+    (root / "recipe.yaml").write_text("name: fake\n", encoding="utf-8")
+    samples = [{"prompt": f"question {i}", "reference": f"ref {i}", "base": f"base answer {i}", "tuned": f"tuned answer {i}"}
+               for i in range(items)]
+    (root / "eval" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
+    (root / "eval" / "results.json").write_text(json.dumps({"preference": {"curves": {}}}), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve a 3-item base-vs-tuned session on a free 127.0.0.1 port; stops after the test."""
+    import uvicorn
+
+    root = fake_run(tmp_path, 3)
+    db = root / "eval" / "feedback.db"
+    prepare_session(str(root), db)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(create_app(db), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/", root, db
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def shown_sources(db: Path, item: int) -> dict[str, str]:
+    """Letter on the page -> which model wrote that answer (the page itself never says)."""
+    view = item_view(db, item)
+    return {answer["letter"]: answer["text"].split()[0] for answer in view["answers"]}
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (make test installs it)")
+def test_choices_persist_resume_and_export(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, root, db = server
+    letter_of = {source: letter for letter, source in shown_sources(db, 0).items()}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(url)
+        assert "0 of 3 judged" in page.inner_text("#progress")
+        assert page.locator("form#item-0").count() == 1
+        page.select_option("select[name='rating-0']", "4")
+        page.click(f"#pick-{letter_of['tuned']}")  # item 0: tuned is better
+        page.wait_for_selector("form#item-1")
+        page.click("#pick-tie")  # item 1: a tie
+        page.wait_for_selector("form#item-2")
+        assert "tuned wins 1, base wins 0, ties 1" in page.inner_text("#winrate")
+        browser.close()  # the browser goes away mid-session
+
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(url)
+        assert "2 of 3 judged" in page.inner_text("#progress")
+        assert page.locator("form#item-2").count() == 1  # resumes at the first item without a choice
+        base_letter = {source: letter for letter, source in shown_sources(db, 2).items()}["base"]
+        page.click(f"#pick-{base_letter}")
+        page.wait_for_selector("#done")
+        page.reload()
+        assert page.locator("#done").count() == 1 and "3 of 3 judged" in page.inner_text("#progress")
+        browser.close()
+
+    assert judge.read_feedback(root / "eval" / "feedback.jsonl") == {0: "tuned", 1: "tie", 2: "base"}
+    summary = session_summary(db)
+    assert summary["wins"] == {"tuned": 1, "tie": 1, "base": 1} and summary["tuned_win_rate"] == 0.5
+    assert summary["interval"][0] < 0.5 < summary["interval"][1]
+    assert "Base vs tuned by people" in (root / "preferences.html").read_text(encoding="utf-8")
+    result = export_pairs(db, tmp_path / "pairs.jsonl")
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert result == {"pairs": 2, "ties": 1, "out": str(tmp_path / "pairs.jsonl")}
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ([{"role": "user", "content": "question 0"}], "tuned answer 0", "base answer 0"),
+        ([{"role": "user", "content": "question 2"}], "base answer 2", "tuned answer 2"),
+    ]
+
+
+def test_a_model_session_samples_answers_and_exports_loadable_pairs(tmp_path, tiny_model_dir):
+    from domaintune.config import DataConfig
+    from domaintune.data.formats import to_canonical
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is a loan?\nName a bank.\n", encoding="utf-8")
+    db = tmp_path / "session.db"
+    summary = prepare_session(str(tiny_model_dir), db, prompts, samples=2, max_new_tokens=6, seed=1)
+    assert summary == {"kind": "samples", "source": str(tiny_model_dir), "total": 2, "done": 0}
+    view = item_view(db)
+    assert view["prompt"] == [{"role": "user", "content": "What is a loan?"}] and len(view["answers"]) == 2
+    assert prepare_session(str(tiny_model_dir), db, prompts)["total"] == 2  # an existing session resumes as it is
+    with pytest.raises(DomaintuneError, match="holds a session for"):
+        prepare_session(str(tmp_path / "another-model"), db, prompts)
+    from domaintune.evaluation.feedback import record_choice
+
+    record_choice(db, 0, 1)
+    export_pairs(db, tmp_path / "pairs.jsonl")
+    for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines():
+        row = to_canonical(json.loads(line), "pairwise", DataConfig())  # the export is valid pairwise data
+        assert row["messages"][-1]["content"] == view["answers"][1]["text"]
