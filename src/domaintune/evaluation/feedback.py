@@ -91,12 +91,12 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
     from domaintune.rundir import RunDir
 
     db = Path(db)
-    if db.exists():
-        summary = session_summary(db)
+    existing = session_summary(db) if db.exists() else None
+    if existing and existing["source"] is not None:  # no source: an earlier start failed before storing anything
         # Resuming another model's session would mix its choices into this one's.
-        if Path(summary["source"]).resolve() != Path(source).resolve() and summary["source"] != source:
-            raise DomaintuneError(f"{db} holds a session for {summary['source']}, not {source}; pass another --db")
-        return summary
+        if Path(existing["source"]).resolve() != Path(source).resolve():
+            raise DomaintuneError(f"{db} holds a session for {existing['source']}, not {source}; pass another --db")
+        return existing
     db.parent.mkdir(parents=True, exist_ok=True)
     is_run = (Path(source) / "recipe.yaml").exists()
     if is_run and prompts_file is None:

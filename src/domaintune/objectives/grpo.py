@@ -20,7 +20,10 @@ CURVES = ("reward", "reward_std", "kl", "loss", "completions/mean_length")
 
 class Config(SamplingConfig):
     name: Literal["grpo"] = "grpo"
-    num_generations: int = Field(4, ge=2, description="Answers sampled per prompt (the group); divides training.batch_size.")
+    num_generations: int = Field(
+        4, ge=2, description="Answers sampled per prompt (the group). training.batch_size counts answers, so a step "
+        "holds batch_size / num_generations prompts; it must divide batch_size."
+    )
     beta: float = Field(0.04, ge=0, description="KL weight towards the reference model (0: no reference, less memory).")
 
 
