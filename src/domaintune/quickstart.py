@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from domaintune.config import Recipe, validate_recipe
+from domaintune.data.readers import read_jsonl
 from domaintune.errors import DomaintuneError
 from domaintune.models.registry import cache_dir
 from domaintune.rundir import RunDir
@@ -113,8 +114,8 @@ def add_token_head(run: RunDir, console: Console) -> dict:
     head_run = api.run(head_recipe(run), console=console)
     seconds = time.perf_counter() - started
     results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
-    generated = [json.loads(line) for line in (run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    tagged = {s["prompt"]: s["tuned"] for s in map(json.loads, (head_run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines())}
+    generated = read_jsonl(run.eval / "samples.jsonl")
+    tagged = {sample["prompt"]: sample["tuned"] for sample in read_jsonl(head_run.eval / "samples.jsonl")}
     # Scored on exactly the test items the generative models answered; an item the head set aside
     # (its names not found in the text) counts as answered with nothing.
     predictions = [tagged.get(sample["prompt"], "") for sample in generated]

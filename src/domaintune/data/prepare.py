@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from rich.console import Console
 
@@ -27,7 +27,7 @@ from domaintune.data.generator import Generate
 from domaintune.data.near_dedup import near_dedup_rows
 from domaintune.data.pii import scrub_rows
 from domaintune.data.quality import quality_filter
-from domaintune.data.readers import RawRow, read_files
+from domaintune.data.readers import RawRow, read_files, write_jsonl
 from domaintune.data.split import check_leakage, split_rows
 from domaintune.errors import DomaintuneError
 
@@ -303,13 +303,6 @@ def _stats(values: list[int]) -> dict | None:
         "p95": percentile(0.95),
         "max": values[-1],
     }
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            # default=str: rejected rows may hold values JSON lacks (Parquet dates, bytes).
-            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
 def _print_summary(console: Console, card: dict, out_dir: Path) -> None:

@@ -20,7 +20,7 @@ from domaintune.data.cleaning import normalise_text
 from domaintune.data.documents import is_document, read_document_rows
 from domaintune.data.formats import column
 from domaintune.data.generator import Generate
-from domaintune.data.prepare import write_jsonl
+from domaintune.data.readers import write_jsonl
 from domaintune.errors import DomaintuneError
 
 # Two steps, because a 135M model asked for "Question: ... Answer: ..." in one reply mostly stops after

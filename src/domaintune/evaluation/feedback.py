@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
+from domaintune.data.readers import read_jsonl
 from domaintune.errors import DomaintuneError
 
 SCHEMA = """
@@ -104,7 +105,7 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
         samples_file = run.eval / "samples.jsonl"
         if not samples_file.exists():
             raise DomaintuneError(f"{source}: no eval/samples.jsonl; run `domaintune evaluate {source}` first, or pass --prompts")
-        rows = [json.loads(line) for line in samples_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_jsonl(samples_file)
         if not rows or rows[0].get("base") is None:
             raise DomaintuneError(f"{samples_file}: no base answers (evaluation.compare_base was off); pass --prompts")
         # The evaluated samples keep their index, so people's choices line up with the judge's.

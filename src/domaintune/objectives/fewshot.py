@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from domaintune.data.readers import read_jsonl, write_jsonl
 from domaintune.errors import DomaintuneError
 from domaintune.objectives.common import paired_comparison, row_text, write_results, write_training_summary
 
@@ -53,14 +54,6 @@ class Config(BaseModel):
 # --- data ---------------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-
-
 def sample_shots(rows: list[dict], shots: int, seed: int) -> tuple[list[dict], list[dict]]:
     """`shots` rows per label (all of a rarer label), and the rows left over."""
     by_label: dict[str, list[dict]] = defaultdict(list)
@@ -75,12 +68,12 @@ def sample_shots(rows: list[dict], shots: int, seed: int) -> tuple[list[dict], l
 
 
 def after_prepare(data_dir: Path, config: Config) -> None:
-    train = _read(Path(data_dir) / "train.jsonl")
+    train = read_jsonl(Path(data_dir) / "train.jsonl")
     if any(row.get("label") is None for row in train):
         raise DomaintuneError(f"{Path(data_dir) / 'train.jsonl'}: objective fewshot needs labelled rows (text, label)")
     chosen, unused = sample_shots(train, config.shots, config.seed)
-    _write(Path(data_dir) / "train.jsonl", chosen)
-    _write(Path(data_dir) / "fewshot_unused.jsonl", unused)
+    write_jsonl(Path(data_dir) / "train.jsonl", chosen)
+    write_jsonl(Path(data_dir) / "fewshot_unused.jsonl", unused)
 
 
 def is_encoder(model_path: str) -> bool:

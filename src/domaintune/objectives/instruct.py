@@ -7,12 +7,12 @@ evaluation and the report all see the same instructions.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from domaintune.data.readers import read_jsonl, write_jsonl
 from domaintune.errors import DomaintuneError
 
 SUMMARY = "rows rewritten into instructions from a task description; labelled rows list the allowed answers."
@@ -68,11 +68,10 @@ def rewrite_splits(data_dir: Path, task: str) -> list[str]:
     for split in SPLITS:
         path = Path(data_dir) / f"{split}.jsonl"
         if path.exists():
-            splits[split] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            splits[split] = read_jsonl(path)
     if any("messages" not in row for rows in splits.values() for row in rows):
         raise DomaintuneError("objective instruct needs conversations or labelled rows, not raw text (use pretrain)")
     labels = label_set(splits.get("train", []))
     for split, rows in splits.items():
-        text = "".join(json.dumps(rewrite_row(row, task, labels), ensure_ascii=False) + "\n" for row in rows)
-        (Path(data_dir) / f"{split}.jsonl").write_text(text, encoding="utf-8")
+        write_jsonl(Path(data_dir) / f"{split}.jsonl", [rewrite_row(row, task, labels) for row in rows])
     return labels

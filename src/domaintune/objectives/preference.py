@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from domaintune.data.readers import read_jsonl
 from domaintune.errors import DomaintuneError
 
 if TYPE_CHECKING:  # rundir imports the recipe, which imports the objectives
@@ -124,7 +125,7 @@ def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_k
 
     results = evaluate_causal_lm(run, console=console, harness=harness, select=best_answers)
     preference: dict = {"curves": log_curves(run, curve_keys)}
-    samples = [json.loads(line) for line in (run.eval / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    samples = read_jsonl(run.eval / "samples.jsonl")
     if reward_specs and samples and samples[0].get("base") is not None:
         from domaintune.objectives.rewards import reward_win_rate
         from domaintune.training.runner import read_split

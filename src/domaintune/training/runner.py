@@ -10,6 +10,7 @@ import resource
 from rich.console import Console
 
 from domaintune.config import Recipe
+from domaintune.data.readers import read_jsonl
 from domaintune.errors import DomaintuneError
 from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.loading import load_causal_lm, load_tokenizer
@@ -23,11 +24,7 @@ from domaintune.training.hardware import configure_threads
 
 
 def read_split(run: RunDir, split: str) -> list[dict]:
-    path = run.data / f"{split}.jsonl"
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return read_jsonl(run.data / f"{split}.jsonl")
 
 
 def encode_split(rows: list[dict], tokenizer, max_length: int, objective=None):
