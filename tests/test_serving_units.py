@@ -114,7 +114,7 @@ def test_token_classifier_labels_each_word_piece_with_offsets(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
     from domaintune.models.registry import resolve_model_path
-    from domaintune.serving.engine import Classifier
+    from domaintune.serving.encoders import Classifier
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from domaintune.serving.auth import ApiKey, KeyStore, check_scope
-from domaintune.serving.engine import Classifier, Embedder, Event, GenerationRequest, Generator
+from domaintune.serving.encoders import Classifier, Embedder
+from domaintune.serving.engine import Event, GenerationRequest, Generator
 from domaintune.serving.errors import ApiError
 from domaintune.serving.metrics import Metrics
 from domaintune.serving.settings import ServeSettings, is_loopback

@@ -1,5 +1,5 @@
-"""The models behind the server: one causal LM with lazily loaded peft adapters (LRU-capped),
-a background worker that batches concurrent requests, and embedding and classification models.
+"""The causal LM behind the server: one model with lazily loaded peft adapters (LRU-capped) and a
+background worker that batches concurrent requests (embedding and classification models: encoders.py).
 
 Batching: the worker takes the oldest pending request, waits a few milliseconds for others for
 the same model (base or adapter), prefills them together, left-padded, and decodes them one token
@@ -17,8 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
-
 
 
 @dataclass
@@ -372,63 +370,3 @@ def _context_length(config, tokenizer) -> int:
     limits = [limit for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length)
               if limit and limit < 10**7]
     return int(min(limits)) if limits else 2048
-
-
-class Embedder:
-    def __init__(self, path: str, trust_remote_code: bool = False):
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(path, device="cpu", trust_remote_code=trust_remote_code)
-        self.lock = threading.Lock()
-
-    def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(ids) for ids in self.model.tokenizer(texts)["input_ids"])
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        with self.lock:
-            return self.model.encode(texts, convert_to_numpy=True).tolist()
-
-
-class Classifier:
-    """A sequence or token classification head model with id2label."""
-
-    def __init__(self, path: str, trust_remote_code: bool = False):
-        import json
-        from pathlib import Path
-
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
-
-        architecture = (json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""])[0]
-        self.per_token = architecture.endswith("ForTokenClassification")
-        loader = AutoModelForTokenClassification if self.per_token else AutoModelForSequenceClassification
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code).eval()
-        self.labels = {int(key): value for key, value in self.model.config.id2label.items()}
-        self.lock = threading.Lock()
-
-    def classify(self, texts: list[str]) -> tuple[list[dict[str, Any]], int]:
-        import torch
-
-        with self.lock, torch.inference_mode():
-            batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
-                                   return_offsets_mapping=self.per_token)
-            offsets = batch.pop("offset_mapping", None)
-            probabilities = self.model(**batch).logits.float().softmax(-1)
-        tokens = int(batch["attention_mask"].sum())
-        if not self.per_token:
-            return [self._scores(row) for row in probabilities], tokens
-        results = []
-        for index, text in enumerate(texts):
-            entities = []
-            for position, row in enumerate(probabilities[index]):
-                start, end = (int(value) for value in offsets[index, position])
-                if end > start and batch["attention_mask"][index, position]:
-                    entities.append({"text": text[start:end], "start": start, "end": end, **self._scores(row)})
-            results.append({"tokens": entities})
-        return results, tokens
-
-    def _scores(self, row) -> dict[str, Any]:
-        best = int(row.argmax())
-        return {"label": self.labels[best], "score": float(row[best]),
-                "scores": {self.labels[index]: float(value) for index, value in enumerate(row)}}
-
