@@ -80,12 +80,12 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from domaintune.training.runner import encode_split, read_split
-    from domaintune.rundir import RunDir
+    from domaintune.training.trainer import encode_split
+    from domaintune.storage.rundir import RunDir
 
     model_dir = json.loads((run_dir / "bench.json").read_text())["model_path"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_set = encode_split(read_split(RunDir(run_dir), "train"), tokenizer, MAX_TOKENS)
+    train_set = encode_split(RunDir(run_dir).read_split("train"), tokenizer, MAX_TOKENS)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -105,7 +105,7 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
     import torch
 
     import domaintune
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
     recipe = RunDir(run_dir).recipe().model_dump(mode="json")
     recipe["method"] = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0} if method == "lora" else {"name": "full"}
@@ -120,11 +120,11 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
 def mean_row_tokens(run_dir: Path) -> float:
     from transformers import AutoTokenizer
 
-    from domaintune.rundir import RunDir
-    from domaintune.training.runner import encode_split, read_split
+    from domaintune.storage.rundir import RunDir
+    from domaintune.training.trainer import encode_split
 
     tokenizer = AutoTokenizer.from_pretrained(json.loads((run_dir / "bench.json").read_text())["model_path"])
-    ids = encode_split(read_split(RunDir(run_dir), "train"), tokenizer, MAX_TOKENS)["input_ids"]
+    ids = encode_split(RunDir(run_dir).read_split("train"), tokenizer, MAX_TOKENS)["input_ids"]
     return sum(map(len, ids)) / len(ids)
 
 
@@ -150,7 +150,7 @@ def prepare(rows: int, workdir: Path) -> Path:
 
     import domaintune
     from domaintune.models.registry import resolve_model_path
-    from domaintune.quickstart import ner_finance_dataset
+    from domaintune.workflows.quickstart import ner_finance_dataset
 
     source = ner_finance_dataset(Console(stderr=True)).read_text().splitlines()[:rows]
     data = workdir / "rows.jsonl"

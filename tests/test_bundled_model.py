@@ -5,7 +5,7 @@ import pytest
 from rich.console import Console
 
 import domaintune
-from domaintune.quickstart import ner_finance_dataset, quickstart_recipe
+from domaintune.workflows.quickstart import ner_finance_dataset, quickstart_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,8 @@ import json
 
 from typer.testing import CliRunner
 
-from conftest import write_jsonl  # noqa: E402
 from domaintune.cli import app
-from domaintune.quickstart import convert_ner_finance
+from domaintune.workflows.quickstart import convert_ner_finance
 
 runner = CliRunner()
 

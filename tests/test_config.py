@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from domaintune.cli import app
 from domaintune.config import apply_overrides, load_recipe, validate_recipe
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 runner = CliRunner()
 

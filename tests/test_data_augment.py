@@ -61,7 +61,7 @@ def test_paraphrases_that_lose_an_answer_word_are_discarded():
 @pytest.mark.slow
 def test_bundled_model_paraphrases_within_the_cap():
     from domaintune.config import validate_recipe
-    from domaintune.data.generator import load_generator
+    from domaintune.data.text_generator import load_generator
 
     recipe = validate_recipe({"training": {"threads": 1}})  # the bundled smollm2-135m-instruct
     config = AugmentConfig(methods=["paraphrase"], max_share=0.2)

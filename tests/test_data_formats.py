@@ -5,7 +5,7 @@ import pytest
 from domaintune.config import DataConfig
 from domaintune.data.formats import RowError, detect_format, resolve_format, to_canonical
 from domaintune.data.readers import RawRow
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 
 def chat(*turns: tuple[str, str]) -> list[dict]:

@@ -97,7 +97,7 @@ def test_yaml_off_means_the_word_off():
 
 def test_unknown_phone_region_names_the_field():
     from domaintune.config import validate_recipe
-    from domaintune.errors import DomaintuneError
+    from domaintune.core.errors import DomaintuneError
 
     assert validate_recipe({"data": {"pii": {"phone_region": "gb"}}}).data.pii.phone_region == "GB"
     with pytest.raises(DomaintuneError, match=r"data\.pii\.phone_region: value error, unknown region 'XX'"):

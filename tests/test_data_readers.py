@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from domaintune.data.readers import read_files, read_rows
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 import domaintune
 from domaintune.config import Recipe
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.training.distributed import accelerate_config
 
 

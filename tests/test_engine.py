@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
-from domaintune.objectives import encode_row
-from domaintune.training.engine import PACKED_ATTENTION, PackedCollator, supervised_positions_loss
+from domaintune.core.chat import encode_row
+from domaintune.training.packing import PACKED_ATTENTION, PackedCollator, supervised_positions_loss
 
 
 # Packed rows are exact with transformers' block-diagonal SDPA mask and with domaintune's per-example attention.
@@ -129,7 +129,7 @@ def test_trainer_with_packing_and_padding_agree_on_validation_loss(tiny_recipe):
 
 
 def test_pack_rows_fills_rows_first_fit_decreasing():
-    from domaintune.training.engine import pack_rows
+    from domaintune.training.packing import pack_rows
 
     # 9 exceeds the cap and rides alone; 5 opens a row; 3 + 3 share one; 2 fits nowhere left.
     assert sorted(pack_rows([5, 3, 3, 2, 9], row_tokens=6)) == [[0], [1, 2], [3], [4]]

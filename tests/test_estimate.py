@@ -1,7 +1,7 @@
 import json
 
 import domaintune
-from domaintune.training.estimate import lookup_throughput, setup_key
+from domaintune.training.forecast import lookup_throughput, setup_key
 
 
 def test_estimate_counts_the_work_and_predicts_the_training_time(tiny_recipe):

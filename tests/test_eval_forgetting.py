@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import domaintune
 from conftest import write_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import answer_probes, load_probes, option_logprobs
 
 

@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import domaintune
 from conftest import write_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.harness import check_builtin_tasks, run_tasks
 
 

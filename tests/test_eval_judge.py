@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.judge import judge_pairs, local_judge, parse_choice, read_feedback, summarise
 
 SAMPLES = [

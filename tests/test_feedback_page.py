@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation import judge
 from domaintune.evaluation.feedback import create_app, export_pairs, item_view, prepare_session, session_summary
 

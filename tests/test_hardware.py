@@ -3,7 +3,7 @@ import sys
 import time
 
 from domaintune.config import TrainingConfig
-from domaintune.training.hardware import busy_cores, thread_count
+from domaintune.config.runtime import busy_cores, thread_count
 
 
 def test_explicit_thread_count_is_kept():

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 import domaintune
 from conftest import write_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.config import EvaluationConfig
 from domaintune.objectives.pretrain import encode_blocks
 

@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 import domaintune
 from domaintune.config import validate_recipe
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.methods import METHODS, freeze, load_kwargs, supports_packing
-from domaintune.training.engine import PackedCollator
+from domaintune.training.packing import PackedCollator
 
 
 def test_every_registered_method_is_a_recipe_choice():
@@ -117,7 +117,7 @@ def test_bottleneck_adapters_resume_from_a_checkpoint(tiny_recipe):
     from safetensors.torch import load_file
     from test_training import CrashAt
 
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
     tiny_recipe["method"] = {"name": "adapters"}
     tiny_recipe["training"].update(max_steps=4, eval_every=2, save_every=2)

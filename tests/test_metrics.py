@@ -1,7 +1,7 @@
 """Task metrics on small inputs whose scores were worked out by hand."""
 import pytest
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.metrics import (
     METRICS,
     accuracy,

@@ -1,7 +1,7 @@
 from transformers import AutoTokenizer
 
-from domaintune.objectives import count_tokens, encode_row
-from domaintune.objectives.sft import IGNORE_INDEX, prompt_text
+from domaintune.core.chat import count_tokens, encode_row
+from domaintune.core.chat import IGNORE_INDEX, prompt_text
 
 
 def supervised_text(tokenizer, encoded):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from domaintune import api
-from domaintune.training.runner import train_model
+from domaintune.workflows.pipeline import train_run
 
 WORDS = ["yes", "no", "maybe", "[", "]", "red", "blue", "green", "one", "two", "three", "cat", "dog", "sun", "moon",
          "tree", "bank", "loan", "rate", "fee"]
@@ -69,11 +69,11 @@ def ner_pairs(count: int) -> list[dict]:
 
 def test_reward_model_learns_a_preference_and_reloads(tmp_path, tiny_model_dir):
     from domaintune.objectives.reward import pairwise_accuracy
-    from domaintune.objectives.rewards import RewardModel
+    from domaintune.evaluation.reward_sources import RewardModel
 
     data = write_jsonl(tmp_path / "pairs.jsonl", ner_pairs(40))
     run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, {"name": "reward"}, max_steps=10, lr=5e-3))
-    train_model(run)
+    train_run(run)
     results = api.evaluate(run)
     accuracy = results["reward_model"]["test"]["accuracy"]
     assert results["reward_model"]["test"]["pairs"] == 8 and accuracy >= 0.875  # chance is 0.5
@@ -87,7 +87,7 @@ def test_reward_model_learns_a_preference_and_reloads(tmp_path, tiny_model_dir):
 def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "pairs.jsonl", ner_pairs(24))
     run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, {"name": "dpo", "beta": 0.5}, max_steps=6, batch_size=4))
-    train_model(run)
+    train_run(run)
     margins = [record["rewards/margins"] for record in metrics(run) if "rewards/margins" in record]
     assert margins[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference
     assert min(margins[-3:]) > 0.5
@@ -99,7 +99,7 @@ def test_grpo_with_a_regex_reward_raises_the_share_of_matching_answers(tmp_path,
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
     objective = {"name": "grpo", "rewards": [{"regex": r"\byes\b"}], "num_generations": 4, "max_new_tokens": 6, "beta": 0.02}
     run, _ = api.prepare_data(recipe(tmp_path, word_model_dir, data, objective, max_steps=24, batch_size=8, lr=3e-2))
-    train_model(run)
+    train_run(run)
     rewards = [record["reward"] for record in metrics(run) if "reward" in record]
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
     assert last > first + 0.2, rewards
@@ -116,7 +116,7 @@ def ppo_run(tmp_path: Path, model_dir: Path, kl_coef: float) -> list[dict]:
     objective = {"name": "ppo", "rewards": [{"function": f"{reward_file}:share_of_yes"}], "max_new_tokens": 6,
                  "kl_coef": kl_coef, "ppo_epochs": 4}
     run, _ = api.prepare_data(recipe(tmp_path, model_dir, data, objective, {"name": "full"}, max_steps=30, batch_size=16, lr=5e-3))
-    summary = train_model(run)
+    summary = train_run(run)
     assert summary["global_step"] == 30 and (run.model / "model.safetensors").exists()
     return metrics(run)
 
@@ -160,7 +160,7 @@ def test_kto_and_orpo_train_on_rated_answers_and_log_their_rewards(tmp_path, tin
             for i in range(12) for answer, score in ((f"[City{i} - LOCATION]", 5), (f"It is in City{i}, I think.", 1))]
     data = write_jsonl(tmp_path / "rated.jsonl", rows)
     run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, objective, max_steps=4, batch_size=4))
-    summary = train_model(run)
+    summary = train_run(run)
     logged = metrics(run)
     assert summary["global_step"] == 4 and (run.model / "adapter_model.safetensors").exists()
     # (A KTO batch may hold only desirable or only undesirable answers; those steps log one side.)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.report import write_report
 
 

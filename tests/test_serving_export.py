@@ -9,9 +9,9 @@ from rich.console import Console
 
 import domaintune
 from domaintune.config import validate_recipe
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.export import gguf
-from domaintune.rundir import RunDir
+from domaintune.storage.rundir import RunDir
 
 
 def test_export_writes_verified_gguf_and_modelfile(tiny_recipe, tiny_model_dir):

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from domaintune.cli import app
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.serving.auth import KeyStore, load_keys
 from domaintune.serving.errors import ApiError
 from domaintune.serving.settings import ServeSettings
@@ -98,7 +98,7 @@ def test_a_run_directory_serves_its_adapter_on_its_base(tiny_recipe, tiny_model_
     import shutil
 
     from domaintune.config import validate_recipe
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
     run = RunDir.create(validate_recipe(tiny_recipe))
     run.model.mkdir()

@@ -4,7 +4,7 @@ import pytest
 from transformers import TrainerCallback
 
 import domaintune
-from domaintune.rundir import RunDir
+from domaintune.storage.rundir import RunDir
 
 
 def metric_lines(run: RunDir) -> list[dict]:

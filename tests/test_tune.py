@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 import domaintune
 from domaintune.cli import app
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.tune_report import write_tune_report
-from domaintune.rundir import RunDir
-from domaintune.training.tune import PruningCallback, search_space
+from domaintune.storage.rundir import RunDir
+from domaintune.workflows.tune import PruningCallback, search_space
 
 SPACE = {
     "training.lr": {"type": "float", "low": 5e-3, "high": 5e-2, "log": True},

@@ -23,7 +23,7 @@ from domaintune.api import (
     train,
     tune,
 )
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 __all__ = [
     "DomaintuneError",

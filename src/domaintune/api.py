@@ -6,29 +6,26 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.config import Recipe, apply_overrides, load_recipe, recipe_json_schema, validate_recipe
-from domaintune.errors import DomaintuneError
-from domaintune.rundir import RunDir
+from domaintune.config import Recipe, load_recipe, recipe_json_schema
+from domaintune.config.recipe import RecipeLike, as_recipe
+from domaintune.core.errors import DomaintuneError
+from domaintune.storage.rundir import RunDir
 
 if TYPE_CHECKING:
-    from domaintune.training.tune import TuneResult
-
-RecipeLike = Recipe | str | Path | dict
+    from domaintune.workflows.tune import TuneResult
 
 
 def _console(console: Console | None) -> Console:
     return console or Console(stderr=True)
 
 
+def _run_dir(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+
+
 def load(recipe: RecipeLike, overrides: list[str] | None = None) -> Recipe:
     """A validated Recipe from a YAML path, a dict, or a Recipe (overrides as `a.b=value`)."""
-    if isinstance(recipe, Recipe):
-        if not overrides:
-            return recipe
-        recipe = recipe.model_dump(mode="json")
-    if isinstance(recipe, dict):
-        return validate_recipe(apply_overrides(dict(recipe), overrides or []))
-    return load_recipe(recipe, overrides)
+    return as_recipe(recipe, overrides)
 
 
 def check_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -57,33 +54,9 @@ def list_methods(model: str | None = None) -> list[dict]:
 
 def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console | None = None) -> tuple[RunDir, dict]:
     """Validate, clean, dedup and split the recipe's data into a run directory's data/ folder."""
-    from domaintune.data.prepare import prepare_dataset
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.objectives import after_prepare, count_tokens
+    from domaintune.workflows import pipeline
 
-    from domaintune.data.generator import load_generator
-
-    from domaintune.objectives import hook
-
-    recipe = load(recipe)
-    run = run or RunDir.create(recipe)
-    tokenizer = load_tokenizer(recipe.model)
-
-    def prepare_one(data_config, folder):
-        return prepare_dataset(
-            data_config,
-            folder,
-            seed=recipe.seed,
-            count_tokens=lambda row: count_tokens(tokenizer, row),
-            console=_console(console),
-            tokenize=lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
-            paraphraser=lambda: load_generator(recipe, data_config.augment.model, max_new_tokens=128, batch_size=8),
-        )
-
-    own = hook(recipe.objective, "prepare")  # multitask prepares each task's data on its own
-    card = own(recipe, run, prepare_one) if own else prepare_one(recipe.data, run.data)
-    after_prepare(run.data, recipe)  # objective-specific rewriting of the splits (instruct)
-    return run, card
+    return pipeline.prepare(load(recipe), run=run, console=_console(console))
 
 
 def synthesize(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
@@ -110,85 +83,39 @@ def train(
     With distributed.processes > 1 the data is prepared here once, then that many processes started
     by `accelerate launch` train it. `processes` and `machine_rank` override the recipe's distributed
     section (for an existing run directory: for this launch only)."""
-    from domaintune.training.distributed import launch, launched_worker
-    from domaintune.training.runner import train_model
+    from domaintune.workflows import pipeline
 
-    console = _console(console)
-    launch_settings = {"processes": processes, "machine_rank": machine_rank}
-    launch_overrides = [f"distributed.{key}={value}" for key, value in launch_settings.items() if value is not None]
-    if isinstance(recipe_or_run, (str, Path)) and Path(recipe_or_run).is_dir():
-        run = RunDir.open(recipe_or_run)
-    elif resume:
-        run = RunDir.latest(load(recipe_or_run, overrides))
-    else:
-        run, _ = prepare_data(load(recipe_or_run, [*(overrides or []), *launch_overrides]), console=console)
-    worker = launched_worker()
-    if not worker:  # a launched process's launcher has announced the run already
-        console.print(f"Run directory: {run.root}")
-    recipe = load(run.recipe(), launch_overrides)
-    if worker or recipe.distributed.processes == 1:
-        train_model(run, resume=resume, callbacks=callbacks, console=console)
-    elif callbacks:
-        raise DomaintuneError("callbacks work in single-process training only; launched processes can't reach them")
-    else:
-        launch(run, recipe, resume=resume)
-    return run
+    return pipeline.train(recipe_or_run, resume=resume, overrides=overrides, callbacks=callbacks,
+                          console=_console(console), processes=processes, machine_rank=machine_rank)
 
 
 def evaluate(run_dir: str | Path | RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
     """Base vs tuned on the run's test split, with intervals, forgetting probes and error analysis;
     `harness=True` also runs the lm-evaluation-harness tasks (default: the recipe's evaluation.harness)."""
-    from domaintune.evaluation.runner import evaluate_run
+    from domaintune.workflows import pipeline
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    return evaluate_run(run, console=_console(console), harness=harness)
+    return pipeline.evaluate(_run_dir(run_dir), console=_console(console), harness=harness)
 
 
 def export_model(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
-    from domaintune.export.exporter import export_run
+    from domaintune.workflows import pipeline
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    return export_run(run, console=_console(console))
+    return pipeline.export(_run_dir(run_dir), console=_console(console))
 
 
 def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> RunDir:
     """The whole recipe: prepare data, train, evaluate against the base model, export, report."""
-    console = _console(console)
-    recipe = load(recipe, overrides)
-    if recipe.stages:  # a curriculum: one run per stage, each from the previous one's weights
-        from domaintune.objectives.stages import run_stages
+    from domaintune.workflows.stages import run_recipe
 
-        return run_stages(recipe, console)
-    run_dir = train(recipe, console=console)
-    evaluate(run_dir, console=console)
-    export_model(run_dir, console=console)
-    return run_dir
+    return run_recipe(load(recipe, overrides), _console(console))
 
 
 def estimate(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
     """Predict wall time per phase, peak memory and tokens of `run(recipe)` on this machine: exact
     token counts from the prepared data, speeds from a short probe of the recipe's own engine."""
-    import tempfile
+    from domaintune.workflows.estimate import estimate_run
 
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.training import estimate as estimator
-    from domaintune.training.hardware import thread_count, use_bf16
-
-    console = _console(console)
-    recipe = load(recipe, overrides)
-    # The probe's run directory is scratch: it must not show up among the user's runs.
-    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
-    run_dir, _ = prepare_data(scratch, console=console)
-    tokenizer = load_tokenizer(recipe.model)
-    lengths = {**estimator.split_lengths(run_dir, recipe, tokenizer), "probes": estimator.probe_lengths(recipe, tokenizer)}
-    console.print("Timing a few training steps, a validation pass and a generation batch...")
-    speed = estimator.probe(run_dir)
-    estimator.record_throughput(
-        estimator.setup_key(recipe, thread_count(recipe.training), use_bf16(recipe.training)), speed
-    )
-    result = estimator.estimate(estimator.count_work(recipe, lengths), speed, recipe.evaluation.compare_base)
-    console.print(estimator.describe(result), highlight=False)
-    return result
+    return estimate_run(load(recipe, overrides), _console(console))
 
 
 def select(
@@ -232,7 +159,7 @@ def tune(
     """Hyper-parameter search with optuna: `trials` more trials (default: the recipe's tune.trials), each
     a training run of the recipe with sampled values. Writes <output_dir>/<name>-tune/ (best_recipe.yaml,
     trials.csv, report.html); re-running resumes the study stored in tune.storage."""
-    from domaintune.training.tune import tune_recipe
+    from domaintune.workflows.tune import tune_recipe
 
     return tune_recipe(load(recipe, overrides), trials=trials, console=_console(console))
 
@@ -241,7 +168,7 @@ def compare(recipe: RecipeLike, overrides: list[str] | None = None, console: Con
     """Train every variant of the recipe's `compare` section on the same data (one `run` each) and
     tabulate test loss, metrics, training time, trainable parameters and artifact size; writes
     <output_dir>/<name>-compare/comparison.csv and comparison.md. Returns {"rows", "base", "folder"}."""
-    from domaintune.methods.compare import compare_methods
+    from domaintune.workflows.compare import compare_methods
 
     recipe = load(recipe, overrides)
     if recipe.compare is None:
@@ -252,7 +179,7 @@ def compare(recipe: RecipeLike, overrides: list[str] | None = None, console: Con
 def quickstart(overrides: list[str] | None = None, console: Console | None = None, with_head: bool = False) -> RunDir:
     """Financial entity extraction on the bundled SmolLM2: fetch data, tune with LoRA, compare with base.
     `with_head` also trains a token-classification head on the same splits and reports it alongside."""
-    from domaintune.quickstart import add_token_head, quickstart_recipe
+    from domaintune.workflows.quickstart import add_token_head, quickstart_recipe
 
     console = _console(console)
     run_dir = run(quickstart_recipe(console), overrides=overrides, console=console)

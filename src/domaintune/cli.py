@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from domaintune import api
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.training.distributed import launched_worker
 
 app = typer.Typer(help="Turn a small pretrained language model into a domain expert.", no_args_is_help=True)
@@ -241,7 +241,7 @@ def models_list():
 @user_errors
 def compare(recipe: Path, overrides: SetOption = None):
     """Train the recipe's compare.variants on the same data and tabulate quality, time, parameters and size."""
-    from domaintune.methods.compare import markdown
+    from domaintune.workflows.compare import markdown
 
     result = api.compare(recipe, overrides=overrides, console=console)
     typer.echo(markdown(result["rows"], result["base"]))

@@ -16,7 +16,7 @@ from typing import Callable
 
 from domaintune.config import AugmentConfig
 from domaintune.data.cleaning import content_key
-from domaintune.data.generator import Generate
+from domaintune.data.text_generator import Generate
 
 _WORD = re.compile(r"\S+")
 PARAPHRASE_PROMPT = (

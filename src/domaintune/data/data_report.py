@@ -13,7 +13,7 @@ from typing import Callable
 import jinja2
 
 from domaintune.data.cleaning import char_length
-from domaintune.evaluation.charts import new_axes, png_data_uri
+from domaintune.core.charts import new_axes, png_data_uri
 
 BLUE, GREY, ORANGE = "#2f6fde", "#9aa5b1", "#e8743b"
 SPLIT_COLOURS = {"train": BLUE, "validation": ORANGE, "test": "#3aa57a"}

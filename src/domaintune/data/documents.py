@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 DOCUMENT_SUFFIXES = (".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt")
 _WORDS = re.compile(r"\S+")

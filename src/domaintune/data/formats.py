@@ -21,9 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from domaintune.config import DataConfig
+from domaintune.core.entities import entity_list
 from domaintune.data.preferences import PREFERENCE_FORMATS, to_preference_row
 from domaintune.data.readers import RawRow, json_type
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 # Required canonical columns per format, in detection order: the more specific formats
 # come first, so a row with `text` and `label` is labelled rather than raw text.
@@ -139,16 +140,6 @@ def _with_system(messages: list[dict], config: DataConfig) -> list[dict]:
     if config.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": config.system_prompt})
     return messages
-
-
-NO_ENTITIES = "No entities found"
-
-
-def entity_list(text: str, entities: list[dict]) -> str:
-    """The `[NAME - TYPE, ...]` answer for character spans, in text order (the quickstart's answer format)."""
-    if not entities:
-        return NO_ENTITIES
-    return "[" + ", ".join(f"{text[e['start']:e['end']]} - {e['label']}" for e in entities) + "]"
 
 
 def _spans(data: dict, config: DataConfig, text: str) -> list[dict]:

@@ -23,13 +23,14 @@ from domaintune.data.contamination import check_contamination
 from domaintune.data.data_report import funnel, write_data_report
 from domaintune.data.documents import Tokenize, is_document, read_document_rows
 from domaintune.data.formats import RowError, resolve_format, to_canonical
-from domaintune.data.generator import Generate
+from domaintune.data.text_generator import Generate
 from domaintune.data.near_dedup import near_dedup_rows
 from domaintune.data.pii import scrub_rows
 from domaintune.data.quality import quality_filter
-from domaintune.data.readers import RawRow, read_files, write_jsonl
+from domaintune.data.readers import RawRow, read_files
+from domaintune.storage.jsonl import write_jsonl
 from domaintune.data.split import check_leakage, split_rows
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 SPLITS = ("train", "validation", "test")
 

@@ -14,9 +14,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -214,19 +214,3 @@ def json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file domaintune wrote itself (splits, samples); [] when it doesn't exist.
-    User files go through `read_rows`, which reports bad lines instead of failing."""
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            # default=str: rejected rows may hold values JSON lacks (Parquet dates, bytes).
-            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")

@@ -19,9 +19,9 @@ from domaintune.config import DataConfig, Recipe
 from domaintune.data.cleaning import normalise_text
 from domaintune.data.documents import is_document, read_document_rows
 from domaintune.data.formats import column
-from domaintune.data.generator import Generate
-from domaintune.data.readers import write_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.data.text_generator import Generate
+from domaintune.storage.jsonl import write_jsonl
+from domaintune.core.errors import DomaintuneError
 
 # Two steps, because a 135M model asked for "Question: ... Answer: ..." in one reply mostly stops after
 # "Answer:": first it asks about the chunk, then it answers its own question with the chunk in view.
@@ -108,7 +108,7 @@ def synthesize_pairs(chunks: list[dict], generate: Generate, recipe: Recipe) -> 
 
 def synthesize(recipe: Recipe, generate: Generate | None = None, console: Console | None = None) -> dict:
     """Write the synthetic pairs of the recipe's documents; returns the counts and the output path."""
-    from domaintune.data.generator import load_generator
+    from domaintune.data.text_generator import load_generator
     from domaintune.models.loading import load_tokenizer
 
     console = console or Console(stderr=True)

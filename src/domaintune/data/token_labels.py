@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import re
 
-from domaintune.data.formats import NO_ENTITIES, entity_list
-from domaintune.evaluation.metrics import _ENTITY_SEPARATOR
+from domaintune.core.entities import NO_ENTITIES, entity_list, list_items, split_item
 
 OUTSIDE = "O"
-IGNORE_INDEX = -100
 
 
 class ListMismatch(ValueError):
@@ -27,22 +25,14 @@ class ListMismatch(ValueError):
         self.reason = reason
 
 
-def list_items(answer: str) -> list[tuple[str, str]]:
+def answer_items(answer: str) -> list[tuple[str, str]]:
     """(NAME, TYPE) items of an answer list, names as written (parse_entities case-folds them)."""
-    start = answer.find("[")
-    if start < 0:
-        return []
-    end = answer.find("]", start)
     items = []
-    for item in (answer[start + 1 : end] if end >= 0 else answer[start + 1 :]).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        separators = list(_ENTITY_SEPARATOR.finditer(item))
-        if not separators:
+    for item in list_items(answer):
+        parts = split_item(item)
+        if parts is None:
             raise ListMismatch(f"item {item!r} has no ' - TYPE'")
-        last = separators[-1]
-        items.append((item[: last.start()].strip(), item[last.end() :].strip().upper()))
+        items.append((parts[0], parts[1].upper()))
     return items
 
 
@@ -58,7 +48,7 @@ def spans_from_list(text: str, answer: str) -> list[dict]:
     spans: list[dict] = []
     taken: list[tuple[int, int]] = []
     cursor = 0
-    for name, kind in list_items(answer):
+    for name, kind in answer_items(answer):
         found = None
         for whole_words, ignore_case in ((True, False), (False, False), (True, True), (False, True)):
             starts = [s for s in _occurrences(text, name, whole_words, ignore_case)
@@ -68,7 +58,7 @@ def spans_from_list(text: str, answer: str) -> list[dict]:
             if found is not None:
                 break
         if found is None:
-            listed = sum(1 for other, _ in list_items(answer) if other == name)
+            listed = sum(1 for other, _ in answer_items(answer) if other == name)
             if re.search(re.escape(name), text, flags=re.IGNORECASE):
                 raise ListMismatch(f"entity {name!r} is listed {listed} times but occurs fewer times in the text")
             raise ListMismatch(f"entity {name!r} does not occur in the text")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import bootstrap
 
-from domaintune.evaluation.generation import perplexity
+from domaintune.models.inference import perplexity
 from domaintune.evaluation.metrics import METRICS, entity_item_counts, entity_scores
 
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
@@ -110,4 +110,15 @@ def compare(base: dict[str, ItemStats], tuned: dict[str, ItemStats], confidence:
         key: paired_difference(base[key], tuned[key], confidence, resamples, seed)
         for key in base
         if key in tuned
+    }
+
+
+def paired_comparison(recipe, base: dict[str, ItemStats], tuned: dict[str, ItemStats]) -> dict:
+    """results.json's `confidence` and `comparison`: the paired bootstrap of every per-item statistic,
+    at the recipe's confidence, resamples and seed."""
+    config = recipe.evaluation
+    return {
+        "confidence": {"confidence": config.confidence, "resamples": config.bootstrap_resamples, "seed": recipe.seed,
+                       "method": "paired bootstrap over test items (percentile)"},
+        "comparison": compare(base, tuned, config.confidence, config.bootstrap_resamples, recipe.seed),
     }

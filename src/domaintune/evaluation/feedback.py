@@ -22,8 +22,9 @@ from urllib.parse import parse_qs
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
-from domaintune.data.readers import read_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.storage.jsonl import read_jsonl
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.win_rate import win_summary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,7 +90,7 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
                     max_new_tokens: int = 128, batch_size: int = 8, temperature: float = 0.8, seed: int = 0,
                     console=None) -> dict:
     """Create the session in `db` unless it exists (then it resumes). Returns its summary."""
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
     db = Path(db)
     existing = session_summary(db) if db.exists() else None
@@ -127,10 +128,10 @@ def _sample_answers(source: str, is_run: bool, prompts, samples: int, max_new_to
     import torch
 
     from domaintune.config import ModelConfig
-    from domaintune.evaluation.generation import generate
+    from domaintune.models.inference import generate
     from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.objectives.sft import render
-    from domaintune.rundir import RunDir
+    from domaintune.core.chat import render
+    from domaintune.storage.rundir import RunDir
 
     if samples < 2:
         raise DomaintuneError("--samples must be at least 2: the page compares answers")
@@ -167,12 +168,8 @@ def session_summary(db: Path) -> dict:
 
 
 def _win_rate(choices: list[str]) -> dict:
-    """Tuned's win rate over base (ties count half) with a 95% Wilson interval."""
-    from domaintune.objectives.rewards import wilson_interval
-
-    wins = {name: choices.count(name) for name in ("tuned", TIE, "base")}
-    rate = (wins["tuned"] + 0.5 * wins[TIE]) / len(choices)
-    return {"items": len(choices), "wins": wins, "tuned_win_rate": rate, "interval": wilson_interval(rate, len(choices), 0.95)}
+    """Tuned's win rate over base with a 95% Wilson interval."""
+    return win_summary({name: choices.count(name) for name in ("tuned", TIE, "base")}, 0.95)
 
 
 def item_view(db: Path, item: int | None = None) -> dict | None:
@@ -217,7 +214,7 @@ def _write_run_feedback(connection, run_root: Path) -> None:
     results = eval_dir / "results.json"
     if results.exists() and "preference" in json.loads(results.read_text(encoding="utf-8")):
         from domaintune.evaluation.preference_report import write_preference_report
-        from domaintune.rundir import RunDir
+        from domaintune.storage.rundir import RunDir
 
         write_preference_report(RunDir(run_root))  # preferences.html shows people's win rate next to the reward's
 

@@ -16,9 +16,9 @@ import yaml
 from domaintune.config import Recipe
 from domaintune.data.prepare import read_table
 from domaintune.data.readers import read_files
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import Probe, load_probes, probe_prompt
-from domaintune.objectives.sft import prompt_text
+from domaintune.core.chat import prompt_text
 
 PREFIX = "domaintune_"
 MULTIPLE_CHOICE = {

@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.win_rate import tuned_win_rate
 
 Ask = Callable[[list[str]], list[str]]  # judge prompts -> replies
 TEMPLATE = """{rubric}
@@ -62,7 +63,7 @@ def summarise(verdicts: list[dict], human: dict[int, str] | None = None) -> dict
     summary = {
         "items": len(verdicts),
         "wins": {name: wins.get(name, 0) for name in ("tuned", "base", "tie")},
-        "tuned_win_rate": wins.get("tuned", 0) / len(verdicts),
+        "tuned_win_rate": tuned_win_rate(wins),
         "consistency": sum(verdict["consistent"] for verdict in verdicts) / len(verdicts),
     }
     if human:
@@ -90,9 +91,9 @@ def read_feedback(path: Path) -> dict[int, str]:
 def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool) -> Ask:
     """A judge from any model domaintune can load, answering greedily through its chat template."""
     from domaintune.config import ModelConfig
-    from domaintune.evaluation.generation import generate
+    from domaintune.models.inference import generate
     from domaintune.models.loading import load_causal_lm, load_tokenizer
-    from domaintune.objectives.sft import render
+    from domaintune.core.chat import render
 
     config = ModelConfig(name=name)
     model, tokenizer = load_causal_lm(config), load_tokenizer(config)

@@ -14,14 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.entities import list_items, split_item
+from domaintune.core.errors import DomaintuneError
 
 MetricFn = Callable[[list[str], list[str]], dict[str, float]]
 
 _WHITESPACE = re.compile(r"\s+")
-# Separator between an entity's NAME and TYPE; spaces around the dash are required
-# so hyphenated names ("Jean-Luc") stay whole, and any number of them is tolerated.
-_ENTITY_SEPARATOR = re.compile(r"\s+-\s+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _LABEL_STRIP = string.punctuation + string.whitespace + "“”‘’«»"
 
@@ -76,28 +74,15 @@ def parse_entities(text: str) -> list[tuple[str, str]]:
 
     Names are whitespace-collapsed and case-folded (so they compare case-insensitively),
     types upper-cased. Text without a list, such as "No entities found", has no entities.
-    A missing closing bracket ends the list at the end of its line. An item without a
-    " - " separator is kept with an empty type, so a malformed prediction counts as
-    wrong instead of silently disappearing.
+    An item without a " - " separator is kept with an empty type, so a malformed prediction
+    counts as wrong instead of silently disappearing.
     """
-    start = text.find("[")
-    if start < 0:
-        return []
-    end = text.find("]", start)
-    body = text[start + 1 : end] if end >= 0 else text[start + 1 :].split("\n", 1)[0]
     entities = []
-    for item in body.split(","):
+    for item in list_items(text):
         item = _collapse(item).rstrip(". ")
-        if not item:
-            continue
-        # NAME may itself contain " - ", so split on the last separator.
-        separators = list(_ENTITY_SEPARATOR.finditer(item))
-        if separators:
-            last = separators[-1]
-            name, kind = item[: last.start()], item[last.end() :]
-        else:
-            name, kind = item, ""
-        entities.append((name.strip().casefold(), kind.strip().upper()))
+        if item:
+            name, kind = split_item(item) or (item, "")
+            entities.append((name.casefold(), kind.upper()))
     return entities
 
 

@@ -11,7 +11,7 @@ from importlib import resources
 
 import jinja2
 
-from domaintune.evaluation.charts import new_axes, png_data_uri
+from domaintune.core.charts import new_axes, png_data_uri
 
 # Curves drawn together on one chart, in this order; anything else logged gets its own.
 GROUPS = {

@@ -16,8 +16,8 @@ import jinja2
 import yaml
 from matplotlib.figure import Figure
 
-from domaintune.errors import DomaintuneError
-from domaintune.evaluation.charts import new_axes, png_data_uri
+from domaintune.core.errors import DomaintuneError
+from domaintune.core.charts import new_axes, png_data_uri
 from domaintune.evaluation.metrics import METRICS
 
 DEFAULT_SAMPLES = 12  # when the recipe does not set evaluation.report_samples

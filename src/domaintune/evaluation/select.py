@@ -15,12 +15,12 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import Recipe
-from domaintune.errors import DomaintuneError
-from domaintune.evaluation.generation import generate, mean_loss, row_losses
+from domaintune.core.errors import DomaintuneError
+from domaintune.models.inference import generate, mean_loss, row_losses
 from domaintune.evaluation.metrics import compute_metrics
 from domaintune.models.loading import load_causal_lm, load_tokenizer
-from domaintune.objectives.sft import prompt_text
-from domaintune.training.hardware import configure_threads, use_bf16
+from domaintune.core.chat import prompt_text
+from domaintune.config.runtime import configure_threads, use_bf16
 
 # "Nearly as good": within this much of the best score, a candidate that is this many times faster wins.
 TOLERANCE = 0.02
@@ -37,7 +37,7 @@ def few_shot(row: dict, examples: list[dict]) -> dict:
 def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], console: Console) -> dict:
     """Quality zero- and few-shot, reference loss, speed and weight memory of one candidate."""
     config = recipe.model.model_copy(update={"name": name})
-    evaluation, bf16 = recipe.evaluation, use_bf16(recipe.training)
+    evaluation, bf16 = recipe.evaluation, use_bf16(recipe)
     started = time.perf_counter()
     tokenizer, model = load_tokenizer(config), load_causal_lm(config)
     loaded = time.perf_counter() - started
@@ -90,14 +90,13 @@ def rank(results: list[dict], metric: str) -> dict:
 def select_base_model(recipe: Recipe, run_data: Path, candidates: list[str], samples: int, shots: int,
                       console: Console) -> dict:
     """Measure and rank the candidates on prepared data (train and test splits in `run_data`)."""
-    from domaintune.rundir import RunDir
-    from domaintune.training.runner import read_split
+    from domaintune.storage.rundir import RunDir
 
     run = RunDir(run_data.parent)
-    rows = [row for row in read_split(run, "test") if "messages" in row][:samples]
+    rows = [row for row in run.read_split("test") if "messages" in row][:samples]
     if not rows:
         raise DomaintuneError("select: the recipe's data has no chat test rows to compare the candidates on")
-    examples = [row for row in read_split(run, "train") if "messages" in row][:shots]
+    examples = [row for row in run.read_split("train") if "messages" in row][:shots]
     configure_threads(recipe.training)
     console.print(f"Comparing {len(candidates)} base models on {len(rows)} test rows ({shots}-shot and zero-shot)...")
     results = [measure(recipe, name, rows, examples, console) for name in candidates]

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from domaintune.evaluation.charts import png_data_uri
+from domaintune.core.charts import png_data_uri
 
 BEST, COMPLETE, PRUNED = "#e8743b", "#2f6fde", "#9aa5b1"
 

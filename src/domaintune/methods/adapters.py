@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 SUMMARY = "bottleneck layers inserted in every block; a modular add-on, independent of the linear-layer layout"
 TRAINS = "a down-/up-projection pair after each block's feed-forward (and attention, houlsby)"

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 SUMMARY = "only the top blocks (or named modules); cheap full-weight tuning that keeps the lower layers' general knowledge"
 TRAINS = "the top K transformer blocks, named modules or parameters matching a pattern"

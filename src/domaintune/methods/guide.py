@@ -20,7 +20,7 @@ def _meta_model(path: str, build=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from domaintune.errors import DomaintuneError
+    from domaintune.core.errors import DomaintuneError
 
     try:
         config = AutoConfig.from_pretrained(path)

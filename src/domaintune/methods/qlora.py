@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.methods import lora
 
 SUMMARY = "LoRA on a 4-bit base model; when the model's weights don't fit in memory otherwise"
@@ -60,9 +60,6 @@ def load_kwargs(config: Config) -> dict:
             bnb_4bit_compute_dtype=getattr(torch, config.compute_dtype),
         ),
     }
-
-
-LOAD_FAILURE_HINT = "4-bit loading failed on this machine; use method.name: lora (same adapter, full-precision base)"
 
 
 def apply(model, config: Config):

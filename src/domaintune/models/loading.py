@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from domaintune.config import ModelConfig
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.models.registry import resolve_model_path
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 
 def cache_dir() -> Path:

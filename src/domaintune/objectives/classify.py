@@ -16,36 +16,22 @@ import json
 import shutil
 import time
 from collections import Counter
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from domaintune.errors import DomaintuneError
-from domaintune.objectives.common import (
-    paired_comparison, row_answer, row_text, write_rejected, write_results, write_training_summary,
-)
+from domaintune.core.errors import DomaintuneError
+from domaintune.core.chat import final_answer, last_user_turn
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import paired_comparison
 from typing import TYPE_CHECKING
+from domaintune.config.objectives import ClassifyConfig as Config
 
 if TYPE_CHECKING:
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
 SUMMARY = "a classification, regression or entity-tagging head (method head): fast, exact labels, no generation"
-METHODS = ("head",)
 LABELS_FILE = "labels.json"
 SPLITS = ("train", "validation", "test")
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["classify"] = "classify"
-    task: Literal["sequence", "regression", "token"] = Field(
-        "sequence", description="sequence: a label per text; regression: a number per text; token: entity tags."
-    )
-    labels: list[str] | None = Field(
-        None, description="Label names (token: entity types) in a fixed order; default: those in the train split."
-    )
 
 
 # --- rows to examples ---------------------------------------------------------------------------
@@ -57,10 +43,10 @@ def _target(row: dict, task: str):
 
     if task == "token":
         try:
-            return row_spans(row_text(row), row)
+            return row_spans(last_user_turn(row["messages"]), row)
         except ListMismatch as error:
             raise ValueError(error.reason) from None
-    label = row.get("label") if row.get("label") is not None else row_answer(row)
+    label = row.get("label") if row.get("label") is not None else final_answer(row)
     if task == "regression":
         try:
             return float(label)
@@ -91,12 +77,13 @@ def label_names(config: Config, train: list[tuple[dict, object]]) -> list[str]:
 
 
 def encode(tokenizer, pairs: list[tuple[dict, object]], task: str, labels: list[str], max_length: int) -> list[dict]:
-    from domaintune.data.token_labels import IGNORE_INDEX, bio_tags
+    from domaintune.core.chat import IGNORE_INDEX
+    from domaintune.data.token_labels import bio_tags
 
     index = {label: i for i, label in enumerate(labels)}
     examples = []
     for row, target in pairs:
-        encoded = tokenizer(row_text(row), truncation=True, max_length=max_length, return_offsets_mapping=True)
+        encoded = tokenizer(last_user_turn(row["messages"]), truncation=True, max_length=max_length, return_offsets_mapping=True)
         offsets = encoded.pop("offset_mapping")
         if task == "token":
             encoded["labels"] = [IGNORE_INDEX if tag is None else index[tag] for tag in bio_tags(offsets, target)]
@@ -170,11 +157,10 @@ def collator(tokenizer, task: str):
 
 
 def read_targets(run: RunDir, task: str) -> tuple[dict[str, list], list[dict]]:
-    from domaintune.training.runner import read_split
 
     splits, rejected = {}, []
     for split in SPLITS:
-        splits[split], bad = targets(read_split(run, split), task)
+        splits[split], bad = targets(run.read_split(split), task)
         rejected += [{"split": split, **item} for item in bad]
     return splits, rejected
 
@@ -185,19 +171,19 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
 
     from domaintune.methods import get_method
     from domaintune.models.loading import load_tokenizer
-    from domaintune.training.distributed import bf16_enabled
-    from domaintune.training.hardware import configure_threads
-    from domaintune.training.runner import count_parameters, trainer_callbacks, training_arguments
+    from domaintune.config.runtime import use_bf16
+    from domaintune.config.runtime import configure_threads
+    from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
     task = recipe.objective.task
     threads = configure_threads(recipe.training)
-    bf16 = bf16_enabled(recipe)
+    bf16 = use_bf16(recipe)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model)
     splits, rejected = read_targets(run, task)
-    write_rejected(run, "classify", rejected, console)
+    run.write_rejected("classify", rejected, console)
     if not splits["train"]:
         raise DomaintuneError(f"{run.data / 'train.jsonl'}: no row can be labelled for classify ({task}); "
                               f"see {run.data / 'classify_rejected.jsonl'}")
@@ -225,7 +211,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     trainer.save_model(str(run.model))
     tokenizer.save_pretrained(str(run.model))
     (run.model / LABELS_FILE).write_text(json.dumps({"task": task, "labels": labels}, indent=2), encoding="utf-8")
-    return write_training_summary(run, {
+    return run.write_training_summary({
         "method": recipe.method.name,
         "head_training": recipe.method.train,
         "task": task,
@@ -253,7 +239,7 @@ def predict(model, tokenizer, rows: list[dict], task: str, max_length: int, batc
     outputs = []
     collate = collator(tokenizer, task)
     for start in range(0, len(rows), batch_size):
-        texts = [row_text(row) for row in rows[start : start + batch_size]]
+        texts = [last_user_turn(row["messages"]) for row in rows[start : start + batch_size]]
         encoded = [tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True) for text in texts]
         offsets = [item.pop("offset_mapping") for item in encoded]
         batch = collate([dict(item) for item in encoded])
@@ -294,7 +280,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     from domaintune.evaluation.errors_analysis import label_confusion
     from domaintune.evaluation.metrics import entity_errors
     from domaintune.models.loading import load_tokenizer
-    from domaintune.training.hardware import configure_threads
+    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -336,7 +322,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
         results["errors"] = {"labels": {"base": label_confusion(base, references), "tuned": label_confusion(tuned, references)}}
     elif task == "token":
         results["errors"] = {"entities": {"base": entity_errors(base, references), "tuned": entity_errors(tuned, references)}}
-    samples = [{"prompt": row_text(row), "reference": str(ref), "base": str(b), "tuned": str(t)}
+    samples = [{"prompt": last_user_turn(row["messages"]), "reference": str(ref), "base": str(b), "tuned": str(t)}
                for row, ref, b, t in zip(rows, references, base, tuned)]
     return write_results(run, results, samples, console)
 
@@ -344,7 +330,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
 def _reference(row: dict, target, task: str):
     from domaintune.data.token_labels import answer_from_spans
 
-    return answer_from_spans(row_text(row), target) if task == "token" else target
+    return answer_from_spans(last_user_turn(row["messages"]), target) if task == "token" else target
 
 
 def export(run: RunDir, console: Console | None = None) -> dict[str, str]:

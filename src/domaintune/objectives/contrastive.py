@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from domaintune.errors import DomaintuneError
-from domaintune.objectives.common import paired_comparison, row_answer, row_text, write_results, write_training_summary
+from domaintune.core.errors import DomaintuneError
+from domaintune.core.chat import final_answer, last_user_turn
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import paired_comparison
 
 if TYPE_CHECKING:
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
 SUMMARY = "sentence embeddings (sentence-transformers, in-batch negatives) for search and retrieval; recall@k and MRR"
-METHODS = ("full",)
 K = (1, 5, 10)
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["contrastive"] = "contrastive"
-    pairs_from: Literal["auto", "pairs", "labels"] = Field(
-        "auto", description="pairs: each row's anchor (question) and positive (answer); labels: rows sharing a "
-        "label; auto: labels when rows have them."
-    )
 
 
 def pairs(rows: list[dict], pairs_from: str) -> list[tuple[str, str]]:
@@ -44,11 +34,11 @@ def pairs(rows: list[dict], pairs_from: str) -> list[tuple[str, str]]:
         groups: dict[str, list[str]] = defaultdict(list)
         for row in rows:
             if row.get("label") is not None:
-                groups[row["label"]].append(row_text(row))
+                groups[row["label"]].append(last_user_turn(row["messages"]))
         # Each text with the next of its label (the last with the first): every text is an anchor once.
         return [(texts[i], texts[(i + 1) % len(texts)]) for texts in groups.values() if len(texts) > 1
                 for i in range(len(texts))]
-    return [(row_text(row), row_answer(row)) for row in rows]
+    return [(last_user_turn(row["messages"]), final_answer(row)) for row in rows]
 
 
 def load_encoder(recipe, path: str | None = None):
@@ -61,9 +51,8 @@ def load_encoder(recipe, path: str | None = None):
 
 
 def split_pairs(run: RunDir, split: str, recipe) -> list[tuple[str, str]]:
-    from domaintune.training.runner import read_split
 
-    return pairs(read_split(run, split), recipe.objective.pairs_from)
+    return pairs(run.read_split(split), recipe.objective.pairs_from)
 
 
 def train(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
@@ -73,9 +62,9 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import PrinterCallback, set_seed
 
-    from domaintune.training.distributed import bf16_enabled
-    from domaintune.training.hardware import configure_threads
-    from domaintune.training.runner import count_parameters, trainer_callbacks, training_arguments
+    from domaintune.config.runtime import use_bf16
+    from domaintune.config.runtime import configure_threads
+    from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -89,7 +78,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     as_set = lambda found: Dataset.from_dict({"anchor": [a for a, _ in found], "positive": [p for _, p in found]})  # noqa: E731
     has_validation = bool(validation_pairs)
     args = training_arguments(
-        recipe, run, has_validation, bf16_enabled(recipe), cls=SentenceTransformerTrainingArguments,
+        recipe, run, has_validation, use_bf16(recipe), cls=SentenceTransformerTrainingArguments,
         # A duplicate text in a batch would be its own "negative"; rows are texts, not token ids.
         batch_sampler=BatchSamplers.NO_DUPLICATES, train_sampling_strategy="random",
         include_num_input_tokens_seen="no", label_names=[], neftune_noise_alpha=None,
@@ -107,7 +96,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     checkpoint = run.last_checkpoint() if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.save_pretrained(str(run.model), safe_serialization=True)
-    return write_training_summary(run, {
+    return run.write_training_summary({
         "method": recipe.method.name, "objective": "contrastive", "global_step": trainer.state.global_step,
         "train_loss": output.training_loss, "best_eval_loss": trainer.state.best_metric,
         "train_pairs": len(train_pairs), "validation_pairs": len(validation_pairs),
@@ -149,7 +138,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     import numpy as np
 
     from domaintune.evaluation.bootstrap import item_scores
-    from domaintune.training.hardware import configure_threads
+    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()

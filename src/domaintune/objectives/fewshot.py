@@ -18,37 +18,23 @@ import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from domaintune.data.readers import read_jsonl, write_jsonl
-from domaintune.errors import DomaintuneError
-from domaintune.objectives.common import paired_comparison, row_text, write_results, write_training_summary
+from domaintune.storage.jsonl import read_jsonl, write_jsonl
+from domaintune.core.errors import DomaintuneError
+from domaintune.core.chat import last_user_turn
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import paired_comparison
+from domaintune.config.objectives import FewshotConfig as Config
 
 if TYPE_CHECKING:
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
 SUMMARY = "a few labelled examples per class: SetFit on an encoder or regularised SFT, vs k-shot prompting"
 HEAD_FILE = "setfit_head.safetensors"
 LABELS_FILE = "labels.json"
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["fewshot"] = "fewshot"
-    shots: int = Field(8, ge=1, description="Training examples per label, sampled from the train split.")
-    mode: Literal["auto", "setfit", "sft"] = Field("auto", description="auto: setfit for an encoder, sft for a causal LM.")
-    prompt_model: str | None = Field(
-        None, description="Causal LM answering the k-shot prompts; default: the base model, or smollm2 for an encoder."
-    )
-    max_steps: int = Field(40, ge=1, description="sft: at most this many optimiser steps.")
-    weight_decay: float = Field(0.1, ge=0.0, description="sft: at least this weight decay.")
-    eval_every: int = Field(5, ge=1, description="sft: validate (and early-stop) every N steps.")
-    iterations: int = Field(20, ge=1, description="setfit: contrastive pairs drawn per example.")
-    seed: int = Field(42, description="Seed of the shots' sampling.")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -131,17 +117,16 @@ def train_setfit(run: RunDir, recipe, console: Console) -> dict:
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     from domaintune.models.registry import resolve_model_path
-    from domaintune.training.hardware import configure_threads
-    from domaintune.training.runner import read_split
+    from domaintune.config.runtime import configure_threads
 
     if recipe.method.name != "full":
         raise DomaintuneError(f"objective fewshot (setfit): SetFit fine-tunes the whole encoder; set method.name: full, "
                               f"not {recipe.method.name}")
     threads = configure_threads(recipe.training)
-    train_rows, validation_rows = read_split(run, "train"), read_split(run, "validation")
+    train_rows, validation_rows = run.read_split("train"), run.read_split("validation")
     labels = sorted({row["label"] for row in train_rows})
     index = {label: i for i, label in enumerate(labels)}
-    as_set = lambda rows: Dataset.from_dict({"text": [row_text(r) for r in rows], "label": [index[r["label"]] for r in rows]})  # noqa: E731
+    as_set = lambda rows: Dataset.from_dict({"text": [last_user_turn(r["messages"]) for r in rows], "label": [index[r["label"]] for r in rows]})  # noqa: E731
     model = SetFitModel.from_pretrained(resolve_model_path(recipe.model.name), labels=labels, device="cpu")
     training = recipe.training
     args = TrainingArguments(
@@ -161,7 +146,7 @@ def train_setfit(run: RunDir, recipe, console: Console) -> dict:
                "global_step": trainer.state.global_step if hasattr(trainer, "state") else None, "threads": threads}
     if validation:
         summary["validation_accuracy"] = trainer.evaluate()["accuracy"]
-    return write_training_summary(run, summary)
+    return run.write_training_summary(summary)
 
 
 # --- hooks --------------------------------------------------------------------------------------
@@ -182,7 +167,7 @@ def regularised(recipe):
 
 
 def train(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
-    from domaintune.training.runner import train_causal_lm
+    from domaintune.training.trainer import train_causal_lm
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -196,16 +181,16 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
 
 def kshot_prompts(tokenizer, shots: list[dict], rows: list[dict], labels: list[str]) -> list[str]:
     """A conversation per test row: the shots as question/answer turns (labels interleaved), then the row."""
-    from domaintune.objectives.sft import render
+    from domaintune.core.chat import render
 
     by_label = defaultdict(list)
     for shot in shots:
         by_label[shot["label"]].append(shot)
     ordered = [group[i] for i in range(max(map(len, by_label.values()))) for group in by_label.values() if i < len(group)]
     system = {"role": "system", "content": f"Classify the text. Answer with one of: {', '.join(labels)}."}
-    turns = [turn for shot in ordered for turn in ({"role": "user", "content": row_text(shot)},
+    turns = [turn for shot in ordered for turn in ({"role": "user", "content": last_user_turn(shot["messages"])},
                                                     {"role": "assistant", "content": shot["label"]})]
-    return [render(tokenizer, [system, *turns, {"role": "user", "content": row_text(row)}], add_generation_prompt=True)
+    return [render(tokenizer, [system, *turns, {"role": "user", "content": last_user_turn(row["messages"])}], add_generation_prompt=True)
             for row in rows]
 
 
@@ -217,20 +202,19 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     from domaintune.config import ModelConfig
     from domaintune.evaluation.bootstrap import metric_item_stats
     from domaintune.evaluation.errors_analysis import label_confusion
-    from domaintune.evaluation.generation import generate
+    from domaintune.models.inference import generate
     from domaintune.evaluation.metrics import accuracy, answer_label
     from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.objectives.sft import prompt_text
-    from domaintune.training.hardware import configure_threads, use_bf16
-    from domaintune.training.runner import read_split
+    from domaintune.core.chat import prompt_text
+    from domaintune.config.runtime import configure_threads, use_bf16
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
     configure_threads(recipe.training)
-    bf16, settings = use_bf16(recipe.training), recipe.evaluation
-    shots = read_split(run, "train")
+    bf16, settings = use_bf16(recipe), recipe.evaluation
+    shots = run.read_split("train")
     labels = sorted({row["label"] for row in shots})
-    rows = [row for row in read_split(run, "test") if row.get("label") in labels][: settings.max_samples]
+    rows = [row for row in run.read_split("test") if row.get("label") in labels][: settings.max_samples]
     if not rows:
         raise DomaintuneError(f"{run.data / 'test.jsonl'}: no test rows with a label seen in the shots")
     references = [row["label"] for row in rows]
@@ -238,7 +222,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
 
     started = time.perf_counter()
     if mode(recipe) == "setfit":
-        tuned = [str(label) for label in load_setfit(run.model).predict([row_text(row) for row in rows])]
+        tuned = [str(label) for label in load_setfit(run.model).predict([last_user_turn(row["messages"]) for row in rows])]
         prompt_name = recipe.objective.prompt_model or "smollm2-135m-instruct"
     else:
         tokenizer = load_tokenizer(recipe.model, path=str(run.model))
@@ -265,7 +249,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
         results["models"][name] = {"model": model, "metrics": metrics, "loss": {}, "seconds": seconds}
     results.update(paired_comparison(recipe, stats["base"], stats["tuned"]))
     results["errors"] = {"labels": {"base": label_confusion(prompted, references), "tuned": label_confusion(tuned, references)}}
-    samples = [{"prompt": row_text(row), "reference": ref, "base": b, "tuned": t}
+    samples = [{"prompt": last_user_turn(row["messages"]), "reference": ref, "base": b, "tuned": t}
                for row, ref, b, t in zip(rows, references, prompted, tuned)]
     return write_results(run, results, samples, console)
 

@@ -6,25 +6,14 @@ TRL's GRPOTrainer does the work; it logs the mean reward, each source's reward a
 """
 from __future__ import annotations
 
-from typing import Literal
 
-from pydantic import Field
 
-from domaintune.errors import DomaintuneError
-from domaintune.objectives import preference
-from domaintune.objectives.rewards import SamplingConfig
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.preference import evaluate_policy
+from domaintune.training import trl_trainer
 
 SUMMARY = "prompts + programmable rewards (regex/format, Python function, reward model) → GRPO; sampled groups, no value model."
 CURVES = ("reward", "reward_std", "kl", "loss", "completions/mean_length")
-
-
-class Config(SamplingConfig):
-    name: Literal["grpo"] = "grpo"
-    num_generations: int = Field(
-        4, ge=2, description="Answers sampled per prompt (the group). training.batch_size counts answers, so a step "
-        "holds batch_size / num_generations prompts; it must divide batch_size."
-    )
-    beta: float = Field(0.04, ge=0, description="KL weight towards the reference model (0: no reference, less memory).")
 
 
 def _trl_reward(label: str, source):
@@ -41,24 +30,24 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from domaintune.data.preferences import prompts_of
-    from domaintune.objectives.rewards import reward_sources
+    from domaintune.evaluation.reward_sources import reward_sources
 
     recipe = run.recipe()
     config = recipe.objective
     if recipe.training.batch_size % config.num_generations:
         raise DomaintuneError(f"objective.num_generations {config.num_generations} must divide training.batch_size "
                               f"{recipe.training.batch_size}: each batch holds whole groups of answers")
-    train_prompts, _ = preference.split_or_fail(run, lambda rows: [{"prompt": p} for p in prompts_of(rows)])
+    train_prompts, _ = trl_trainer.split_or_fail(run, lambda rows: [{"prompt": p} for p in prompts_of(rows)])
     # Validating would sample answers for every validation prompt; the logged rewards show progress instead.
-    args = preference.trl_config(GRPOConfig, recipe, run, False, num_generations=config.num_generations,
+    args = trl_trainer.trl_config(GRPOConfig, recipe, run, False, num_generations=config.num_generations,
                                  max_completion_length=config.max_new_tokens, temperature=config.temperature,
                                  beta=config.beta, reward_weights=[spec.weight for spec in config.rewards],
                                  load_best_model_at_end=False)
     rewards = [_trl_reward(f"{index}_{'regex' if spec.regex else 'function' if spec.function else 'model'}", source)
                for index, (spec, source) in enumerate(zip(config.rewards, reward_sources(config.rewards)))]
-    return preference.run_trl(GRPOTrainer, args, run, recipe, resume, console, callbacks, train_prompts, [],
+    return trl_trainer.run_trl(GRPOTrainer, args, run, recipe, resume, console, callbacks, train_prompts, [],
                               reward_funcs=rewards)
 
 
 def evaluate(run, console=None, harness=None) -> dict:
-    return preference.evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)
+    return evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)

@@ -8,29 +8,14 @@ evaluation and the report all see the same instructions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from domaintune.data.readers import read_jsonl, write_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.storage.jsonl import read_jsonl, write_jsonl
+from domaintune.core.errors import DomaintuneError
+from domaintune.config.objectives import InstructConfig as Config
 
 SUMMARY = "rows rewritten into instructions from a task description; labelled rows list the allowed answers."
 SPLITS = ("train", "validation", "test")
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["instruct"] = "instruct"
-    task: str = Field(description="The task description that opens every instruction, e.g. 'Classify the review.'")
-
-    @field_validator("task")
-    @classmethod
-    def _not_blank(cls, task: str) -> str:
-        if not task.strip():
-            raise ValueError("objective instruct needs a task description")
-        return task
 
 
 def after_prepare(data_dir: Path, config: Config) -> None:

@@ -10,60 +10,19 @@ from __future__ import annotations
 
 import json
 import random
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
-from domaintune.objectives.common import write_results
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import paired_comparison
+from domaintune.config.objectives import Task
 
 if TYPE_CHECKING:
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
 SUMMARY = "several tasks in one run: per-task data, mixing weights, a task tag in the prompt; per-task evaluation"
 SPLITS = ("train", "validation", "test")
-
-
-class Task(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    train: list[str] = Field(min_length=1, description="This task's data files (any data format).")
-    validation: list[str] = Field(default_factory=list)
-    test: list[str] = Field(default_factory=list)
-    weight: float = Field(1.0, gt=0, description="Copies of each train row in the mix (fractions sample).")
-    tag: str | None = Field(None, description="Text opening every request of this task, e.g. '[NER]'.")
-    metrics: list[str] | None = Field(None, description="This task's metrics; default: evaluation.metrics.")
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
-        from domaintune.evaluation.metrics import METRICS
-
-        unknown = [name for name in metrics or [] if name not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
-        return metrics
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["multitask"] = "multitask"
-    tasks: list[Task] = Field(min_length=2)
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique_names(cls, tasks: list[Task]) -> list[Task]:
-        names = [task.name for task in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError("task names must be unique")
-        return tasks
-
-
-def resolve_paths(config: Config, resolve) -> None:
-    for task in config.tasks:
-        task.train, task.validation, task.test = resolve(task.train), resolve(task.validation), resolve(task.test)
 
 
 def tagged(row: dict, task: Task) -> dict:
@@ -85,7 +44,6 @@ def mix(rows: list[dict], weight: float, rng: random.Random) -> list[dict]:
 
 def prepare(recipe, run: RunDir, prepare_one) -> dict:
     """Prepare each task's data, tag its rows, mix the train splits by weight; returns the data card."""
-    from domaintune.training.runner import read_split
 
     rng = random.Random(recipe.seed)
     splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
@@ -95,7 +53,7 @@ def prepare(recipe, run: RunDir, prepare_one) -> dict:
         cards[task.name] = prepare_one(recipe.data.model_copy(update={"train": task.train, "validation": task.validation,
                                                                       "test": task.test}), folder)
         for split in SPLITS:
-            rows = [tagged(row, task) for row in read_split(run, f"tasks/{task.name}/{split}")]
+            rows = [tagged(row, task) for row in run.read_split(f"tasks/{task.name}/{split}")]
             splits[split] += mix(rows, task.weight, rng) if split == "train" else rows
     rng.shuffle(splits["train"])
     for split, rows in splits.items():
@@ -113,17 +71,16 @@ def _task_key(key: str, task: str) -> str:
 
 
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
-    from domaintune.evaluation.runner import evaluate_model
+    from domaintune.evaluation.base_vs_tuned import evaluate_model
     from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.training.hardware import configure_threads, use_bf16
-    from domaintune.training.runner import read_split
+    from domaintune.config.runtime import configure_threads, use_bf16
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
     configure_threads(recipe.training)
-    bf16 = use_bf16(recipe.training)
+    bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
-    rows = {split: read_split(run, split) for split in ("validation", "test")}
+    rows = {split: run.read_split(split) for split in ("validation", "test")}
     results: dict = {"models": {}, "tasks": {}}
     stats: dict[str, dict] = {}
     samples = []
@@ -150,8 +107,6 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
                              "base": None, "tuned": p, "task": task.name} for r, p in zip(generated, predictions)]
         del model
     if "base" in stats:
-        from domaintune.objectives.common import paired_comparison
-
         results.update(paired_comparison(recipe, stats["base"], stats["tuned"]))
     results["n_test"] = len(rows["test"])
     return write_results(run, results, samples, console)

@@ -4,23 +4,13 @@ TRL's experimental ORPOTrainer does the work.
 """
 from __future__ import annotations
 
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 
-from domaintune.objectives import preference
-from domaintune.objectives.rewards import RewardSpec
+from domaintune.evaluation.preference import evaluate_policy
+from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs → SFT on the chosen answer plus an odds-ratio penalty on the rejected; no reference model."
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "log_odds_ratio", "nll_loss")
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["orpo"] = "orpo"
-    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term against the SFT loss (the paper's lambda).")
-    rewards: list[RewardSpec] = Field(default_factory=list, description="Optional: score base vs tuned answers in evaluation.")
 
 
 def train(run, resume=False, callbacks=None, console=None) -> dict:
@@ -32,11 +22,11 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     from domaintune.data.preferences import preference_pairs
 
     recipe = run.recipe()
-    train_pairs, validation_pairs = preference.split_or_fail(run, preference_pairs)
-    args = preference.trl_config(ORPOConfig, recipe, run, bool(validation_pairs), beta=recipe.objective.beta,
+    train_pairs, validation_pairs = trl_trainer.split_or_fail(run, preference_pairs)
+    args = trl_trainer.trl_config(ORPOConfig, recipe, run, bool(validation_pairs), beta=recipe.objective.beta,
                                  max_length=recipe.data.max_tokens)
-    return preference.run_trl(ORPOTrainer, args, run, recipe, resume, console, callbacks, train_pairs, validation_pairs)
+    return trl_trainer.run_trl(ORPOTrainer, args, run, recipe, resume, console, callbacks, train_pairs, validation_pairs)
 
 
 def evaluate(run, console=None, harness=None) -> dict:
-    return preference.evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)
+    return evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)

@@ -18,28 +18,15 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Literal
 
-from pydantic import Field
 
-from domaintune.errors import DomaintuneError
-from domaintune.objectives import preference
-from domaintune.objectives.rewards import SamplingConfig
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.preference import evaluate_policy
+from domaintune.training import trl_trainer
+from domaintune.config.objectives import PpoConfig as Config
 
 SUMMARY = "prompts + a reward model (or regex/function) → PPO with a KL penalty to a frozen reference (classic RLHF)."
 CURVES = ("reward", "kl", "policy_loss", "value_loss", "response_length")
-
-
-class Config(SamplingConfig):
-    name: Literal["ppo"] = "ppo"
-    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty towards the reference model.")
-    ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each batch of rollouts.")
-    mini_batches: int = Field(1, ge=1, description="Pieces each batch is split into per pass.")
-    clip_range: float = Field(0.2, gt=0, description="Clipping of the policy ratio.")
-    value_clip: float = Field(0.2, gt=0, description="Clipping of the value change per update.")
-    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    gamma: float = Field(1.0, gt=0, le=1, description="Discount over answer tokens.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
 
 
 def _masked_mean(values, mask):
@@ -61,7 +48,7 @@ class Policy:
 
         from domaintune.models.loading import load_causal_lm
 
-        self.model = preference.load_policy(recipe)
+        self.model = trl_trainer.load_policy(recipe)
         self.model.eval()  # dropout off: the ratio of new to old probabilities must see the same network
         # A peft model is its own reference with the adapter disabled; a fully trained one needs a frozen copy.
         self.reference = None if isinstance(self.model, PeftModel) else load_causal_lm(recipe.model).eval().requires_grad_(False)
@@ -97,8 +84,8 @@ def rollout(policy: Policy, tokenizer, prompts: list[list[dict]], config: Config
     """Sample answers, score them, and compute the old log-probabilities, values, rewards and advantages."""
     import torch
 
-    from domaintune.evaluation.generation import autocast
-    from domaintune.objectives.sft import render
+    from domaintune.models.inference import autocast
+    from domaintune.core.chat import render
 
     texts = [render(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
     tokenizer.padding_side = "left"
@@ -143,7 +130,7 @@ def ppo_update(policy: Policy, optimizer, data: dict, config: Config, max_grad_n
     """`ppo_epochs` passes of the clipped losses over the rollouts; returns the mean statistics."""
     import torch
 
-    from domaintune.evaluation.generation import autocast
+    from domaintune.models.inference import autocast
 
     size = data["sequences"].shape[0]
     pieces = [list(range(size))[start :: config.mini_batches] for start in range(min(config.mini_batches, size))]
@@ -183,10 +170,10 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
 
     from domaintune.data.preferences import prompts_of
     from domaintune.models.loading import load_tokenizer
-    from domaintune.objectives.rewards import reward_function
-    from domaintune.training.distributed import bf16_enabled
-    from domaintune.training.hardware import configure_threads
-    from domaintune.training.runner import count_parameters
+    from domaintune.evaluation.reward_sources import reward_function
+    from domaintune.config.runtime import use_bf16
+    from domaintune.config.runtime import configure_threads
+    from domaintune.training.trainer import count_parameters
 
     console = console or Console(stderr=True)
     if resume:
@@ -194,9 +181,9 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     recipe = run.recipe()
     config, training = recipe.objective, recipe.training
     configure_threads(training)
-    bf16 = bf16_enabled(recipe)
+    bf16 = use_bf16(recipe)
     set_seed(recipe.seed)
-    prompts, _ = preference.split_or_fail(run, prompts_of)
+    prompts, _ = trl_trainer.split_or_fail(run, prompts_of)
     tokenizer = load_tokenizer(recipe.model)
     policy = Policy(recipe)
     score = reward_function(config.rewards)
@@ -239,4 +226,4 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
 
 
 def evaluate(run, console=None, harness=None) -> dict:
-    return preference.evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)
+    return evaluate_policy(run, console, harness, CURVES, run.recipe().objective.rewards)

@@ -8,26 +8,13 @@ in, so PPO, GRPO and evaluation load it with no peft); `rewards: [{model: <run d
 from __future__ import annotations
 
 import json
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 
-from domaintune.objectives import preference
+from domaintune.evaluation.preference import log_curves
+from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs → a reward model scoring answers (pairwise accuracy); feeds PPO, GRPO and evaluation."
 # What this stage produces scores answers: a stage after it starts from the model this one started from.
-POLICY = False
-
-
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["reward"] = "reward"
-    center_rewards: float | None = Field(
-        0.01, ge=0, description="Weight of a penalty on the mean score, keeping rewards centred near 0 (null: off)."
-    )
-
-
 def load_scorer(recipe):
     """The base model with a fresh one-output head; LoRA comes back as a peft config for the trainer."""
     import dataclasses
@@ -61,25 +48,25 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     from domaintune.data.preferences import preference_pairs
-    from domaintune.training.hardware import configure_threads
+    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
     configure_threads(recipe.training)
     set_seed(recipe.seed)  # the head starts random
-    train_pairs, validation_pairs = preference.split_or_fail(run, preference_pairs)
+    train_pairs, validation_pairs = trl_trainer.split_or_fail(run, preference_pairs)
     model, tokenizer, peft_config = load_scorer(recipe)
-    args = preference.trl_config(RewardConfig, recipe, run, bool(validation_pairs), max_length=recipe.data.max_tokens,
+    args = trl_trainer.trl_config(RewardConfig, recipe, run, bool(validation_pairs), max_length=recipe.data.max_tokens,
                                  center_rewards_coefficient=recipe.objective.center_rewards)
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(train_pairs),
         eval_dataset=Dataset.from_list(validation_pairs) if validation_pairs else None,
         processing_class=tokenizer, peft_config=peft_config,
-        callbacks=preference.callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
+        callbacks=trl_trainer.callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
     )
     # A merged model loads anywhere as a plain AutoModelForSequenceClassification.
     save = (lambda folder: trainer.model.merge_and_unload().save_pretrained(folder)) if isinstance(trainer.model, PeftModel) else None
-    return preference.run_trainer(trainer, run, recipe, resume, console, len(train_pairs), save=save)
+    return trl_trainer.run_trainer(trainer, run, recipe, resume, console, len(train_pairs), save=save)
 
 
 def pairwise_accuracy(score, pairs: list[dict]) -> dict:
@@ -94,21 +81,20 @@ def pairwise_accuracy(score, pairs: list[dict]) -> dict:
 def evaluate(run, console=None, harness=None) -> dict:
     from domaintune.data.preferences import preference_pairs
     from domaintune.evaluation.preference_report import write_preference_report
-    from domaintune.objectives.rewards import RewardModel
-    from domaintune.training.runner import read_split
+    from domaintune.evaluation.reward_sources import RewardModel
 
     run.require_model()
     score = RewardModel(run.model, batch_size=run.recipe().evaluation.batch_size)
     results = {"reward_model": {}}
     for split in ("validation", "test"):
-        pairs = preference_pairs(read_split(run, split))
+        pairs = preference_pairs(run.read_split(split))
         if pairs:
             results["reward_model"][split] = pairwise_accuracy(score, pairs)
     if console is not None:
         for split, numbers in results["reward_model"].items():
             console.print(f"Reward model on {numbers['pairs']} {split} pairs: pairwise accuracy "
                           f"{numbers['accuracy']:.1%}, mean margin {numbers['mean_margin']:.3f}")
-    results["preference"] = {"curves": preference.log_curves(run, ("loss", "accuracy", "margin"))}
+    results["preference"] = {"curves": log_curves(run, ("loss", "accuracy", "margin"))}
     run.eval.mkdir(parents=True, exist_ok=True)
     (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_preference_report(run)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.serving.errors import ApiError
 
 KEYS_ENV = "DOMAINTUNE_API_KEYS"

@@ -49,7 +49,7 @@ class GenerationRequest:
 def torch_dtype(name: str):
     import torch
 
-    from domaintune.training.hardware import cpu_has_bf16
+    from domaintune.config.runtime import cpu_has_bf16
 
     if name == "auto":
         # fp16 is emulated and very slow on CPUs; bf16 only where the CPU has it natively.

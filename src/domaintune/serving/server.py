@@ -33,7 +33,7 @@ def run_server(served: Served, settings: ServeSettings, console=None) -> None:
     import uvicorn
 
     from domaintune.config import TrainingConfig
-    from domaintune.training.hardware import thread_count
+    from domaintune.config.runtime import thread_count
 
     # As in training: a torch thread waiting on a core other work keeps busy stalls every matmul.
     torch.set_num_threads(thread_count(TrainingConfig(threads=settings.threads)))

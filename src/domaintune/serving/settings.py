@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.models.loading import PEFT_ADAPTER_FILES
 from domaintune.models.registry import resolve_model_path
 
@@ -56,7 +56,7 @@ def _adapter_base(adapter_dir: Path) -> str:
 
 def _from_run(run_dir: Path, served: Served, name: str | None) -> None:
     from domaintune.models.loading import is_adapter_folder
-    from domaintune.rundir import RunDir
+    from domaintune.storage.rundir import RunDir
 
     run = RunDir.open(run_dir)
     recipe = run.recipe()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.serving.auth import KEYS_ENV
 from domaintune.serving.settings import ServeSettings, require_keys_off_loopback
 from domaintune.serving.sources import Served

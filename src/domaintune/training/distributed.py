@@ -15,9 +15,9 @@ import sys
 import yaml
 
 from domaintune.config import Recipe
-from domaintune.errors import DomaintuneError
-from domaintune.rundir import RunDir
-from domaintune.training.hardware import use_bf16
+from domaintune.core.errors import DomaintuneError
+from domaintune.storage.rundir import RunDir
+from domaintune.config.runtime import use_bf16
 
 
 def launched_worker() -> bool:
@@ -27,13 +27,6 @@ def launched_worker() -> bool:
     mpirun); torchrun and the DeepSpeed launcher export LOCAL_RANK.
     """
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
-
-
-def bf16_enabled(recipe: Recipe) -> bool:
-    """One precision for the launcher's config and the Trainer in every process."""
-    if recipe.distributed.mixed_precision is not None:
-        return recipe.distributed.mixed_precision == "bf16"
-    return use_bf16(recipe.training)
 
 
 def accelerate_config(recipe: Recipe, gpus: int) -> dict:
@@ -61,7 +54,7 @@ def accelerate_config(recipe: Recipe, gpus: int) -> dict:
         "machine_rank": dist.machine_rank,
         # 0 lets accelerate pick a free port, so runs side by side on one machine don't collide.
         "main_process_port": dist.main_process_port or (0 if dist.num_machines == 1 else 29500),
-        "mixed_precision": "bf16" if bf16_enabled(recipe) else "no",
+        "mixed_precision": "bf16" if use_bf16(recipe) else "no",
         "use_cpu": gpus == 0,
     }
     if dist.num_machines > 1:

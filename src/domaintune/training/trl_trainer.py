@@ -1,30 +1,27 @@
-"""What the preference objectives (reward, dpo, kto, orpo, grpo, ppo) share: the TRL config built
-from the recipe's training section, the policy with the recipe's method applied, the callbacks,
-saving the trained model, and the evaluation that adds preference numbers to the causal-LM one.
-"""
+"""Training with TRL's trainers, as the preference objectives (reward, dpo, kto, orpo, grpo; ppo's
+policy) do: the TRL config built from the recipe's training section, the policy with the recipe's
+method applied, the callbacks, and saving the trained model."""
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.data.readers import read_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 
-if TYPE_CHECKING:  # rundir imports the recipe, which imports the objectives
-    from domaintune.rundir import RunDir
+if TYPE_CHECKING:
+    from domaintune.storage.rundir import RunDir
 
 
 def trl_config(config_class, recipe, run: RunDir, has_validation: bool, **settings):
     """A TRL config (a TrainingArguments subclass) with the recipe's training settings and `settings`."""
     from transformers import TrainingArguments
 
-    from domaintune.training.distributed import bf16_enabled
-    from domaintune.training.runner import training_arguments
+    from domaintune.config.runtime import use_bf16
+    from domaintune.training.trainer import training_arguments
 
-    args = training_arguments(recipe, run, has_validation, bf16_enabled(recipe))
+    args = training_arguments(recipe, run, has_validation, use_bf16(recipe))
     values = {field.name: getattr(args, field.name) for field in fields(TrainingArguments) if field.init}
     # TRL batches hold prompt/chosen/rejected tensors, not the causal-LM engine's labels and lengths.
     values.update(label_names=[], train_sampling_strategy="random", include_num_input_tokens_seen="no",
@@ -60,9 +57,8 @@ def callbacks_for(run: RunDir, console: Console, callbacks: list | None, early_s
 
 def split_or_fail(run: RunDir, make, *extra) -> tuple:
     """(train examples, validation examples) from the prepared splits through `make(rows, *extra)`."""
-    from domaintune.training.runner import read_split
 
-    train, validation = (make(read_split(run, split), *extra) for split in ("train", "validation"))
+    train, validation = (make(run.read_split(split), *extra) for split in ("train", "validation"))
     if not train:
         objective = run.recipe().objective.name
         raise DomaintuneError(
@@ -77,7 +73,7 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
     trainer's own saving is not what later steps load) and tokenizer, write training.json."""
     from transformers import PrinterCallback
 
-    from domaintune.training.runner import count_parameters
+    from domaintune.training.trainer import count_parameters
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
     checkpoint = run.last_checkpoint() if resume else None
@@ -98,46 +94,7 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
         "parameters": parameters,
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
-    (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
-
-
-def log_curves(run: RunDir, keys: tuple[str, ...]) -> dict[str, list[list[float]]]:
-    """The logged values named in `keys`, and their validation twins (eval_<key>), as [step, value]
-    lists from metrics.jsonl."""
-    curves: dict[str, list[list[float]]] = {}
-    if run.metrics.exists():
-        for line in run.metrics.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            for key in (*keys, *(f"eval_{key}" for key in keys)):
-                if isinstance(record.get(key), (int, float)):
-                    curves.setdefault(key, []).append([record["step"], record[key]])
-    return curves
-
-
-def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_keys: tuple[str, ...],
-                    reward_specs: list | None) -> dict:
-    """The causal-LM evaluation (the best answer is the reference), plus the training curves of the
-    objective and, with a reward model or function, the base-vs-tuned win rate by that reward."""
-    from domaintune.data.preferences import best_answers
-    from domaintune.evaluation.preference_report import write_preference_report
-    from domaintune.evaluation.runner import evaluate_causal_lm
-
-    results = evaluate_causal_lm(run, console=console, harness=harness, select=best_answers)
-    preference: dict = {"curves": log_curves(run, curve_keys)}
-    samples = read_jsonl(run.eval / "samples.jsonl")
-    if reward_specs and samples and samples[0].get("base") is not None:
-        from domaintune.objectives.rewards import reward_win_rate
-        from domaintune.training.runner import read_split
-
-        # samples.jsonl holds the first generated test rows, in order; their prompts are the whole turns.
-        rows = [row for row in best_answers(read_split(run, "test")) if "messages" in row][: len(samples)]
-        confidence = run.recipe().evaluation.confidence
-        preference["reward_win_rate"] = reward_win_rate(reward_specs, rows, samples, confidence)
-    results["preference"] = preference
-    (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    write_preference_report(run)
-    return results
+    return run.write_training_summary(summary)
 
 
 def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Console | None, callbacks: list | None,
@@ -147,7 +104,7 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
     from transformers import set_seed
 
     from domaintune.models.loading import load_tokenizer
-    from domaintune.training.hardware import configure_threads
+    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     configure_threads(recipe.training)

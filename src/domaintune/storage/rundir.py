@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 
 from domaintune.config import Recipe, validate_recipe
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
+from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -69,6 +70,40 @@ class RunDir:
     def recipe(self) -> Recipe:
         data = yaml.safe_load(self.recipe_file.read_text(encoding="utf-8"))
         return validate_recipe(data, source=str(self.recipe_file))
+
+    def read_split(self, split: str) -> list[dict]:
+        """The prepared rows of `train`, `validation` or `test` ([] when the split is empty)."""
+        return read_jsonl(self.data / f"{split}.jsonl")
+
+    def results(self) -> dict:
+        """eval/results.json ({} before evaluation)."""
+        return read_json(self.eval / "results.json", {})
+
+    def samples(self) -> list[dict]:
+        return read_jsonl(self.eval / "samples.jsonl")
+
+    def write_results(self, results: dict, samples: list[dict] | None = None) -> None:
+        """eval/results.json and, when given, eval/samples.jsonl (the generated answers, base and tuned)."""
+        self.eval.mkdir(parents=True, exist_ok=True)
+        write_json(self.eval / "results.json", results)
+        if samples is not None:
+            write_jsonl(self.eval / "samples.jsonl", samples)
+
+    def training_summary(self) -> dict:
+        """model/training.json, what training reported ({} before training)."""
+        return read_json(self.model / "training.json", {})
+
+    def write_training_summary(self, summary: dict) -> dict:
+        self.model.mkdir(parents=True, exist_ok=True)
+        write_json(self.model / "training.json", summary)
+        return summary
+
+    def write_rejected(self, name: str, rejected: list[dict], console) -> None:
+        """Rows an objective can't use, with the reason, next to the data's own rejected.jsonl."""
+        path = self.data / f"{name}_rejected.jsonl"
+        write_jsonl(path, rejected)
+        if rejected:
+            console.print(f"[yellow]{len(rejected)} row(s) set aside for {name}, with reasons: {path}", highlight=False)
 
     def last_checkpoint(self) -> Path | None:
         if not self.checkpoints.is_dir():

@@ -17,10 +17,14 @@ import yaml
 from rich.console import Console
 
 from domaintune.config import Recipe, validate_recipe
-from domaintune.data.readers import read_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.config.recipe import as_recipe
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.metrics import compute_metrics
+from domaintune.evaluation.report import write_report
 from domaintune.models.registry import cache_dir
-from domaintune.rundir import RunDir
+from domaintune.storage.jsonl import write_jsonl
+from domaintune.storage.rundir import RunDir
+from domaintune.workflows.stages import run_recipe
 
 EVALS_REQUIREMENT = "evals==3.0.1.post1"
 WHEEL_NAME = "evals-3.0.1.post1-py3-none-any.whl"
@@ -75,9 +79,7 @@ def ner_finance_dataset(console: Console) -> Path:
         raw_lines = wheel.read(MEMBER).decode("utf-8").splitlines()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_suffix(".tmp")
-    with staging.open("w", encoding="utf-8") as handle:
-        for row in convert_ner_finance(raw_lines):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(staging, convert_ner_finance(raw_lines))
     staging.rename(target)
     return target
 
@@ -105,17 +107,12 @@ def head_recipe(run: RunDir) -> dict:
 def add_token_head(run: RunDir, console: Console) -> dict:
     """Train the token head on the run's splits and put its entity F1 beside the generative models' in
     the run's results and report; returns what was added (with the head's wall time, all phases)."""
-    from domaintune import api
-    from domaintune.evaluation.metrics import compute_metrics
-    from domaintune.evaluation.report import write_report
-
     console.rule("[bold]token-classification head (minilm-l6) on the same splits")
     started = time.perf_counter()
-    head_run = api.run(head_recipe(run), console=console)
+    head_run = run_recipe(as_recipe(head_recipe(run)), console=console)
     seconds = time.perf_counter() - started
-    results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
-    generated = read_jsonl(run.eval / "samples.jsonl")
-    tagged = {sample["prompt"]: sample["tuned"] for sample in read_jsonl(head_run.eval / "samples.jsonl")}
+    results, generated = run.results(), run.samples()
+    tagged = {sample["prompt"]: sample["tuned"] for sample in head_run.samples()}
     # Scored on exactly the test items the generative models answered; an item the head set aside
     # (its names not found in the text) counts as answered with nothing.
     predictions = [tagged.get(sample["prompt"], "") for sample in generated]
@@ -124,7 +121,7 @@ def add_token_head(run: RunDir, console: Console) -> dict:
                                       "loss": {}, "seconds": round(seconds, 1)}
     results["token_head"] = {"run_dir": str(head_run.root), "seconds": round(seconds, 1),
                              "items": len(generated), "items_set_aside": sum(s["prompt"] not in tagged for s in generated)}
-    (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    run.write_results(results)
     write_report(run.root)
     console.print(f"Token head: entity F1 {metrics['entity_f1']:.3f} (generative: "
                   f"{results['models']['tuned']['metrics'].get('entity_f1', float('nan')):.3f}) in {seconds:.0f} s")

@@ -8,61 +8,30 @@ that merges (not prefix, prompt or adapters). A summary of all stages goes to
 `<output_dir>/<name>-stages.json`.
 
 A stage refers to an earlier stage's run with `stage:LABEL` anywhere in its objective block (PPO's
-`rewards: [{model: stage:reward}]`). A stage that trains no policy (`reward`, marked `POLICY = False`)
+`rewards: [{model: stage:reward}]`). A stage that trains no policy (`reward`, whose Config says `trains_policy = False`)
 passes on the model it started from, so ranking data → reward model → PPO tunes the original model.
 """
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 
 from rich.console import Console
 
-from domaintune.errors import DomaintuneError
-from domaintune.objectives import get_objective
-
-STAGE_SECTIONS = ("data", "objective", "method", "training", "evaluation")
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("method", "objective"):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)  # a method or objective block replaces the recipe's whole block
-    return out
+from domaintune.config import Recipe
+from domaintune.config.objectives import objective_config
+from domaintune.config.recipe import as_recipe, stage_recipes
+from domaintune.core.errors import DomaintuneError
+from domaintune.storage.jsonl import write_json
+from domaintune.storage.rundir import RunDir
+from domaintune.workflows import pipeline
 
 
-def stage_recipes(recipe) -> list[dict]:
-    """The resolved recipe of each stage (as dicts; model.name is filled in while running)."""
-    from domaintune.config import validate_recipe
-
-    base = recipe.model_dump(mode="json", exclude={"stages", "compare", "tune"})
-    stages = []
-    for index, stage in enumerate(recipe.stages):
-        data = merge(base, {key: value for key, value in stage.model_dump(mode="json", exclude_unset=True).items() if key in STAGE_SECTIONS})
-        data["name"] = f"{recipe.name}-{stage.label or f'stage{index + 1}'}"
-        last = index == len(recipe.stages) - 1
-        if not last:
-            data.setdefault("export", {}).update(merged=True, dtype="float32")
-        checked = validate_recipe(data, source=f"stages[{index}]")
-        if not last:
-            from domaintune.methods import get_method
-
-            if not getattr(get_method(checked.method.name), "MERGEABLE", True):
-                raise DomaintuneError(
-                    f"stages[{index}].method: {checked.method.name} can't be merged into the weights, so the next "
-                    "stage could not start from them; use it in the last stage only"
-                )
-        stages.append(data)
-    return stages
+def run_recipe(recipe: Recipe, console: Console) -> RunDir:
+    """The whole recipe: its stages in order when it has them, else one run."""
+    return run_stages(recipe, console) if recipe.stages else pipeline.run_once(recipe, console)
 
 
-def run_stages(recipe, console: Console):
-    from domaintune import api
-
+def run_stages(recipe: Recipe, console: Console) -> RunDir:
     stages = stage_recipes(recipe)
     summary, previous, run = [], None, None
     outputs: dict[str, str] = {}  # stage label -> its run directory, for `stage:LABEL` references
@@ -71,9 +40,8 @@ def run_stages(recipe, console: Console):
             data["model"]["name"] = previous
         data["objective"] = resolve_stage_references(data["objective"], outputs, f"stages[{index}].objective")
         console.rule(f"[bold]stage {index + 1}/{len(stages)}[/]: {data['name']} ({data['objective']['name']}, {data['method']['name']})")
-        run = api.run(data, console=console)
-        results = json.loads((run.eval / "results.json").read_text(encoding="utf-8")) if (run.eval / "results.json").exists() else {}
-        training = json.loads((run.model / "training.json").read_text(encoding="utf-8"))
+        run = pipeline.run_once(as_recipe(data), console=console)
+        results, training = run.results(), run.training_summary()
         summary.append({
             "stage": index + 1,
             "run_dir": str(run.root),
@@ -86,11 +54,11 @@ def run_stages(recipe, console: Console):
                         for name, model in results.get("models", {}).items()},
         })
         outputs[recipe.stages[index].label or f"stage{index + 1}"] = str(run.root)
-        if getattr(get_objective(data["objective"]["name"]), "POLICY", True):
+        if objective_config(data["objective"]["name"]).trains_policy:
             previous = str(run.export / "merged")
         # A stage that trains no policy (a reward model) passes on the model it started from.
     out = Path(recipe.output_dir) / f"{recipe.name}-stages.json"
-    out.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(out, summary)
     console.print(f"Stages: {out}")
     return run
 

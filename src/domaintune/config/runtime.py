@@ -1,4 +1,5 @@
-"""What this machine can do, so the defaults fit it: thread count and bf16 support."""
+"""Runtime facts: what this machine can do, so the defaults fit it. One rule for the thread count and
+one for bf16, used alike by training, evaluation, generation and serving."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,12 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from domaintune.config import TrainingConfig
+from typing import TYPE_CHECKING
+
+from domaintune.config.training import TrainingConfig
+
+if TYPE_CHECKING:
+    from domaintune.config.recipe import Recipe
 
 
 @lru_cache(maxsize=1)
@@ -26,11 +32,15 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def use_bf16(config: TrainingConfig) -> bool:
+def use_bf16(recipe: Recipe) -> bool:
+    """bf16 autocast for this recipe's run: the launcher's setting where one is given (the processes and
+    the Trainer inside them must agree), else training.precision, where `auto` means native support."""
     import torch
 
-    if config.precision != "auto":
-        return config.precision == "bf16"
+    if recipe.distributed.mixed_precision is not None:
+        return recipe.distributed.mixed_precision == "bf16"
+    if recipe.training.precision != "auto":
+        return recipe.training.precision == "bf16"
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return cpu_has_bf16()

@@ -1,6 +1,6 @@
 """Hyper-parameter search: optuna samples recipe values, and every trial is one ordinary training run.
 
-A trial is `domaintune.api.train` on the recipe with the sampled values applied as `--set`-style
+A trial is `pipeline.train` on the recipe with the sampled values applied as `--set`-style
 overrides, so each trial leaves a normal run directory. The study lives in an optuna storage
 (SQLite next to the runs by default); running the same command again resumes it.
 """
@@ -17,20 +17,17 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from transformers import TrainerCallback
 
-from domaintune import api
+from domaintune.config.workflows import CategoricalParam, FloatParam, IntParam, SearchParam, TuneConfig
 from domaintune.config import (
-    CategoricalParam,
-    FloatParam,
-    IntParam,
     Recipe,
-    SearchParam,
-    TuneConfig,
     apply_overrides,
     validate_recipe,
 )
-from domaintune.errors import DomaintuneError
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.tune_report import best_trial, trial_rows, write_tune_report
-from domaintune.rundir import RunDir
+from domaintune.config.recipe import as_recipe
+from domaintune.storage.rundir import RunDir
+from domaintune.workflows import pipeline
 
 DEFAULT_LORA_RANKS = [8, 16, 32]
 # Completed trials the median pruner waits for: a median of one or two losses is mostly noise.
@@ -157,11 +154,11 @@ def open_study(recipe: Recipe, config: TuneConfig) -> optuna.Study:
 def _objective(recipe: Recipe, space: dict[str, SearchParam], console: Console):
     def objective(trial: optuna.Trial) -> float:
         overrides = [_override(key, _suggest(trial, key, param)) for key, param in space.items()]
-        trial_recipe = api.load(recipe, [*overrides, f"name={recipe.name}-trial-{trial.number}"])
+        trial_recipe = as_recipe(recipe, [*overrides, f"name={recipe.name}-trial-{trial.number}"])
         console.rule(f"trial {trial.number}: {' '.join(overrides)}")
         reporter = PruningCallback(trial)
         try:
-            run = api.train(trial_recipe, callbacks=[reporter], console=console)
+            run = pipeline.train(trial_recipe, callbacks=[reporter], console=console)
         except DomaintuneError:
             raise
         except Exception as error:
@@ -197,12 +194,12 @@ def _validation_loss(run: RunDir, recipe: Recipe, reporter: PruningCallback) -> 
     if recipe.training.early_stopping is None:
         return reporter.eval_losses[-1]  # the saved model is the last one
     # Early stopping restored the best checkpoint, so that is the model this trial produced.
-    return json.loads((run.model / "training.json").read_text(encoding="utf-8"))["best_eval_loss"]
+    return run.training_summary()["best_eval_loss"]
 
 
 def _write_best_recipe(recipe: Recipe, best: optuna.trial.FrozenTrial, path: Path, n_trials: int) -> None:
     # The recipe as given with the best values, without the tune section: ready for `domaintune run`.
-    best_recipe = api.load(recipe, [*(_override(key, value) for key, value in best.params.items()), "tune=null"])
+    best_recipe = as_recipe(recipe, [*(_override(key, value) for key, value in best.params.items()), "tune=null"])
     header = (
         f"# Best of {n_trials} trials: trial {best.number}, validation loss {best.value:.4f}\n"
         f"# run directory: {best.user_attrs.get('run_dir', '-')}\n"

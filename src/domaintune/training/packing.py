@@ -22,7 +22,7 @@ from transformers import AttentionInterface, DataCollatorForSeq2Seq, DataCollato
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from domaintune.objectives.sft import IGNORE_INDEX
+from domaintune.core.chat import IGNORE_INDEX
 
 PACKED_ATTENTION = "domaintune_packed"
 

@@ -13,6 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from domaintune.config import Recipe
+from domaintune.config.recipe import as_recipe
+from domaintune.models.loading import merge_blocker
+from domaintune.workflows.stages import run_recipe
+
 COLUMNS = ["variant", "method", "test_loss", "metrics", "train_seconds", "trainable", "trainable_share",
            "artifact_mb", "merged", "run_dir"]
 
@@ -22,10 +27,7 @@ def artifact_bytes(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.suffix == ".safetensors")
 
 
-def compare_methods(recipe, console: Console) -> dict:
-    from domaintune import api
-    from domaintune.models.loading import merge_blocker
-
+def compare_methods(recipe: Recipe, console: Console) -> dict:
     rows, base = [], None
     for index, variant in enumerate(recipe.compare.variants):
         label = variant.label or variant.method.name
@@ -36,9 +38,8 @@ def compare_methods(recipe, console: Console) -> dict:
             data["training"]["lr"] = variant.lr
         data["evaluation"]["compare_base"] = index == 0 and recipe.evaluation.compare_base
         console.rule(f"[bold]{label}[/] ({variant.method.name})")
-        run = api.run(data, console=console)
-        results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
-        training = json.loads((run.model / "training.json").read_text(encoding="utf-8"))
+        run = run_recipe(as_recipe(data), console=console)
+        results, training = run.results(), run.training_summary()
         tuned = results["models"]["tuned"]
         base = base or results["models"].get("base")
         rows.append({

@@ -1,4 +1,5 @@
-"""Batched greedy generation and token-weighted loss, shared by every evaluation."""
+"""Running a model without training it: batched generation and token-weighted losses, shared by
+evaluation, training's domain perplexity, synthesis, selection and the judge."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
-from domaintune.objectives import encode_rows
+from domaintune.core.chat import IGNORE_INDEX, encode_rows
 
 
 def autocast(bf16: bool):
@@ -24,7 +25,7 @@ def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
     encoded = encode_rows(tokenizer, rows, max_length)
     if not encoded:
         return None
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     model.eval()
     sums, counts = [], []
     for start in range(0, len(encoded), batch_size):
@@ -34,10 +35,10 @@ def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
         # Shift so that token t predicts token t+1, as the model's own loss does.
         targets = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
         sums += losses.sum(dim=1).tolist()
-        counts += (targets != -100).sum(dim=1).tolist()
+        counts += (targets != IGNORE_INDEX).sum(dim=1).tolist()
     return np.array([sums, counts], dtype=float)
 
 
@@ -48,6 +49,23 @@ def mean_loss(losses: np.ndarray | None) -> float | None:
 def perplexity(loss):
     """exp(loss), capped so a diverged model does not overflow; numbers or numpy arrays."""
     return np.exp(np.minimum(loss, 50.0)) if loss is not None else None
+
+
+def block_loss(model, blocks, batch_size: int = 4) -> float | None:
+    """Mean next-token cross-entropy over all tokens of the blocks (equal-length blocks batch without padding)."""
+    if len(blocks) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for block in blocks:
+            ids = torch.tensor([block["input_ids"]])
+            logits = model(input_ids=ids, use_cache=False).logits[:, -ids.shape[1] :].float()
+            total += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+            count += ids.shape[1] - 1
+    model.train(was_training)
+    return total / count
 
 
 @torch.no_grad()

@@ -1,36 +1,35 @@
-"""One runner for every method: prepared splits + method + objective -> a transformers Trainer.
+"""The causal-LM trainer for every method: prepared splits + method -> a transformers Trainer.
 
-The Trainer stays the loop so checkpoints, resume, callbacks and logging are the standard ones.
+The Trainer stays the loop so checkpoints, resume, callbacks and logging are the standard ones. What
+varies by objective (how rows become examples, whether domain perplexity is measured) is passed in
+by the caller; nothing here knows an objective.
 """
 from __future__ import annotations
 
-import json
 import resource
 
 from rich.console import Console
 
 from domaintune.config import Recipe
-from domaintune.data.readers import read_jsonl
-from domaintune.errors import DomaintuneError
+from domaintune.core import chat
+from domaintune.core.errors import DomaintuneError
 from domaintune.methods import get_method, load_kwargs, supports_packing
+from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
-from domaintune.objectives import encode_rows, hook
-from domaintune.rundir import RunDir
+from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
-from domaintune.training.distributed import bf16_enabled
-from domaintune.training.engine import batching
-from domaintune.training.estimate import announce_training, real_tokens_per_step, record_throughput, setup_key
-from domaintune.training.hardware import configure_threads
+from domaintune.config.runtime import use_bf16
+from domaintune.training.packing import batching
+from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
+from domaintune.config.runtime import configure_threads
 
 
-def read_split(run: RunDir, split: str) -> list[dict]:
-    return read_jsonl(run.data / f"{split}.jsonl")
-
-
-def encode_split(rows: list[dict], tokenizer, max_length: int, objective=None):
+def encode_split(rows: list[dict], tokenizer, max_length: int, encode_rows=chat.encode_rows):
+    """The rows' training examples as a Dataset; `encode_rows(tokenizer, rows, max_length)` makes them
+    (default: one per row, by its shape)."""
     from datasets import Dataset
 
-    return Dataset.from_list(encode_rows(tokenizer, rows, max_length, objective))
+    return Dataset.from_list(chat.supervised(encode_rows(tokenizer, rows, max_length)))
 
 
 def _numel(parameter) -> int:
@@ -95,14 +94,6 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
     return (cls or TrainingArguments)(**{**values, **overrides})
 
 
-def train_model(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
-    """Train the run's recipe on its prepared data; returns a summary also written to model/training.json."""
-    own_trainer = hook(run.recipe().objective, "train")
-    if own_trainer:
-        return own_trainer(run, resume=resume, callbacks=callbacks, console=console or Console(stderr=True))
-    return train_causal_lm(run, resume=resume, callbacks=callbacks, console=console)
-
-
 def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, console: Console, callbacks: list | None) -> list:
     """metrics.jsonl, the progress bar, TensorBoard, the caller's callbacks, and early stopping on validation."""
     from torch.utils.tensorboard import SummaryWriter
@@ -127,9 +118,11 @@ def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, c
 
 
 def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None,
-                    recipe: Recipe | None = None) -> dict:
+                    recipe: Recipe | None = None, encode_rows=chat.encode_rows, domain_perplexity: bool = False) -> dict:
     """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions).
-    `recipe` replaces the run's own where an objective adjusts it (fewshot's regularisation)."""
+    `recipe` replaces the run's own where an objective adjusts it (fewshot's regularisation);
+    `encode_rows` turns a split's rows into examples (pretrain: blocks); `domain_perplexity` measures
+    the validation examples' perplexity before and after training."""
     from transformers import PrinterCallback, Trainer, set_seed
 
     console = console or Console(stderr=True)
@@ -139,12 +132,12 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
         console.print(f"[yellow]{recipe.method.name}: packing is off for this method; training uses padded batches.")
         recipe.training.packing = False
     threads = configure_threads(recipe.training)
-    bf16 = bf16_enabled(recipe)
+    bf16 = use_bf16(recipe)
     set_seed(recipe.seed)
 
     tokenizer = load_tokenizer(recipe.model)
-    train_set = encode_split(read_split(run, "train"), tokenizer, recipe.data.max_tokens, recipe.objective)
-    validation_set = encode_split(read_split(run, "validation"), tokenizer, recipe.data.max_tokens, recipe.objective)
+    train_set = encode_split(run.read_split("train"), tokenizer, recipe.data.max_tokens, encode_rows)
+    validation_set = encode_split(run.read_split("validation"), tokenizer, recipe.data.max_tokens, encode_rows)
     if len(train_set) == 0:
         raise DomaintuneError(f"{run.data / 'train.jsonl'}: no trainable rows (run `domaintune data prepare` first?)")
     has_validation = len(validation_set) > 0
@@ -189,9 +182,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     elif checkpoint is not None:
         console.print(f"Resuming from {checkpoint.name}")
     domain_loss = {}
-    if hook(recipe.objective, "DOMAIN_PERPLEXITY") and has_validation and checkpoint is None:
-        from domaintune.objectives.pretrain import block_loss
-
+    if domain_perplexity and has_validation and checkpoint is None:
         domain_loss["before"] = block_loss(model, validation_set)  # adapters start as the identity: the base model's
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if domain_loss:
@@ -216,8 +207,6 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
     if domain_loss:
-        from domaintune.objectives.pretrain import perplexity
-
         summary["domain_perplexity"] = {key: perplexity(value) for key, value in domain_loss.items()}
         console.print(
             f"Domain perplexity on the validation blocks: {summary['domain_perplexity']['before']:.2f} before, "
@@ -231,5 +220,5 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             })
         tokenizer.save_pretrained(str(run.model))
-        (run.model / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        run.write_training_summary(summary)
     return summary

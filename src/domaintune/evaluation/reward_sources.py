@@ -12,64 +12,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from domaintune.errors import DomaintuneError
-
-
-class RewardSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    regex: str | None = Field(None, description="1.0 when the answer matches this regular expression (re.search), else 0.0.")
-    function: str | None = Field(None, description="'module:function' or 'file.py:function' returning one float per answer.")
-    model: str | None = Field(None, description="A reward model folder, a `reward` run directory, or stage:LABEL.")
-    weight: float = Field(1.0, description="Weight of this source in the summed reward.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "RewardSpec":
-        if sum(value is not None for value in (self.regex, self.function, self.model)) != 1:
-            raise ValueError("give exactly one of regex, function and model")
-        return self
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
-        return value
-
-    @field_validator("function")
-    @classmethod
-    def _module_and_name(cls, value: str | None) -> str | None:
-        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
-            raise ValueError("expected 'module:function' or 'file.py:function'")
-        return value
-
-    def label(self) -> str:
-        return f"regex {self.regex}" if self.regex else f"function {self.function}" if self.function else f"model {self.model}"
-
-
-class SamplingConfig(BaseModel):
-    """What the online objectives (ppo, grpo) share: the rewards and how answers are sampled."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rewards: list[RewardSpec] = Field(
-        min_length=1, description="Reward sources, summed with their weights (a reward model: {model: RUN_DIR or stage:LABEL})."
-    )
-    max_new_tokens: int = Field(48, ge=1, description="Longest sampled answer.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
-
-
-def last_user_turn(prompt: list[dict]) -> str:
-    return next((message["content"] for message in reversed(prompt) if message["role"] == "user"), "")
+from domaintune.config.objectives import RewardSpec
+from domaintune.core.chat import last_user_turn
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.win_rate import win_summary
 
 
 def regex_reward(pattern: str):
@@ -172,19 +122,5 @@ def reward_win_rate(specs: list[RewardSpec], rows: list[dict], samples: list[dic
     tuned = score(prompts, [sample["tuned"] for sample in samples])
     wins = {"tuned": sum(t > b for t, b in zip(tuned, base)), "base": sum(b > t for t, b in zip(tuned, base))}
     wins["tie"] = len(samples) - wins["tuned"] - wins["base"]
-    rate = (wins["tuned"] + 0.5 * wins["tie"]) / len(samples)
-    return {"by": ", ".join(spec.label() for spec in specs), "items": len(samples), "wins": wins,
-            "tuned_win_rate": rate, "interval": wilson_interval(rate, len(samples), confidence),
+    return {"by": ", ".join(spec.label() for spec in specs), **win_summary(wins, confidence),
             "mean_reward": {"base": sum(base) / len(base), "tuned": sum(tuned) / len(tuned)}}
-
-
-def wilson_interval(rate: float, n: int, confidence: float) -> list[float]:
-    """The Wilson score interval of a proportion: sensible at small n and at 0 or 1, unlike rate ± z·se."""
-    from statistics import NormalDist
-
-    if n == 0:
-        return [0.0, 1.0]
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]

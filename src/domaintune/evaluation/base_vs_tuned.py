@@ -6,7 +6,6 @@ Opt-in: lm-evaluation-harness tasks (harness.py) and a pairwise LLM judge (judge
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -15,15 +14,13 @@ from rich.console import Console
 from domaintune.evaluation import bootstrap, judge
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
 from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
-from domaintune.evaluation.generation import generate, mean_loss, perplexity, row_losses
+from domaintune.models.inference import generate, mean_loss, perplexity, row_losses
 from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-from domaintune.objectives import hook
-from domaintune.objectives.sft import prompt_text
-from domaintune.rundir import RunDir
-from domaintune.training.hardware import configure_threads, use_bf16
-from domaintune.training.runner import read_split
+from domaintune.core.chat import prompt_text
+from domaintune.storage.rundir import RunDir
+from domaintune.config.runtime import configure_threads, use_bf16
 
 
 def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
@@ -55,29 +52,18 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
     return result, predictions, stats
 
 
-def evaluate_run(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
-    """Writes eval/results.json, eval/samples.jsonl and report.html; returns the results.
-
-    `harness` (default: evaluation.harness) also runs the lm-eval tasks written to eval/harness/.
-    An objective with its own evaluation (a classification head, an embedding model) runs that instead."""
-    console = console or Console(stderr=True)
-    run.require_model()
-    recipe = run.recipe()
-    own_evaluation = hook(recipe.objective, "evaluate")
-    if own_evaluation:
-        return own_evaluation(run, console=console, harness=harness)
-    return evaluate_causal_lm(run, console, harness)
-
-
 def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = None, select=None) -> dict:
-    """The default evaluation: base and tuned causal LMs on the test split (an objective's own
-    evaluation may run it and add to it; `select(rows)` picks the rows of each split it evaluates)."""
+    """The default evaluation: base and tuned causal LMs on the test split. Writes eval/results.json,
+    eval/samples.jsonl and report.html; returns the results. `harness` (default: evaluation.harness)
+    also runs the lm-eval tasks written to eval/harness/. An objective's own evaluation may run it and
+    add to it; `select(rows)` picks the rows of each split it evaluates."""
+    run.require_model()
     recipe = run.recipe()
     config = recipe.evaluation
     configure_threads(recipe.training)
-    bf16 = use_bf16(recipe.training)
+    bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
-    splits = {split: (select or list)(read_split(run, split)) for split in ("validation", "test")}
+    splits = {split: (select or list)(run.read_split(split)) for split in ("validation", "test")}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
     harness_tasks: list[str] = []
@@ -132,10 +118,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
         for index, row in enumerate(generation_rows)
     ]
     if "base" in stats:
-        interval = {"confidence": config.confidence, "resamples": config.bootstrap_resamples, "seed": recipe.seed}
-        results["confidence"] = {**interval, "method": "paired bootstrap over test items (percentile)"}
-        results["comparison"] = bootstrap.compare(stats["base"], stats["tuned"], config.confidence,
-                                                  config.bootstrap_resamples, recipe.seed)
+        results.update(bootstrap.paired_comparison(recipe, stats["base"], stats["tuned"]))
         if probe_results:
             results["forgetting"] = {
                 "source": probe_source,
@@ -148,12 +131,17 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     if config.judge and samples and "base" in outputs:
         results["judge"] = _judge(config, samples, run, bf16, console)
 
-    run.eval.mkdir(parents=True, exist_ok=True)
-    (run.eval / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    with (run.eval / "samples.jsonl").open("w", encoding="utf-8") as handle:
-        for sample in samples:
-            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    write_report(run.root)
+    write_results(run, results, samples)
+    return results
+
+
+def write_results(run: RunDir, results: dict, samples: list[dict], console: Console | None = None) -> dict:
+    """eval/results.json, eval/samples.jsonl and report.html, for every objective alike, so one report
+    renders them all."""
+    run.write_results(results, samples)
+    report = write_report(run.root)
+    if console is not None:
+        console.print(f"Report: {report}")
     return results
 
 

@@ -14,16 +14,16 @@ Generate = Callable[[list[list[dict]]], list[str]]
 
 
 def load_generator(recipe: Recipe, model_name: str | None, max_new_tokens: int, batch_size: int) -> Generate:
-    from domaintune.evaluation.generation import generate
+    from domaintune.models.inference import generate
     from domaintune.models.loading import load_causal_lm, load_tokenizer
-    from domaintune.objectives.sft import render
-    from domaintune.training.hardware import configure_threads, use_bf16
+    from domaintune.core.chat import render
+    from domaintune.config.runtime import configure_threads, use_bf16
 
     configure_threads(recipe.training)
     model_config = recipe.model.model_copy(update={"name": model_name}) if model_name else recipe.model
     tokenizer = load_tokenizer(model_config)
     model = load_causal_lm(model_config)
-    bf16 = use_bf16(recipe.training)
+    bf16 = use_bf16(recipe)
 
     def reply(conversations: list[list[dict]]) -> list[str]:
         prompts = [render(tokenizer, messages, add_generation_prompt=True) for messages in conversations]

@@ -1,0 +1,217 @@
+"""The recipe as one model: the sections composed, validated before anything runs, read from YAML with
+`--set` overrides, and its data paths made absolute against the recipe's folder. A curriculum's
+stages are checked here too: each, merged into the recipe, must be a valid recipe itself."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from domaintune.config.base import Section
+from domaintune.config.data import DataConfig
+from domaintune.config.evaluation import EvaluationConfig, ExportConfig
+from domaintune.config.methods import MethodConfig
+from domaintune.config.objectives import OBJECTIVE_CONFIGS, ObjectiveConfig, objective_names
+from domaintune.config.training import DistributedConfig, TrainingConfig
+from domaintune.config.workflows import SEARCH_PARAM_TYPES, CompareConfig, StageConfig, TuneConfig
+from domaintune.core.errors import DomaintuneError
+from domaintune.methods import get_method, method_config_types
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="Registry name, local Hugging Face folder, or hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub repo. Off by default.")
+
+
+
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; runs go to <output_dir>/<name>-<time>.")
+    output_dir: str = Field("runs", description="Folder that holds run directories.")
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=lambda: method_config_types()[0]())
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    objective: ObjectiveConfig = Field(
+        default_factory=OBJECTIVE_CONFIGS[0], description="What is learned (`domaintune methods` lists the objectives)."
+    )
+    tune: TuneConfig | None = Field(None, description="Hyper-parameter search (`domaintune tune`).")
+    compare: CompareConfig | None = Field(None, description="Methods compared by `domaintune compare`.")
+    stages: list[StageConfig] | None = Field(
+        None, min_length=2, description="A curriculum: `domaintune run` trains these in order, each from the previous one's weights."
+    )
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _stages_are_recipes(self) -> "Recipe":
+        if self.stages:
+            stage_recipes(self)  # each stage, merged into this recipe, must be a valid recipe itself
+        return self
+
+    @model_validator(mode="after")
+    def _method_fits_objective(self) -> "Recipe":
+        # A task head exists only for classify; classify and the embedding objectives train their own way.
+        objectives = getattr(get_method(self.method.name), "OBJECTIVES", None)
+        if objectives and self.objective.name not in objectives:
+            raise ValueError(f"method {self.method.name} works with objective {' or '.join(objectives)} only")
+        methods = type(self.objective).methods
+        if methods and self.method.name not in methods:
+            raise ValueError(f"objective {self.objective.name} trains with method {' or '.join(methods)} "
+                             f"(set method.name), not {self.method.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> "Recipe":
+        # The launched processes and the Trainer inside them must agree; an explicit contradiction is a mistake.
+        wanted = {"no": "fp32", "bf16": "bf16"}.get(self.distributed.mixed_precision)
+        if wanted and self.training.precision not in ("auto", wanted):
+            raise ValueError(
+                f"distributed.mixed_precision {self.distributed.mixed_precision!r} contradicts "
+                f"training.precision {self.training.precision!r}"
+            )
+        return self
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: `training.lr: input should be a number`."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        message = item["msg"]
+        message = message[0].lower() + message[1:] if message else message
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path or '<recipe>'}: {message}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the discriminator value (e.g. 'lora', 'float') into the location of union members.
+    tags = {cls.model_fields["name"].default for cls in method_config_types()}
+    tags |= {name for cls in OBJECTIVE_CONFIGS for name in objective_names(cls)}
+    tags |= {cls.model_fields["type"].default for cls in SEARCH_PARAM_TYPES}
+    return isinstance(part, str) and part in tags
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML so `2`, `true`, `[a, b]` get their types."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise DomaintuneError(f"--set {override!r}: expected KEY=VALUE, e.g. training.epochs=2")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise DomaintuneError(f"--set {override!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise DomaintuneError(f"{source} is not a valid recipe:\n{format_validation_error(error)}") from None
+
+
+RecipeLike = Union["Recipe", str, Path, dict]
+
+
+def as_recipe(recipe: RecipeLike, overrides: list[str] | None = None) -> Recipe:
+    """A validated Recipe from a YAML path, a dict, or a Recipe (overrides as `a.b=value`)."""
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        recipe = recipe.model_dump(mode="json")
+    if isinstance(recipe, dict):
+        return validate_recipe(apply_overrides(dict(recipe), overrides or []))
+    return load_recipe(recipe, overrides)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply CLI overrides, validate. Relative data paths resolve against the recipe's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DomaintuneError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError:
+        raise DomaintuneError(f"{path}: recipe is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DomaintuneError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise DomaintuneError(f"{path}: a recipe is a mapping of sections (model, data, method, ...)")
+    data = apply_overrides(data, overrides or [])
+    recipe = validate_recipe(data, source=str(path))
+    return resolve_data_paths(recipe, path.parent)
+
+
+def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
+    def resolve(files: list[str]) -> list[str]:
+        return [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+
+    recipe.data.train = resolve(recipe.data.train)
+    recipe.data.validation = resolve(recipe.data.validation)
+    recipe.data.test = resolve(recipe.data.test)
+    for stage in recipe.stages or []:
+        for part in ("train", "validation", "test"):
+            if isinstance(stage.data.get(part), list):
+                stage.data[part] = resolve(stage.data[part])
+    recipe.data.contamination.benchmarks = resolve(recipe.data.contamination.benchmarks)
+    recipe.data.synthesize.documents = resolve(recipe.data.synthesize.documents)
+    if recipe.evaluation.probes:
+        recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
+    recipe.evaluation.harness_files = resolve(recipe.evaluation.harness_files)
+    if hasattr(recipe.objective, "resolve_paths"):  # multitask: each task's files
+        recipe.objective.resolve_paths(resolve)
+    return recipe
+
+
+def recipe_json_schema() -> dict:
+    return Recipe.model_json_schema()
+
+
+STAGE_SECTIONS = ("data", "objective", "method", "training", "evaluation")
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("method", "objective"):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)  # a method or objective block replaces the recipe's whole block
+    return out
+
+
+def stage_recipes(recipe: Recipe) -> list[dict]:
+    """The resolved recipe of each stage (as dicts; model.name is filled in while running)."""
+    base = recipe.model_dump(mode="json", exclude={"stages", "compare", "tune"})
+    stages = []
+    for index, stage in enumerate(recipe.stages):
+        data = merge(base, {key: value for key, value in stage.model_dump(mode="json", exclude_unset=True).items() if key in STAGE_SECTIONS})
+        data["name"] = f"{recipe.name}-{stage.label or f'stage{index + 1}'}"
+        last = index == len(recipe.stages) - 1
+        if not last:
+            data.setdefault("export", {}).update(merged=True, dtype="float32")
+        checked = validate_recipe(data, source=f"stages[{index}]")
+        if not last and not getattr(get_method(checked.method.name), "MERGEABLE", True):
+            raise DomaintuneError(
+                f"stages[{index}].method: {checked.method.name} can't be merged into the weights, so the next "
+                "stage could not start from them; use it in the last stage only"
+            )
+        stages.append(data)
+    return stages

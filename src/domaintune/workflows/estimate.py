@@ -1,0 +1,131 @@
+"""`domaintune estimate`: predict a run's wall time, peak memory and tokens before spending them.
+
+Tokens and steps come from the prepared data (exact). Speed comes from a probe: a few real
+training steps of the recipe's own engine in a child process (so its peak RSS is its own), one
+validation pass, and one batch of generation.
+"""
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from rich.console import Console
+
+from domaintune.config import Recipe
+from domaintune.config.runtime import configure_threads, thread_count, use_bf16
+from domaintune.core.chat import encode_row, prompt_text
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.forgetting import load_probes, probe_prompt
+from domaintune.models.inference import generate
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.storage.rundir import RunDir
+from domaintune.training import forecast
+from domaintune.workflows import pipeline
+
+PROBE_WARMUP_STEPS = 2  # one-off costs (allocation, kernel selection) are excluded from the rate
+PROBE_STEPS = 6
+
+
+def estimate_run(recipe: Recipe, console: Console) -> dict:
+    """Prepare the recipe's data in scratch, count its work exactly, time a probe, and forecast."""
+    # The probe's run directory is scratch: it must not show up among the user's runs.
+    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
+    run, _ = pipeline.prepare(scratch, console=console)
+    tokenizer = load_tokenizer(recipe.model)
+    lengths = {**split_lengths(run, recipe, tokenizer), "probes": probe_lengths(recipe, tokenizer)}
+    console.print("Timing a few training steps, a validation pass and a generation batch...")
+    speed = probe(run)
+    forecast.record_throughput(forecast.setup_key(recipe, thread_count(recipe.training), use_bf16(recipe)), speed)
+    result = forecast.estimate(forecast.count_work(recipe, lengths), speed, recipe.evaluation.compare_base)
+    console.print(forecast.describe(result), highlight=False)
+    return result
+
+
+def split_lengths(run: RunDir, recipe: Recipe, tokenizer) -> dict[str, list[int]]:
+    """Token length of every prepared row, per split, as training sees it."""
+    return {
+        split: [len(encode_row(tokenizer, row, recipe.data.max_tokens)["input_ids"]) for row in run.read_split(split)]
+        for split in ("train", "validation", "test")
+    }
+
+
+def probe_lengths(recipe: Recipe, tokenizer) -> list[int]:
+    """Tokens the forgetting check runs per model: each probe's prompt once, then each choice."""
+    if not recipe.evaluation.forgetting:
+        return []
+    _, probes = load_probes(recipe.evaluation.probes)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return [count(probe_prompt(tokenizer, probe)) + sum(map(count, probe.choices)) for probe in probes]
+
+
+def probe(run: RunDir) -> dict:
+    """Time a few steps, one validation and one generation batch in a fresh child process."""
+    scratch = Path(tempfile.mkdtemp(prefix="domaintune-probe-"))
+    try:
+        probe_run = RunDir(scratch / "run")
+        shutil.copytree(run.data, probe_run.data)
+        shutil.copy2(run.recipe_file, probe_run.recipe_file)
+        # spawn, not fork: the child starts clean, so its peak memory is the probe's own.
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            try:
+                return pool.submit(probe_in_this_process, probe_run.root).result()
+            except DomaintuneError:
+                raise
+            except Exception as error:  # the child's failure, whatever it was, is the probe's
+                raise DomaintuneError(f"the speed probe failed: {type(error).__name__}: {error}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def probe_in_this_process(root: Path) -> dict:
+    """The child side of `probe`: the measurements."""
+    import yaml
+    from transformers import TrainerCallback
+
+    run = RunDir(root)
+    recipe = run.recipe()
+    steps = PROBE_WARMUP_STEPS + PROBE_STEPS
+    data = recipe.model_dump(mode="json")
+    data["training"].update(max_steps=steps, eval_every=steps, save_every=steps, early_stopping=None, log_every=steps)
+    run.recipe_file.write_text(yaml.safe_dump(data))
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []
+            self.evaluate_seconds: float | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((time.perf_counter(), state.global_step))
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.evaluate_seconds = time.perf_counter() - self.marks[-1][0]
+
+    clock = Clock()
+    pipeline.train_run(run, callbacks=[clock], console=Console(stderr=True, quiet=True))
+    tokenizer = load_tokenizer(recipe.model)
+    lengths = split_lengths(run, recipe, tokenizer)
+    (t0, step0), (t1, step1) = clock.marks[PROBE_WARMUP_STEPS - 1], clock.marks[-1]
+    result = {
+        "tokens_per_second": (step1 - step0) * forecast.real_tokens_per_step(recipe, lengths) / (t1 - t0),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    validation_tokens = sum(lengths["validation"])
+    if clock.evaluate_seconds and validation_tokens:
+        result["eval_tokens_per_second"] = validation_tokens / clock.evaluate_seconds
+    prompts = [prompt_text(tokenizer, row["messages"]) for row in run.read_split("test") if "messages" in row]
+    if prompts:
+        configure_threads(recipe.training)
+        model = load_causal_lm(recipe.model)
+        started = time.perf_counter()
+        generate(model, tokenizer, prompts[: recipe.evaluation.batch_size], recipe.evaluation.max_new_tokens,
+                 recipe.evaluation.batch_size, use_bf16(recipe))
+        result["generation_batch_seconds"] = time.perf_counter() - started
+    return result
