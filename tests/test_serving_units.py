@@ -146,21 +146,23 @@ def test_pii_redaction_covers_whole_and_streamed_answers():
 
     from domaintune.config import PiiConfig
     from domaintune.data.pii import PiiScanner
-    from domaintune.serving import app as serving_app
+    from domaintune.serving import generation_replies
+    from domaintune.serving.accounting import Record
     from domaintune.serving.engine import Event
     from domaintune.serving.metrics import Metrics
+    from domaintune.serving.schemas import ChatRequest
 
     scanner = PiiScanner(PiiConfig())
     state = types.SimpleNamespace(scanner=scanner, metrics=Metrics(), redact=lambda text: scanner.redact(text)[0],
                                   keys=KeyStore([]), settings=ServeSettings())
     events = [Event(text="write to jane.doe@"), Event(text="example.com today"), Event(finish_reason="stop", completion_tokens=6)]
-    text, reason, tokens = asyncio.run(serving_app._collect(state, _FakeWork(events)))
+    text, reason, tokens = asyncio.run(generation_replies.collect(state, _FakeWork(events)))
     assert text == "write to [EMAIL] today" and (reason, tokens) == ("stop", 6)
 
     async def stream():
-        body = serving_app.ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
-        record = serving_app.Record("/v1/chat/completions")
-        return [chunk async for chunk in serving_app._stream(state, body, record, _FakeWork(events), "chat.completion")]
+        body = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+        record = Record("/v1/chat/completions")
+        return [chunk async for chunk in generation_replies._stream(state, body, record, _FakeWork(events), "chat.completion")]
 
     chunks = asyncio.run(stream())
     contents = [json.loads(chunk[6:])["choices"][0]["delta"].get("content") for chunk in chunks[:-1]]

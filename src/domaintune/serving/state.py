@@ -1,0 +1,58 @@
+"""What one app's requests share: the loaded models, settings, keys and metrics, and who may use which model."""
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+
+from domaintune.serving.auth import ApiKey, KeyStore, check_scope
+from domaintune.serving.encoders import Classifier, Embedder
+from domaintune.serving.engine import Generator
+from domaintune.serving.errors import ApiError
+from domaintune.serving.metrics import Metrics
+from domaintune.serving.settings import ServeSettings
+from domaintune.serving.sources import Served
+
+
+class State:
+    def __init__(self, served: Served, settings: ServeSettings, keys: KeyStore):
+        self.settings = settings
+        self.keys = keys
+        self.metrics = Metrics()
+        remote = {"trust_remote_code": settings.trust_remote_code}
+        self.generator = (
+            Generator(*served.chat, served.adapters, dtype=settings.dtype, max_loaded_adapters=settings.max_loaded_adapters,
+                      max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms, metrics=self.metrics,
+                      **remote)
+            if served.chat else None
+        )
+        self.embedders = {name: Embedder(path, **remote) for name, path in served.embeddings.items()}
+        self.classifiers = {name: Classifier(path, **remote) for name, path in served.classifiers.items()}
+        self.created = int(time.time())
+        self.scanner = None
+        if settings.redact_pii:
+            from domaintune.config import PiiConfig
+            from domaintune.data.pii import PiiScanner
+
+            self.scanner = PiiScanner(PiiConfig())
+
+    def names(self) -> list[str]:
+        return [*(self.generator.models if self.generator else []), *self.embedders, *self.classifiers]
+
+    async def authorized(self, request: Request) -> ApiKey:
+        """The route dependency: the caller's key, admitted under its rate limits and noted on the request's record."""
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        request.state.record.key = key
+        self.keys.admit(key)
+        return key
+
+    def pick(self, models: dict, name: str, key: ApiKey, endpoint: str):
+        if name not in models:
+            known = name in self.names()
+            raise ApiError(400 if known else 404, f"The model '{name}' {'can not be used with ' + endpoint if known else 'does not exist'}.",
+                           param="model", code="model_not_supported" if known else "model_not_found")
+        check_scope(key, name)
+        return models[name]
+
+    def redact(self, text: str) -> str:
+        return self.scanner.redact(text)[0] if self.scanner else text
