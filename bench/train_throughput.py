@@ -80,8 +80,8 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from domaintune.training.trainer import encode_split
     from domaintune.storage.rundir import RunDir
+    from domaintune.training.trainer import encode_split
 
     model_dir = json.loads((run_dir / "bench.json").read_text())["model_path"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -5,9 +5,9 @@ import pytest
 from rich.console import Console
 
 from domaintune.config import ContaminationConfig, DataConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.contamination import check_contamination
 from domaintune.data.prepare import prepare_dataset
-from domaintune.core.errors import DomaintuneError
 
 
 def chat(user: str, answer: str, line: int = 1) -> dict:

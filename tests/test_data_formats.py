@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from domaintune.config import DataConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.formats import RowError, detect_format, resolve_format, to_canonical
 from domaintune.data.readers import RawRow
-from domaintune.core.errors import DomaintuneError
 
 
 def chat(*turns: tuple[str, str]) -> list[dict]:

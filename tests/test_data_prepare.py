@@ -7,10 +7,10 @@ import pytest
 from rich.console import Console
 
 from domaintune.config import DataConfig, SplitConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.cleaning import count_conflicts, dedup_rows, filter_row, normalise_row, normalise_text
 from domaintune.data.prepare import prepare_dataset
 from domaintune.data.split import check_leakage, split_rows
-from domaintune.core.errors import DomaintuneError
 
 
 def write_jsonl(path: Path, rows: list) -> str:

@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from domaintune.data.readers import read_files, read_rows
 from domaintune.core.errors import DomaintuneError
+from domaintune.data.readers import read_files, read_rows
 
 
 def write(path: Path, text: str) -> Path:

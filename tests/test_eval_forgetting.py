@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import domaintune
-from conftest import write_jsonl
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import answer_probes, load_probes, option_logprobs
 

@@ -1,10 +1,10 @@
 """The lm-evaluation-harness bridge: local task files written from the run and run offline on a tiny model."""
 import pytest
 import yaml
+from conftest import write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import domaintune
-from conftest import write_jsonl
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.harness import check_builtin_tasks, run_tasks
 

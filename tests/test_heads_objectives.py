@@ -6,12 +6,12 @@ import random
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
 from domaintune import api
-from domaintune.data.token_labels import ListMismatch, bio_tags, spans_from_list, spans_from_tags
 from domaintune.core.errors import DomaintuneError
+from domaintune.data.token_labels import ListMismatch, bio_tags, spans_from_list, spans_from_tags
 
 SPLIT = {"validation": 0.15, "test": 0.15}
 TRAINING = {"batch_size": 8, "lr": 1e-3, "eval_every": 5, "save_every": 5, "log_every": 1, "threads": 1,

@@ -3,12 +3,12 @@ instruct turns labelled rows into instructions with the allowed answers."""
 import json
 
 import pytest
+from conftest import write_jsonl
 from transformers import AutoTokenizer
 
 import domaintune
-from conftest import write_jsonl
-from domaintune.core.errors import DomaintuneError
 from domaintune.config import EvaluationConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.objectives.pretrain import encode_blocks
 
 

@@ -1,7 +1,6 @@
 from transformers import AutoTokenizer
 
-from domaintune.core.chat import count_tokens, encode_row
-from domaintune.core.chat import IGNORE_INDEX, prompt_text
+from domaintune.core.chat import IGNORE_INDEX, count_tokens, encode_row, prompt_text
 
 
 def supervised_text(tokenizer, encoded):

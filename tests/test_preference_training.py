@@ -68,8 +68,8 @@ def ner_pairs(count: int) -> list[dict]:
 
 
 def test_reward_model_learns_a_preference_and_reloads(tmp_path, tiny_model_dir):
-    from domaintune.objectives.reward import pairwise_accuracy
     from domaintune.evaluation.reward_sources import RewardModel
+    from domaintune.objectives.reward import pairwise_accuracy
 
     data = write_jsonl(tmp_path / "pairs.jsonl", ner_pairs(40))
     run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, {"name": "reward"}, max_steps=10, lr=5e-3))

@@ -233,7 +233,8 @@ def feedback(source: str | Path, prompts: str | Path | None = None, db: str | Pa
     """Collect people's preferences on a local page (127.0.0.1): base vs tuned answers of a run directory
     (by default its evaluated test samples), or `samples` sampled answers of one model to `prompts`.
     Answers are generated first and kept in the SQLite `db`; an existing db resumes. Returns its summary."""
-    from domaintune.evaluation.feedback import prepare_session, serve as serve_page
+    from domaintune.evaluation.feedback import prepare_session
+    from domaintune.evaluation.feedback import serve as serve_page
 
     console = _console(console)
     path = feedback_db(source, db)

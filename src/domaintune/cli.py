@@ -254,9 +254,8 @@ def methods(
     model: Annotated[Optional[str], typer.Option("--model", help="Model to size the methods for (default: the default model).")] = None,
 ):
     """List the training methods and objectives: what each trains, when to use it, its cost for the model."""
-    from domaintune.objectives import OBJECTIVES
-
     from domaintune.config import ModelConfig
+    from domaintune.objectives import OBJECTIVES
 
     model = model or ModelConfig().name
     rows = api.list_methods(model)

@@ -7,12 +7,25 @@ anything runs. Nothing here knows the engines or the objectives' code.
 - runtime.py: facts about this machine (threads, bf16) that every layer above decides by.
 """
 from domaintune.config.data import (
-    AugmentConfig, ContaminationConfig, DataConfig, DocumentsConfig, NearDedupConfig, PiiConfig, QualityConfig,
-    SplitConfig, SynthesizeConfig,
+    AugmentConfig,
+    ContaminationConfig,
+    DataConfig,
+    DocumentsConfig,
+    NearDedupConfig,
+    PiiConfig,
+    QualityConfig,
+    SplitConfig,
+    SynthesizeConfig,
 )
 from domaintune.config.evaluation import EvaluationConfig, ExportConfig, JudgeConfig
 from domaintune.config.recipe import (
-    ModelConfig, Recipe, apply_overrides, format_validation_error, load_recipe, recipe_json_schema, validate_recipe,
+    ModelConfig,
+    Recipe,
+    apply_overrides,
+    format_validation_error,
+    load_recipe,
+    recipe_json_schema,
+    validate_recipe,
 )
 from domaintune.config.training import DistributedConfig, EarlyStoppingConfig, TrainingConfig
 

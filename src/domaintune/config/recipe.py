@@ -27,7 +27,6 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub repo. Off by default.")
 
 
-
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; runs go to <output_dir>/<name>-<time>.")
     output_dir: str = Field("runs", description="Folder that holds run directories.")

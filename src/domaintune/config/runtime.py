@@ -7,12 +7,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
+from domaintune.config.recipe import Recipe
 from domaintune.config.training import TrainingConfig
-
-if TYPE_CHECKING:
-    from domaintune.config.recipe import Recipe
 
 
 @lru_cache(maxsize=1)

@@ -12,8 +12,8 @@ from typing import Callable
 
 import jinja2
 
-from domaintune.data.cleaning import char_length
 from domaintune.core.charts import new_axes, png_data_uri
+from domaintune.data.cleaning import char_length
 
 BLUE, GREY, ORANGE = "#2f6fde", "#9aa5b1", "#e8743b"
 SPLIT_COLOURS = {"train": BLUE, "validation": ORANGE, "test": "#3aa57a"}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from domaintune.config import DataConfig
 from domaintune.core.entities import entity_list
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.preferences import PREFERENCE_FORMATS, to_preference_row
 from domaintune.data.readers import RawRow, json_type
-from domaintune.core.errors import DomaintuneError
 
 # Required canonical columns per format, in detection order: the more specific formats
 # come first, so a row with `text` and `label` is labelled rather than raw text.

@@ -17,20 +17,20 @@ from typing import Callable
 from rich.console import Console
 
 from domaintune.config import DataConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.augment import augment_rows
 from domaintune.data.cleaning import Removed, char_length, count_conflicts, dedup_rows, filter_rows, normalise_row
 from domaintune.data.contamination import check_contamination
 from domaintune.data.data_report import funnel, write_data_report
 from domaintune.data.documents import Tokenize, is_document, read_document_rows
 from domaintune.data.formats import RowError, resolve_format, to_canonical
-from domaintune.data.text_generator import Generate
 from domaintune.data.near_dedup import near_dedup_rows
 from domaintune.data.pii import scrub_rows
 from domaintune.data.quality import quality_filter
 from domaintune.data.readers import RawRow, read_files
-from domaintune.storage.jsonl import write_jsonl
 from domaintune.data.split import check_leakage, split_rows
-from domaintune.core.errors import DomaintuneError
+from domaintune.data.text_generator import Generate
+from domaintune.storage.jsonl import write_jsonl
 
 SPLITS = ("train", "validation", "test")
 

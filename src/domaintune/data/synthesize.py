@@ -16,12 +16,13 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import DataConfig, Recipe
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.cleaning import normalise_text
 from domaintune.data.documents import is_document, read_document_rows
 from domaintune.data.formats import column
-from domaintune.data.text_generator import Generate
+from domaintune.data.text_generator import Generate, load_generator
+from domaintune.models.loading import load_tokenizer
 from domaintune.storage.jsonl import write_jsonl
-from domaintune.core.errors import DomaintuneError
 
 # Two steps, because a 135M model asked for "Question: ... Answer: ..." in one reply mostly stops after
 # "Answer:": first it asks about the chunk, then it answers its own question with the chunk in view.
@@ -108,9 +109,6 @@ def synthesize_pairs(chunks: list[dict], generate: Generate, recipe: Recipe) -> 
 
 def synthesize(recipe: Recipe, generate: Generate | None = None, console: Console | None = None) -> dict:
     """Write the synthetic pairs of the recipe's documents; returns the counts and the output path."""
-    from domaintune.data.text_generator import load_generator
-    from domaintune.models.loading import load_tokenizer
-
     console = console or Console(stderr=True)
     config = recipe.data.synthesize
     sources = config.documents or [path for path in recipe.data.train if is_document(path)]

@@ -8,17 +8,16 @@ from __future__ import annotations
 from typing import Callable
 
 from domaintune.config import Recipe
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import render
+from domaintune.models.inference import generate
+from domaintune.models.loading import load_causal_lm, load_tokenizer
 
 # [{"role", "content"}, ...] per prompt -> one reply per prompt
 Generate = Callable[[list[list[dict]]], list[str]]
 
 
 def load_generator(recipe: Recipe, model_name: str | None, max_new_tokens: int, batch_size: int) -> Generate:
-    from domaintune.models.inference import generate
-    from domaintune.models.loading import load_causal_lm, load_tokenizer
-    from domaintune.core.chat import render
-    from domaintune.config.runtime import configure_threads, use_bf16
-
     configure_threads(recipe.training)
     model_config = recipe.model.model_copy(update={"name": model_name}) if model_name else recipe.model
     tokenizer = load_tokenizer(model_config)

@@ -11,16 +11,17 @@ import time
 import numpy as np
 from rich.console import Console
 
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import prompt_text
 from domaintune.evaluation import bootstrap, judge
+from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
 from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
-from domaintune.models.inference import generate, mean_loss, perplexity, row_losses
 from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.evaluation.report import write_report
+from domaintune.models.inference import generate, mean_loss, perplexity, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-from domaintune.core.chat import prompt_text
 from domaintune.storage.rundir import RunDir
-from domaintune.config.runtime import configure_threads, use_bf16
 
 
 def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
@@ -68,8 +69,6 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
     harness_tasks: list[str] = []
     if config.harness if harness is None else harness:
-        from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
-
         harness_tasks = lm_harness.write_tasks(run.eval / "harness", recipe, tokenizer, generation_rows, probes)
         lm_harness.check_builtin_tasks(run.eval / "harness", config.harness_tasks)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import bootstrap
 
-from domaintune.models.inference import perplexity
 from domaintune.evaluation.metrics import METRICS, entity_item_counts, entity_scores
+from domaintune.models.inference import perplexity
 
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
 

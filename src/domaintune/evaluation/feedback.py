@@ -22,9 +22,15 @@ from urllib.parse import parse_qs
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
-from domaintune.storage.jsonl import read_jsonl
+from domaintune.config import ModelConfig
+from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
+from domaintune.models.inference import generate
+from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.storage.jsonl import read_jsonl
+from domaintune.storage.rundir import RunDir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,8 +96,6 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
                     max_new_tokens: int = 128, batch_size: int = 8, temperature: float = 0.8, seed: int = 0,
                     console=None) -> dict:
     """Create the session in `db` unless it exists (then it resumes). Returns its summary."""
-    from domaintune.storage.rundir import RunDir
-
     db = Path(db)
     existing = session_summary(db) if db.exists() else None
     if existing and existing["source"] is not None:  # no source: an earlier start failed before storing anything
@@ -126,12 +130,6 @@ def _sample_answers(source: str, is_run: bool, prompts, samples: int, max_new_to
                     temperature: float, seed: int, console) -> dict[str, list[str]]:
     """`samples` sampled answers per prompt from the model (a run's tuned model, or any model)."""
     import torch
-
-    from domaintune.config import ModelConfig
-    from domaintune.models.inference import generate
-    from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.core.chat import render
-    from domaintune.storage.rundir import RunDir
 
     if samples < 2:
         raise DomaintuneError("--samples must be at least 2: the page compares answers")
@@ -213,9 +211,6 @@ def _write_run_feedback(connection, run_root: Path) -> None:
     (eval_dir / "feedback-summary.json").write_text(json.dumps(_win_rate([choice for _, choice in rows]), indent=2), encoding="utf-8")
     results = eval_dir / "results.json"
     if results.exists() and "preference" in json.loads(results.read_text(encoding="utf-8")):
-        from domaintune.evaluation.preference_report import write_preference_report
-        from domaintune.storage.rundir import RunDir
-
         write_preference_report(RunDir(run_root))  # preferences.html shows people's win rate next to the reward's
 
 

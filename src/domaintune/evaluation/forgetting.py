@@ -17,10 +17,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from domaintune.config import format_validation_error
+from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.bootstrap import ItemStats, mean_item_stats
 from domaintune.models.inference import autocast
-from domaintune.core.chat import render
 
 BUILTIN = "built-in general probes"
 # Fixed and short, so both models see the same prompt whatever the recipe's domain system prompt is.

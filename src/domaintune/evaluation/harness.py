@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 
 from domaintune.config import Recipe
+from domaintune.core.chat import prompt_text
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.prepare import read_table
 from domaintune.data.readers import read_files
-from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import Probe, load_probes, probe_prompt
-from domaintune.core.chat import prompt_text
 
 PREFIX = "domaintune_"
 MULTIPLE_CHOICE = {

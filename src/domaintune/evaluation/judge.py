@@ -13,8 +13,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from domaintune.config import ModelConfig
+from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.win_rate import tuned_win_rate
+from domaintune.models.inference import generate
+from domaintune.models.loading import load_causal_lm, load_tokenizer
 
 Ask = Callable[[list[str]], list[str]]  # judge prompts -> replies
 TEMPLATE = """{rubric}
@@ -90,11 +94,6 @@ def read_feedback(path: Path) -> dict[int, str]:
 
 def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool) -> Ask:
     """A judge from any model domaintune can load, answering greedily through its chat template."""
-    from domaintune.config import ModelConfig
-    from domaintune.models.inference import generate
-    from domaintune.models.loading import load_causal_lm, load_tokenizer
-    from domaintune.core.chat import render
-
     config = ModelConfig(name=name)
     model, tokenizer = load_causal_lm(config), load_tokenizer(config)
 

@@ -18,11 +18,26 @@ import yaml
 
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.report_charts import (
-    change_chart, confusion_chart, entity_chart, judge_chart, loss_chart, metrics_chart, splits_chart,
+    change_chart,
+    confusion_chart,
+    entity_chart,
+    judge_chart,
+    loss_chart,
+    metrics_chart,
+    splits_chart,
 )
 from domaintune.evaluation.report_tables import (
-    card_value, comparison_rows, confidence_note, dig, entity_error_rows, eval_facts, forgetting_section, harness_rows,
-    headline, metric_names, model_rank,
+    card_value,
+    comparison_rows,
+    confidence_note,
+    dig,
+    entity_error_rows,
+    eval_facts,
+    forgetting_section,
+    harness_rows,
+    headline,
+    metric_names,
+    model_rank,
 )
 
 DEFAULT_SAMPLES = 12  # when the recipe does not set evaluation.report_samples

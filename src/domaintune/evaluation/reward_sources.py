@@ -15,7 +15,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-
 from domaintune.config.objectives import RewardSpec
 from domaintune.core.chat import last_user_turn
 from domaintune.core.errors import DomaintuneError

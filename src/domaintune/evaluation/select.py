@@ -15,12 +15,13 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import Recipe
-from domaintune.core.errors import DomaintuneError
-from domaintune.models.inference import generate, mean_loss, row_losses
-from domaintune.evaluation.metrics import compute_metrics
-from domaintune.models.loading import load_causal_lm, load_tokenizer
-from domaintune.core.chat import prompt_text
 from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import prompt_text
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.metrics import compute_metrics
+from domaintune.models.inference import generate, mean_loss, row_losses
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.storage.rundir import RunDir
 
 # "Nearly as good": within this much of the best score, a candidate that is this many times faster wins.
 TOLERANCE = 0.02
@@ -90,8 +91,6 @@ def rank(results: list[dict], metric: str) -> dict:
 def select_base_model(recipe: Recipe, run_data: Path, candidates: list[str], samples: int, shots: int,
                       console: Console) -> dict:
     """Measure and rank the candidates on prepared data (train and test splits in `run_data`)."""
-    from domaintune.storage.rundir import RunDir
-
     run = RunDir(run_data.parent)
     rows = [row for row in run.read_split("test") if "messages" in row][:samples]
     if not rows:

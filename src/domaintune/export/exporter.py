@@ -6,9 +6,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from domaintune.export.gguf import export_gguf, verify_gguf
 from domaintune.models.loading import adapter_files, is_adapter_folder, load_trained_model, merge_blocker
 from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir
+
 
 def export_causal_lm(run: RunDir, recipe, console: Console) -> dict[str, str]:
     """The default export: export/adapter as peft saved it (adapter methods) and export/merged; returns what
@@ -59,8 +61,6 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 
 
 def _export_gguf(run: RunDir, merged_dir: Path, kinds: list[str], console: Console) -> dict[str, str]:
-    from domaintune.export.gguf import export_gguf, verify_gguf
-
     written = export_gguf(merged_dir, run.export / "gguf", kinds, run.recipe().name, console)
     files = {key.removeprefix("gguf-"): path for key, path in written.items() if key.startswith("gguf-")}
     report = verify_gguf(merged_dir, files, _probe_prompts(run))

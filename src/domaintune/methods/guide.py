@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 
+from domaintune.core.errors import DomaintuneError
 from domaintune.methods import METHODS
+from domaintune.methods.freeze import transformer_blocks
 
 ADAM_BYTES_PER_TRAINABLE = 4 + 8  # fp32 gradient + two fp32 moments
 FP32 = 4
@@ -19,8 +21,6 @@ NF4 = 0.5 + 1 / 64  # 4 bits a weight plus an 8-bit (double-quantised) scale per
 def _meta_model(path: str, build=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from domaintune.core.errors import DomaintuneError
 
     try:
         config = AutoConfig.from_pretrained(path)
@@ -34,8 +34,6 @@ def _meta_model(path: str, build=None):
 def _quantised_numel(model) -> int:
     """Parameters bitsandbytes would store in 4-bit: the linear layers inside the transformer blocks."""
     import torch
-
-    from domaintune.methods.freeze import transformer_blocks
 
     _, blocks = transformer_blocks(model)
     return sum(m.weight.numel() for block in blocks for m in block.modules() if isinstance(m, torch.nn.Linear))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from domaintune.config import ModelConfig
 from domaintune.core.errors import DomaintuneError
+from domaintune.methods import own_artifact_method
 from domaintune.models.registry import resolve_model_path
 
 
@@ -70,15 +71,11 @@ def is_adapter_folder(path) -> bool:
     """An adapter on top of the base model (peft's, or a method's own format), not full weights."""
     from pathlib import Path
 
-    from domaintune.methods import own_artifact_method
-
     return (Path(path) / PEFT_ADAPTER_FILES[0]).exists() or own_artifact_method(path) is not None
 
 
 def adapter_files(path) -> list[str]:
     """The names of the adapter files in a model folder (what export copies)."""
-    from domaintune.methods import own_artifact_method
-
     own = own_artifact_method(path)
     return list(own.ARTIFACT_FILES) if own is not None else list(PEFT_ADAPTER_FILES)
 
@@ -87,8 +84,6 @@ def merge_blocker(path) -> str | None:
     """Why the adapter in this folder can't be merged into the base weights, or None if it can."""
     import json
     from pathlib import Path
-
-    from domaintune.methods import own_artifact_method
 
     own = own_artifact_method(path)
     if own is not None:
@@ -114,8 +109,6 @@ def load_trained_model(config: ModelConfig, model_dir, merge: bool = True, dtype
     `load_kwargs` loads the base as in training (e.g. 4-bit for qlora); by default it is full precision.
     """
     from peft import PeftModel
-
-    from domaintune.methods import own_artifact_method
 
     own = own_artifact_method(model_dir)
     if own is not None:

@@ -24,7 +24,19 @@ from types import ModuleType
 
 from domaintune.config.objectives import objective_names
 from domaintune.objectives import (
-    classify, contrastive, dpo, fewshot, grpo, instruct, kto, multitask, orpo, ppo, pretrain, reward, sft,
+    classify,
+    contrastive,
+    dpo,
+    fewshot,
+    grpo,
+    instruct,
+    kto,
+    multitask,
+    orpo,
+    ppo,
+    pretrain,
+    reward,
+    sft,
 )
 
 OBJECTIVES: dict[str, ModuleType] = {

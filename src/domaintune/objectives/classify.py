@@ -19,15 +19,34 @@ from collections import Counter
 
 from rich.console import Console
 
-from domaintune.core.errors import DomaintuneError
-from domaintune.core.chat import final_answer, last_user_turn
-from domaintune.evaluation.base_vs_tuned import write_results
-from domaintune.evaluation.bootstrap import paired_comparison
-from typing import TYPE_CHECKING
 from domaintune.config.objectives import ClassifyConfig as Config
-
-if TYPE_CHECKING:
-    from domaintune.storage.rundir import RunDir
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import IGNORE_INDEX, final_answer, last_user_turn
+from domaintune.core.errors import DomaintuneError
+from domaintune.data.token_labels import (
+    ListMismatch,
+    answer_from_spans,
+    bio_labels,
+    bio_tags,
+    row_spans,
+    spans_from_tags,
+)
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
+from domaintune.evaluation.errors_analysis import label_confusion
+from domaintune.evaluation.metrics import compute_metrics, entity_errors
+from domaintune.methods import get_method
+from domaintune.models.loading import (
+    PEFT_ADAPTER_FILES,
+    _common_kwargs,
+    _explain_load_failure,
+    _hub_errors,
+    is_adapter_folder,
+    load_tokenizer,
+)
+from domaintune.models.registry import resolve_model_path
+from domaintune.storage.rundir import RunDir
+from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "a classification, regression or entity-tagging head (method head): fast, exact labels, no generation"
 LABELS_FILE = "labels.json"
@@ -39,8 +58,6 @@ SPLITS = ("train", "validation", "test")
 
 def _target(row: dict, task: str):
     """A row's training target; raises ValueError with the reason when it has none."""
-    from domaintune.data.token_labels import ListMismatch, row_spans
-
     if task == "token":
         try:
             return row_spans(last_user_turn(row["messages"]), row)
@@ -67,8 +84,6 @@ def targets(rows: list[dict], task: str) -> tuple[list[tuple[dict, object]], lis
 
 
 def label_names(config: Config, train: list[tuple[dict, object]]) -> list[str]:
-    from domaintune.data.token_labels import bio_labels
-
     if config.task == "regression":
         return ["score"]
     if config.task == "token":
@@ -77,9 +92,6 @@ def label_names(config: Config, train: list[tuple[dict, object]]) -> list[str]:
 
 
 def encode(tokenizer, pairs: list[tuple[dict, object]], task: str, labels: list[str], max_length: int) -> list[dict]:
-    from domaintune.core.chat import IGNORE_INDEX
-    from domaintune.data.token_labels import bio_tags
-
     index = {label: i for i, label in enumerate(labels)}
     examples = []
     for row, target in pairs:
@@ -110,9 +122,6 @@ def new_model(recipe, labels: list[str], tokenizer, path: str | None = None):
     """The base model with a freshly initialised head for `labels` (seeded by the caller)."""
     import torch
 
-    from domaintune.models.loading import _common_kwargs, _explain_load_failure, _hub_errors
-    from domaintune.models.registry import resolve_model_path
-
     task = recipe.objective.task
     try:
         model = _head_class(task).from_pretrained(
@@ -136,8 +145,6 @@ def read_labels(folder) -> list[str]:
 def load_trained(recipe, folder):
     """The trained classifier in a run's model/ folder: full weights, or base + LoRA adapter merged."""
     import torch
-
-    from domaintune.models.loading import is_adapter_folder, load_tokenizer
 
     if not is_adapter_folder(folder):
         return _head_class(recipe.objective.task).from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True)
@@ -168,12 +175,6 @@ def read_targets(run: RunDir, task: str) -> tuple[dict[str, list], list[dict]]:
 def train(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback, Trainer, set_seed
-
-    from domaintune.methods import get_method
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.config.runtime import use_bf16
-    from domaintune.config.runtime import configure_threads
-    from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -232,8 +233,6 @@ def predict(model, tokenizer, rows: list[dict], task: str, max_length: int, batc
     """A label, a number, or a `[NAME - TYPE, ...]` answer per row."""
     import torch
 
-    from domaintune.data.token_labels import answer_from_spans, spans_from_tags
-
     model.eval()
     labels = model.config.id2label
     outputs = []
@@ -261,9 +260,6 @@ def scores(task: str, predictions: list, references: list) -> tuple[dict, dict]:
     import numpy as np
     from sklearn.metrics import f1_score, r2_score
 
-    from domaintune.evaluation.bootstrap import metric_item_stats
-    from domaintune.evaluation.metrics import compute_metrics
-
     if task == "regression":
         return {"r2": float(r2_score(references, predictions)),
                 "mse": float(np.mean((np.array(predictions) - np.array(references)) ** 2))}, {}
@@ -276,11 +272,6 @@ def scores(task: str, predictions: list, references: list) -> tuple[dict, dict]:
 
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
     from transformers import set_seed
-
-    from domaintune.evaluation.errors_analysis import label_confusion
-    from domaintune.evaluation.metrics import entity_errors
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -328,16 +319,12 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
 
 
 def _reference(row: dict, target, task: str):
-    from domaintune.data.token_labels import answer_from_spans
-
     return answer_from_spans(last_user_turn(row["messages"]), target) if task == "token" else target
 
 
 def export(run: RunDir, console: Console | None = None) -> dict[str, str]:
     """export/merged: the classifier with its head, tokenizer and label map; export/adapter too for LoRA."""
     import torch
-
-    from domaintune.models.loading import PEFT_ADAPTER_FILES, is_adapter_folder, load_tokenizer
 
     console = console or Console(stderr=True)
     recipe = run.recipe()

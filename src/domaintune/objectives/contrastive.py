@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.core.errors import DomaintuneError
+from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, last_user_turn
+from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.base_vs_tuned import write_results
-from domaintune.evaluation.bootstrap import paired_comparison
-
-if TYPE_CHECKING:
-    from domaintune.storage.rundir import RunDir
+from domaintune.evaluation.bootstrap import item_scores, mean_item_stats, paired_comparison
+from domaintune.models.registry import resolve_model_path
+from domaintune.storage.rundir import RunDir
+from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "sentence embeddings (sentence-transformers, in-batch negatives) for search and retrieval; recall@k and MRR"
 K = (1, 5, 10)
@@ -44,8 +44,6 @@ def pairs(rows: list[dict], pairs_from: str) -> list[tuple[str, str]]:
 def load_encoder(recipe, path: str | None = None):
     from sentence_transformers import SentenceTransformer
 
-    from domaintune.models.registry import resolve_model_path
-
     return SentenceTransformer(path or resolve_model_path(recipe.model.name), device="cpu",
                                trust_remote_code=recipe.model.trust_remote_code)
 
@@ -61,10 +59,6 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import PrinterCallback, set_seed
-
-    from domaintune.config.runtime import use_bf16
-    from domaintune.config.runtime import configure_threads
-    from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -127,8 +121,6 @@ def retrieval_ranks(model, test_pairs: list[tuple[str, str]]):
 
 def retrieval_stats(ranks) -> dict:
     """recall@k and MRR@10 per anchor, as bootstrap item statistics."""
-    from domaintune.evaluation.bootstrap import mean_item_stats
-
     stats = {f"recall@{k}": mean_item_stats((ranks <= k).astype(float)) for k in K}
     stats["mrr@10"] = mean_item_stats((ranks <= 10) / ranks)
     return stats
@@ -136,9 +128,6 @@ def retrieval_stats(ranks) -> dict:
 
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
     import numpy as np
-
-    from domaintune.evaluation.bootstrap import item_scores
-    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()

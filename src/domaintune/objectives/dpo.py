@@ -6,8 +6,7 @@ Training logs the implicit rewards of the chosen and rejected answers and their 
 """
 from __future__ import annotations
 
-
-
+from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
@@ -17,8 +16,6 @@ CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewa
 
 def train(run, resume=False, callbacks=None, console=None) -> dict:
     from trl import DPOConfig, DPOTrainer
-
-    from domaintune.data.preferences import preference_pairs
 
     recipe = run.recipe()
     train_pairs, validation_pairs = trl_trainer.split_or_fail(run, preference_pairs)

@@ -18,19 +18,25 @@ import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.storage.jsonl import read_jsonl, write_jsonl
-from domaintune.core.errors import DomaintuneError
-from domaintune.core.chat import last_user_turn
-from domaintune.evaluation.base_vs_tuned import write_results
-from domaintune.evaluation.bootstrap import paired_comparison
+from domaintune.config import EarlyStoppingConfig, ModelConfig
 from domaintune.config.objectives import FewshotConfig as Config
-
-if TYPE_CHECKING:
-    from domaintune.storage.rundir import RunDir
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import last_user_turn, prompt_text, render
+from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.base_vs_tuned import write_results
+from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
+from domaintune.evaluation.errors_analysis import label_confusion
+from domaintune.evaluation.metrics import accuracy, answer_label
+from domaintune.export.exporter import export_causal_lm
+from domaintune.models.inference import generate
+from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.models.registry import resolve_model_path
+from domaintune.storage.jsonl import read_jsonl, write_jsonl
+from domaintune.storage.rundir import RunDir
+from domaintune.training.trainer import train_causal_lm
 
 SUMMARY = "a few labelled examples per class: SetFit on an encoder or regularised SFT, vs k-shot prompting"
 HEAD_FILE = "setfit_head.safetensors"
@@ -69,8 +75,6 @@ def is_encoder(model_path: str) -> bool:
 
 
 def mode(recipe) -> str:
-    from domaintune.models.registry import resolve_model_path
-
     if recipe.objective.mode != "auto":
         return recipe.objective.mode
     return "setfit" if is_encoder(resolve_model_path(recipe.model.name)) else "sft"
@@ -116,9 +120,6 @@ def train_setfit(run: RunDir, recipe, console: Console) -> dict:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    from domaintune.models.registry import resolve_model_path
-    from domaintune.config.runtime import configure_threads
-
     if recipe.method.name != "full":
         raise DomaintuneError(f"objective fewshot (setfit): SetFit fine-tunes the whole encoder; set method.name: full, "
                               f"not {recipe.method.name}")
@@ -154,8 +155,6 @@ def train_setfit(run: RunDir, recipe, console: Console) -> dict:
 
 def regularised(recipe):
     """The recipe as few-shot SFT trains it: capped steps, weight decay, early stopping on validation."""
-    from domaintune.config import EarlyStoppingConfig
-
     config, training = recipe.objective, recipe.training
     steps = config.max_steps if training.max_steps < 0 else min(training.max_steps, config.max_steps)
     training = training.model_copy(update={
@@ -167,8 +166,6 @@ def regularised(recipe):
 
 
 def train(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None) -> dict:
-    from domaintune.training.trainer import train_causal_lm
-
     console = console or Console(stderr=True)
     recipe = run.recipe()
     if mode(recipe) == "setfit":
@@ -181,8 +178,6 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
 
 def kshot_prompts(tokenizer, shots: list[dict], rows: list[dict], labels: list[str]) -> list[str]:
     """A conversation per test row: the shots as question/answer turns (labels interleaved), then the row."""
-    from domaintune.core.chat import render
-
     by_label = defaultdict(list)
     for shot in shots:
         by_label[shot["label"]].append(shot)
@@ -198,15 +193,6 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     import time
 
     from sklearn.metrics import f1_score
-
-    from domaintune.config import ModelConfig
-    from domaintune.evaluation.bootstrap import metric_item_stats
-    from domaintune.evaluation.errors_analysis import label_confusion
-    from domaintune.models.inference import generate
-    from domaintune.evaluation.metrics import accuracy, answer_label
-    from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.core.chat import prompt_text
-    from domaintune.config.runtime import configure_threads, use_bf16
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -255,8 +241,6 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
 
 
 def export(run: RunDir, console: Console | None = None) -> dict[str, str]:
-    from domaintune.export.exporter import export_causal_lm
-
     console = console or Console(stderr=True)
     recipe = run.recipe()
     if mode(recipe) != "setfit":

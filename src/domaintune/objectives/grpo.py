@@ -6,10 +6,10 @@ TRL's GRPOTrainer does the work; it logs the mean reward, each source's reward a
 """
 from __future__ import annotations
 
-
-
 from domaintune.core.errors import DomaintuneError
+from domaintune.data.preferences import prompts_of
 from domaintune.evaluation.preference import evaluate_policy
+from domaintune.evaluation.reward_sources import reward_sources
 from domaintune.training import trl_trainer
 
 SUMMARY = "prompts + programmable rewards (regex/format, Python function, reward model) → GRPO; sampled groups, no value model."
@@ -28,9 +28,6 @@ def _trl_reward(label: str, source):
 
 def train(run, resume=False, callbacks=None, console=None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
-
-    from domaintune.data.preferences import prompts_of
-    from domaintune.evaluation.reward_sources import reward_sources
 
     recipe = run.recipe()
     config = recipe.objective

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from domaintune.storage.jsonl import read_jsonl, write_jsonl
-from domaintune.core.errors import DomaintuneError
 from domaintune.config.objectives import InstructConfig as Config
+from domaintune.core.errors import DomaintuneError
+from domaintune.storage.jsonl import read_jsonl, write_jsonl
 
 SUMMARY = "rows rewritten into instructions from a task description; labelled rows list the allowed answers."
 SPLITS = ("train", "validation", "test")

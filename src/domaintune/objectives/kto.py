@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-
+from domaintune.data.preferences import kto_examples
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
@@ -17,8 +17,6 @@ CURVES = ("loss", "rewards/chosen", "rewards/rejected", "kl")
 
 def train(run, resume=False, callbacks=None, console=None) -> dict:
     from trl import KTOConfig, KTOTrainer
-
-    from domaintune.data.preferences import kto_examples
 
     recipe = run.recipe()
     config = recipe.objective

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.evaluation.base_vs_tuned import write_results
-from domaintune.evaluation.bootstrap import paired_comparison
 from domaintune.config.objectives import Task
-
-if TYPE_CHECKING:
-    from domaintune.storage.rundir import RunDir
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.evaluation.base_vs_tuned import evaluate_model, write_results
+from domaintune.evaluation.bootstrap import paired_comparison
+from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.storage.rundir import RunDir
 
 SUMMARY = "several tasks in one run: per-task data, mixing weights, a task tag in the prompt; per-task evaluation"
 SPLITS = ("train", "validation", "test")
@@ -71,10 +70,6 @@ def _task_key(key: str, task: str) -> str:
 
 
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
-    from domaintune.evaluation.base_vs_tuned import evaluate_model
-    from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-    from domaintune.config.runtime import configure_threads, use_bf16
-
     console = console or Console(stderr=True)
     recipe = run.recipe()
     configure_threads(recipe.training)

@@ -4,8 +4,7 @@ TRL's experimental ORPOTrainer does the work.
 """
 from __future__ import annotations
 
-
-
+from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
@@ -18,8 +17,6 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # chosen knowingly: ORPO lives only in trl.experimental
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    from domaintune.data.preferences import preference_pairs
 
     recipe = run.recipe()
     train_pairs, validation_pairs = trl_trainer.split_or_fail(run, preference_pairs)

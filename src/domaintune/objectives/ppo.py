@@ -19,11 +19,17 @@ import json
 import math
 import random
 
-
-from domaintune.core.errors import DomaintuneError
-from domaintune.evaluation.preference import evaluate_policy
-from domaintune.training import trl_trainer
 from domaintune.config.objectives import PpoConfig as Config
+from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.chat import render
+from domaintune.core.errors import DomaintuneError
+from domaintune.data.preferences import prompts_of
+from domaintune.evaluation.preference import evaluate_policy
+from domaintune.evaluation.reward_sources import reward_function
+from domaintune.models.inference import autocast
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.training import trl_trainer
+from domaintune.training.trainer import count_parameters
 
 SUMMARY = "prompts + a reward model (or regex/function) → PPO with a KL penalty to a frozen reference (classic RLHF)."
 CURVES = ("reward", "kl", "policy_loss", "value_loss", "response_length")
@@ -45,8 +51,6 @@ class Policy:
     def __init__(self, recipe):
         import torch
         from peft import PeftModel
-
-        from domaintune.models.loading import load_causal_lm
 
         self.model = trl_trainer.load_policy(recipe)
         self.model.eval()  # dropout off: the ratio of new to old probabilities must see the same network
@@ -83,9 +87,6 @@ class Policy:
 def rollout(policy: Policy, tokenizer, prompts: list[list[dict]], config: Config, score, bf16: bool) -> dict:
     """Sample answers, score them, and compute the old log-probabilities, values, rewards and advantages."""
     import torch
-
-    from domaintune.models.inference import autocast
-    from domaintune.core.chat import render
 
     texts = [render(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
     tokenizer.padding_side = "left"
@@ -130,8 +131,6 @@ def ppo_update(policy: Policy, optimizer, data: dict, config: Config, max_grad_n
     """`ppo_epochs` passes of the clipped losses over the rollouts; returns the mean statistics."""
     import torch
 
-    from domaintune.models.inference import autocast
-
     size = data["sequences"].shape[0]
     pieces = [list(range(size))[start :: config.mini_batches] for start in range(min(config.mini_batches, size))]
     totals = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
@@ -167,13 +166,6 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     import torch
     from rich.console import Console
     from transformers import set_seed
-
-    from domaintune.data.preferences import prompts_of
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.evaluation.reward_sources import reward_function
-    from domaintune.config.runtime import use_bf16
-    from domaintune.config.runtime import configure_threads
-    from domaintune.training.trainer import count_parameters
 
     console = console or Console(stderr=True)
     if resume:

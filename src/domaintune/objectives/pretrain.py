@@ -8,8 +8,8 @@ trained as text. Domain perplexity on the validation blocks is measured before a
 """
 from __future__ import annotations
 
-
 from domaintune.config.objectives import PretrainConfig as Config
+from domaintune.core.chat import render
 
 SUMMARY = "raw domain text packed into fixed-length blocks (continued pretraining); domain perplexity before/after."
 # The runner measures perplexity on the validation blocks before and after training.
@@ -19,7 +19,6 @@ DOMAIN_PERPLEXITY = True
 def document_text(tokenizer, row: dict) -> str:
     if "text" in row:
         return row["text"]
-    from domaintune.core.chat import render
 
     return render(tokenizer, row["messages"])
 

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 
-
+from domaintune.config.runtime import configure_threads
+from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import log_curves
+from domaintune.evaluation.preference_report import write_preference_report
+from domaintune.evaluation.reward_sources import RewardModel
+from domaintune.methods import get_method
+from domaintune.models.loading import load_tokenizer
+from domaintune.models.registry import resolve_model_path
 from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs → a reward model scoring answers (pairwise accuracy); feeds PPO, GRPO and evaluation."
-# What this stage produces scores answers: a stage after it starts from the model this one started from.
+
+
 def load_scorer(recipe):
     """The base model with a fresh one-output head; LoRA comes back as a peft config for the trainer."""
     import dataclasses
 
     from transformers import AutoModelForSequenceClassification
-
-    from domaintune.methods import get_method
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.models.registry import resolve_model_path
 
     tokenizer = load_tokenizer(recipe.model)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -46,9 +49,6 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     from rich.console import Console
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
-
-    from domaintune.data.preferences import preference_pairs
-    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     recipe = run.recipe()
@@ -79,10 +79,6 @@ def pairwise_accuracy(score, pairs: list[dict]) -> dict:
 
 
 def evaluate(run, console=None, harness=None) -> dict:
-    from domaintune.data.preferences import preference_pairs
-    from domaintune.evaluation.preference_report import write_preference_report
-    from domaintune.evaluation.reward_sources import RewardModel
-
     run.require_model()
     score = RewardModel(run.model, batch_size=run.recipe().evaluation.batch_size)
     results = {"reward_model": {}}

@@ -18,6 +18,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from domaintune.config.runtime import cpu_has_bf16
+
 
 @dataclass
 class Event:
@@ -48,8 +50,6 @@ class GenerationRequest:
 
 def torch_dtype(name: str):
     import torch
-
-    from domaintune.config.runtime import cpu_has_bf16
 
     if name == "auto":
         # fp16 is emulated and very slow on CPUs; bf16 only where the CPU has it natively.

@@ -4,14 +4,15 @@ from __future__ import annotations
 import logging
 import sys
 
+from domaintune.config import TrainingConfig
+from domaintune.config.runtime import thread_count
+from domaintune.serving.app import create_app
 from domaintune.serving.auth import KeyStore, load_keys
 from domaintune.serving.settings import ServeSettings, require_keys_off_loopback
 from domaintune.serving.sources import Served
 
 
 def build_app(served: Served, settings: ServeSettings):
-    from domaintune.serving.app import create_app
-
     keys = KeyStore(load_keys(settings.keys_file))
     require_keys_off_loopback(settings.host, keys.required)
     return create_app(served, settings, keys)
@@ -31,9 +32,6 @@ def audit_to_stderr() -> None:
 def run_server(served: Served, settings: ServeSettings, console=None) -> None:
     import torch
     import uvicorn
-
-    from domaintune.config import TrainingConfig
-    from domaintune.config.runtime import thread_count
 
     # As in training: a torch thread waiting on a core other work keeps busy stalls every matmul.
     torch.set_num_threads(thread_count(TrainingConfig(threads=settings.threads)))

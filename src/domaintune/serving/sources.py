@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domaintune.core.errors import DomaintuneError
-from domaintune.models.loading import PEFT_ADAPTER_FILES
+from domaintune.models.loading import PEFT_ADAPTER_FILES, is_adapter_folder
 from domaintune.models.registry import resolve_model_path
+from domaintune.storage.rundir import RunDir
 
 
 @dataclass
@@ -55,9 +56,6 @@ def _adapter_base(adapter_dir: Path) -> str:
 
 
 def _from_run(run_dir: Path, served: Served, name: str | None) -> None:
-    from domaintune.models.loading import is_adapter_folder
-    from domaintune.storage.rundir import RunDir
-
     run = RunDir.open(run_dir)
     recipe = run.recipe()
     name = name or recipe.name

@@ -15,9 +15,9 @@ import sys
 import yaml
 
 from domaintune.config import Recipe
+from domaintune.config.runtime import use_bf16
 from domaintune.core.errors import DomaintuneError
 from domaintune.storage.rundir import RunDir
-from domaintune.config.runtime import use_bf16
 
 
 def launched_worker() -> bool:

@@ -11,6 +11,7 @@ import resource
 from rich.console import Console
 
 from domaintune.config import Recipe
+from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core import chat
 from domaintune.core.errors import DomaintuneError
 from domaintune.methods import get_method, load_kwargs, supports_packing
@@ -18,10 +19,8 @@ from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
-from domaintune.config.runtime import use_bf16
-from domaintune.training.packing import batching
 from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
-from domaintune.config.runtime import configure_threads
+from domaintune.training.packing import batching
 
 
 def encode_split(rows: list[dict], tokenizer, max_length: int, encode_rows=chat.encode_rows):

@@ -4,22 +4,21 @@ method applied, the callbacks, and saving the trained model."""
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.errors import DomaintuneError
-
-if TYPE_CHECKING:
-    from domaintune.storage.rundir import RunDir
+from domaintune.methods import get_method, load_kwargs
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.storage.rundir import RunDir
+from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
+from domaintune.training.trainer import count_parameters, training_arguments
 
 
 def trl_config(config_class, recipe, run: RunDir, has_validation: bool, **settings):
     """A TRL config (a TrainingArguments subclass) with the recipe's training settings and `settings`."""
     from transformers import TrainingArguments
-
-    from domaintune.config.runtime import use_bf16
-    from domaintune.training.trainer import training_arguments
 
     args = training_arguments(recipe, run, has_validation, use_bf16(recipe))
     values = {field.name: getattr(args, field.name) for field in fields(TrainingArguments) if field.init}
@@ -33,9 +32,6 @@ def trl_config(config_class, recipe, run: RunDir, has_validation: bool, **settin
 def load_policy(recipe):
     """The base causal LM with the recipe's method applied: a peft model (its reference is the base with
     the adapter disabled) or the full model (TRL keeps a frozen copy as the reference)."""
-    from domaintune.methods import get_method, load_kwargs
-    from domaintune.models.loading import load_causal_lm
-
     model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
     model.config.use_cache = False
     return get_method(recipe.method.name).apply(model, recipe.method)
@@ -45,8 +41,6 @@ def callbacks_for(run: RunDir, console: Console, callbacks: list | None, early_s
     """metrics.jsonl, the progress bar, the caller's callbacks, and early stopping where it applies
     (`early_stopping`: the recipe's setting when there is validation data)."""
     from transformers import EarlyStoppingCallback
-
-    from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
 
     own = [MetricsLogCallback(run.metrics), RichProgressCallback(console), *(callbacks or [])]
     if early_stopping is not None:
@@ -72,8 +66,6 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
     """Train (resuming from the last checkpoint if asked), save the model (with `save(folder)` where the
     trainer's own saving is not what later steps load) and tokenizer, write training.json."""
     from transformers import PrinterCallback
-
-    from domaintune.training.trainer import count_parameters
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
     checkpoint = run.last_checkpoint() if resume else None
@@ -102,9 +94,6 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
     """Train a TRL preference trainer on the policy (the recipe's model and method)."""
     from datasets import Dataset
     from transformers import set_seed
-
-    from domaintune.models.loading import load_tokenizer
-    from domaintune.config.runtime import configure_threads
 
     console = console or Console(stderr=True)
     configure_threads(recipe.training)

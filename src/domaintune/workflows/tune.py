@@ -17,15 +17,11 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from transformers import TrainerCallback
 
+from domaintune.config import Recipe, apply_overrides, validate_recipe
+from domaintune.config.recipe import as_recipe
 from domaintune.config.workflows import CategoricalParam, FloatParam, IntParam, SearchParam, TuneConfig
-from domaintune.config import (
-    Recipe,
-    apply_overrides,
-    validate_recipe,
-)
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.tune_report import best_trial, trial_rows, write_tune_report
-from domaintune.config.recipe import as_recipe
 from domaintune.storage.rundir import RunDir
 from domaintune.workflows import pipeline
 
