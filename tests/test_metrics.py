@@ -1,6 +1,7 @@
 """Task metrics on small inputs whose scores were worked out by hand."""
 import pytest
 
+from domaintune.config.evaluation import METRIC_NAMES
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.metrics import (
     METRICS,
@@ -144,3 +145,7 @@ def test_compute_metrics_rejects_unknown_names_and_mismatched_lengths():
         compute_metrics(["exact_match"], ["a", "b"], ["a"])
     with pytest.raises(ValueError, match="no predictions"):
         compute_metrics(["rouge_l"], [], [])
+
+
+def test_every_metric_a_recipe_may_name_is_implemented():
+    assert set(METRIC_NAMES) == set(METRICS)

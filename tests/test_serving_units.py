@@ -149,7 +149,7 @@ def test_pii_redaction_covers_whole_and_streamed_answers():
     from domaintune.serving import generation_replies
     from domaintune.serving.accounting import Record
     from domaintune.serving.engine import Event
-    from domaintune.serving.metrics import Metrics
+    from domaintune.serving.prometheus import Metrics
     from domaintune.serving.schemas import ChatRequest
 
     scanner = PiiScanner(PiiConfig())

@@ -12,6 +12,7 @@ from domaintune.cli import app
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.tune_report import write_tune_report
 from domaintune.storage.rundir import RunDir
+from domaintune.workflows import pipeline
 from domaintune.workflows.tune import PruningCallback, search_space
 
 SPACE = {
@@ -115,7 +116,7 @@ def test_user_error_in_a_trial_ends_the_study_with_its_message(search_recipe, tm
 
 
 def test_crashed_trial_is_recorded_and_the_study_goes_on(search_recipe, monkeypatch):
-    real_train = domaintune.api.train
+    real_train = pipeline.train
     calls = []
 
     def crash_once(*args, **kwargs):
@@ -124,7 +125,7 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(search_recipe, monkeypa
             raise RuntimeError("out of memory")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(domaintune.api, "train", crash_once)
+    monkeypatch.setattr(pipeline, "train", crash_once)
     result = domaintune.tune(search_recipe, trials=2)
     states = [t.state for t in result.study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

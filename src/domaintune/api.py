@@ -68,21 +68,11 @@ def synthesize(recipe: RecipeLike, overrides: list[str] | None = None, console: 
     return synthesize_documents(load(recipe, overrides), console=_console(console))
 
 
-def train(
-    recipe_or_run: RecipeLike,
-    resume: bool = False,
-    overrides: list[str] | None = None,
-    callbacks: list | None = None,
-    console: Console | None = None,
-    processes: int | None = None,
-    machine_rank: int | None = None,
-) -> RunDir:
-    """Train a recipe in a new run directory, or with resume=True continue the latest run of that
-    recipe (or the given run directory) from its last checkpoint.
-
-    With distributed.processes > 1 the data is prepared here once, then that many processes started
-    by `accelerate launch` train it. `processes` and `machine_rank` override the recipe's distributed
-    section (for an existing run directory: for this launch only)."""
+def train(recipe_or_run: RecipeLike, resume: bool = False, overrides: list[str] | None = None, callbacks: list | None = None,
+          console: Console | None = None, processes: int | None = None, machine_rank: int | None = None) -> RunDir:
+    """Train a recipe in a new run directory, or with resume=True continue the latest run of that recipe
+    (or the given run directory) from its last checkpoint; `processes` > 1 launches that many processes
+    (workflows/pipeline.py's `train` says how)."""
     from domaintune.workflows import pipeline
 
     return pipeline.train(recipe_or_run, resume=resume, overrides=overrides, callbacks=callbacks,

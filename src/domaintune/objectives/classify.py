@@ -19,7 +19,7 @@ from collections import Counter
 
 from rich.console import Console
 
-from domaintune.config.objectives import ClassifyConfig as Config
+from domaintune.config.objectives import ClassifyConfig
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import IGNORE_INDEX, final_answer, last_user_turn
 from domaintune.core.errors import DomaintuneError
@@ -49,6 +49,7 @@ from domaintune.storage.rundir import RunDir
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "a classification, regression or entity-tagging head (method head): fast, exact labels, no generation"
+Config = ClassifyConfig  # the registry and the recipe know an objective by its Config
 LABELS_FILE = "labels.json"
 SPLITS = ("train", "validation", "test")
 

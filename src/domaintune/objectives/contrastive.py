@@ -14,6 +14,7 @@ from collections import defaultdict
 
 from rich.console import Console
 
+from domaintune.config.objectives import ContrastiveConfig
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, last_user_turn
 from domaintune.core.errors import DomaintuneError
@@ -24,6 +25,7 @@ from domaintune.storage.rundir import RunDir
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "sentence embeddings (sentence-transformers, in-batch negatives) for search and retrieval; recall@k and MRR"
+Config = ContrastiveConfig  # the registry and the recipe know an objective by its Config
 K = (1, 5, 10)
 
 

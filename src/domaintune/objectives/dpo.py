@@ -6,11 +6,13 @@ Training logs the implicit rewards of the chosen and rejected answers and their 
 """
 from __future__ import annotations
 
+from domaintune.config.objectives import DpoConfig
 from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs (pairwise, ranking, rating) → direct preference optimisation against a frozen reference; no reward model."
+Config = DpoConfig  # the registry and the recipe know an objective by its Config
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import EarlyStoppingConfig, ModelConfig
-from domaintune.config.objectives import FewshotConfig as Config
+from domaintune.config.objectives import FewshotConfig
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import last_user_turn, prompt_text, render
 from domaintune.core.errors import DomaintuneError
@@ -39,6 +39,7 @@ from domaintune.storage.rundir import RunDir
 from domaintune.training.trainer import train_causal_lm
 
 SUMMARY = "a few labelled examples per class: SetFit on an encoder or regularised SFT, vs k-shot prompting"
+Config = FewshotConfig  # the registry and the recipe know an objective by its Config
 HEAD_FILE = "setfit_head.safetensors"
 LABELS_FILE = "labels.json"
 

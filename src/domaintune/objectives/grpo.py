@@ -6,6 +6,7 @@ TRL's GRPOTrainer does the work; it logs the mean reward, each source's reward a
 """
 from __future__ import annotations
 
+from domaintune.config.objectives import GrpoConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.preferences import prompts_of
 from domaintune.evaluation.preference import evaluate_policy
@@ -13,6 +14,7 @@ from domaintune.evaluation.reward_sources import reward_sources
 from domaintune.training import trl_trainer
 
 SUMMARY = "prompts + programmable rewards (regex/format, Python function, reward model) → GRPO; sampled groups, no value model."
+Config = GrpoConfig  # the registry and the recipe know an objective by its Config
 CURVES = ("reward", "reward_std", "kl", "loss", "completions/mean_length")
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domaintune.config.objectives import InstructConfig as Config
+from domaintune.config.objectives import InstructConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.storage.jsonl import read_jsonl, write_jsonl
 
 SUMMARY = "rows rewritten into instructions from a task description; labelled rows list the allowed answers."
+Config = InstructConfig  # the registry and the recipe know an objective by its Config
 SPLITS = ("train", "validation", "test")
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import random
 
+from domaintune.config.objectives import KtoConfig
 from domaintune.data.preferences import kto_examples
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
 SUMMARY = "answers labelled desirable/undesirable (ratings over a threshold, or pairs) → KTO; no pairs needed."
+Config = KtoConfig  # the registry and the recipe know an objective by its Config
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "kl")
 
 

@@ -13,7 +13,7 @@ import random
 
 from rich.console import Console
 
-from domaintune.config.objectives import Task
+from domaintune.config.objectives import MultitaskConfig, Task
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.evaluation.base_vs_tuned import evaluate_model, write_results
 from domaintune.evaluation.bootstrap import paired_comparison
@@ -21,6 +21,7 @@ from domaintune.models.loading import load_causal_lm, load_tokenizer, load_train
 from domaintune.storage.rundir import RunDir
 
 SUMMARY = "several tasks in one run: per-task data, mixing weights, a task tag in the prompt; per-task evaluation"
+Config = MultitaskConfig  # the registry and the recipe know an objective by its Config
 SPLITS = ("train", "validation", "test")
 
 

@@ -4,11 +4,13 @@ TRL's experimental ORPOTrainer does the work.
 """
 from __future__ import annotations
 
+from domaintune.config.objectives import OrpoConfig
 from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs → SFT on the chosen answer plus an odds-ratio penalty on the rejected; no reference model."
+Config = OrpoConfig  # the registry and the recipe know an objective by its Config
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "log_odds_ratio", "nll_loss")
 
 

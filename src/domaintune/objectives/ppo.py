@@ -19,7 +19,7 @@ import json
 import math
 import random
 
-from domaintune.config.objectives import PpoConfig as Config
+from domaintune.config.objectives import PpoConfig
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
@@ -32,6 +32,7 @@ from domaintune.training import trl_trainer
 from domaintune.training.trainer import count_parameters
 
 SUMMARY = "prompts + a reward model (or regex/function) → PPO with a KL penalty to a frozen reference (classic RLHF)."
+Config = PpoConfig  # the registry and the recipe know an objective by its Config
 CURVES = ("reward", "kl", "policy_loss", "value_loss", "response_length")
 
 

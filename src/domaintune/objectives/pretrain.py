@@ -8,10 +8,11 @@ trained as text. Domain perplexity on the validation blocks is measured before a
 """
 from __future__ import annotations
 
-from domaintune.config.objectives import PretrainConfig as Config
+from domaintune.config.objectives import PretrainConfig
 from domaintune.core.chat import render
 
 SUMMARY = "raw domain text packed into fixed-length blocks (continued pretraining); domain perplexity before/after."
+Config = PretrainConfig  # the registry and the recipe know an objective by its Config
 # The runner measures perplexity on the validation blocks before and after training.
 DOMAIN_PERPLEXITY = True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from domaintune.config.objectives import RewardConfig
 from domaintune.config.runtime import configure_threads
 from domaintune.data.preferences import preference_pairs
 from domaintune.evaluation.preference import log_curves
@@ -20,6 +21,7 @@ from domaintune.models.registry import resolve_model_path
 from domaintune.training import trl_trainer
 
 SUMMARY = "preference pairs → a reward model scoring answers (pairwise accuracy); feeds PPO, GRPO and evaluation."
+Config = RewardConfig  # the registry and the recipe know an objective by its Config
 
 
 def load_scorer(recipe):

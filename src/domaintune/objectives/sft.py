@@ -2,8 +2,7 @@
 renders and masks them). Raw text rows train as causal LM per document. The default objective."""
 from __future__ import annotations
 
-from domaintune.config.objectives import SftConfig as Config
+from domaintune.config.objectives import SftConfig
 
 SUMMARY = "conversations, prompt/completion or labelled rows; loss on the answers only. The default for task data."
-
-__all__ = ["Config", "SUMMARY"]
+Config = SftConfig  # the registry and the recipe know an objective by its Config

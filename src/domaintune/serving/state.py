@@ -9,7 +9,7 @@ from domaintune.serving.auth import ApiKey, KeyStore, check_scope
 from domaintune.serving.encoders import Classifier, Embedder
 from domaintune.serving.engine import Generator
 from domaintune.serving.errors import ApiError
-from domaintune.serving.metrics import Metrics
+from domaintune.serving.prometheus import Metrics
 from domaintune.serving.settings import ServeSettings
 from domaintune.serving.sources import Served
 
