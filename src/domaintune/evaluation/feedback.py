@@ -29,7 +29,7 @@ from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.inference import generate
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
-from domaintune.storage.jsonl import read_jsonl
+from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
 
 SCHEMA = """
@@ -206,11 +206,10 @@ def _write_run_feedback(connection, run_root: Path) -> None:
     eval_dir = run_root / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     rows = connection.execute("SELECT item_id, choice FROM choices ORDER BY item_id").fetchall()
-    text = "".join(json.dumps({"index": item, "choice": choice}) + "\n" for item, choice in rows)
-    (eval_dir / "feedback.jsonl").write_text(text, encoding="utf-8")
-    (eval_dir / "feedback-summary.json").write_text(json.dumps(_win_rate([choice for _, choice in rows]), indent=2), encoding="utf-8")
+    write_jsonl(eval_dir / "feedback.jsonl", [{"index": item, "choice": choice} for item, choice in rows])
+    write_json(eval_dir / "feedback-summary.json", _win_rate([choice for _, choice in rows]))
     results = eval_dir / "results.json"
-    if results.exists() and "preference" in json.loads(results.read_text(encoding="utf-8")):
+    if "preference" in read_json(results, {}):
         write_preference_report(RunDir(run_root))  # preferences.html shows people's win rate next to the reward's
 
 
@@ -231,7 +230,7 @@ def export_pairs(db: Path, out: Path) -> dict:
             answers = dict(connection.execute("SELECT source, text FROM answers WHERE item_id = ?", (item,)).fetchall())
             pairs += [{"prompt": json.loads(prompt), "chosen": answers[choice], "rejected": text, "source": {"item": item, "chosen": choice, "rejected": name}}
                       for name, text in answers.items() if name != choice and text.strip() != answers[choice].strip()]
-    Path(out).write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs), encoding="utf-8")
+    write_jsonl(Path(out), pairs)
     return {"pairs": len(pairs), "ties": ties, "out": str(out)}
 
 

@@ -8,7 +8,6 @@ Prompts are rendered with the model's chat template here, exactly as domaintune'
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import yaml
@@ -19,6 +18,7 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.data.prepare import read_table
 from domaintune.data.readers import read_files
 from domaintune.evaluation.forgetting import Probe, load_probes, probe_prompt
+from domaintune.storage.jsonl import write_jsonl
 
 PREFIX = "domaintune_"
 MULTIPLE_CHOICE = {
@@ -51,7 +51,7 @@ def _generate_until(tokenizer, max_new_tokens: int) -> dict:
 
 def _write_task(folder: Path, name: str, docs: list[dict], spec: dict) -> str:
     data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs), encoding="utf-8")
+    write_jsonl(data, docs)
     task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
             "test_split": "test", **spec}
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -6,12 +6,12 @@ For policy objectives the causal-LM report.html is written too; this page adds w
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 import jinja2
 
 from domaintune.core.charts import new_axes, png_data_uri
+from domaintune.storage.jsonl import read_json
 
 # Curves drawn together on one chart, in this order; anything else logged gets its own.
 GROUPS = {
@@ -60,13 +60,13 @@ def _win_chart(wins: dict[str, int]) -> str:
 
 
 def write_preference_report(run) -> None:
-    results = json.loads((run.eval / "results.json").read_text(encoding="utf-8"))
+    results = run.results()
     preference = results.get("preference", {})
     recipe = run.recipe()
     human = None
     feedback = run.eval / "feedback-summary.json"
     if feedback.exists():
-        human = json.loads(feedback.read_text(encoding="utf-8"))
+        human = read_json(feedback)
     by_reward = preference.get("reward_win_rate")
     source = resources.files("domaintune.evaluation").joinpath("preference_report.html.j2").read_text(encoding="utf-8")
     template = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,

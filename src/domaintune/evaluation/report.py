@@ -8,7 +8,6 @@ and text come from `report_tables`, the charts from `report_charts`.
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from domaintune.evaluation.report_tables import (
     metric_names,
     model_rank,
 )
+from domaintune.storage.jsonl import read_json, read_jsonl
 
 DEFAULT_SAMPLES = 12  # when the recipe does not set evaluation.report_samples
 
@@ -56,7 +56,7 @@ def write_report(run_dir: Path) -> Path:
     data_card = _read_json(run_dir / "data" / "data_card.json") or {}
     splits = data_card.get("splits") if isinstance(data_card.get("splits"), dict) else {}
     shown = dig(recipe, "evaluation", "report_samples")
-    samples = _read_jsonl(run_dir / "eval" / "samples.jsonl")[: DEFAULT_SAMPLES if shown is None else shown]
+    samples = read_jsonl(run_dir / "eval" / "samples.jsonl")[: DEFAULT_SAMPLES if shown is None else shown]
 
     comparison = results.get("comparison") or {}
     task_rows, fit_rows = comparison_rows(models, comparison)
@@ -86,7 +86,7 @@ def write_report(run_dir: Path) -> Path:
         judge=results.get("judge"),
         judge_chart=judge_chart(results.get("judge")),
         confusions=[(name, confusion_chart(matrix)) for name, matrix in (errors.get("labels") or {}).items()],
-        loss_chart=loss_chart(_read_jsonl(run_dir / "metrics.jsonl")),
+        loss_chart=loss_chart([r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r, dict)]),
         samples=samples,
         show_base=any(sample.get("base") is not None for sample in samples),
         card_overview=[(key, card_value(value)) for key, value in data_card.items() if not isinstance(value, dict)],
@@ -105,31 +105,9 @@ def write_report(run_dir: Path) -> Path:
 
 
 def _read_json(path: Path, required: bool = False) -> Any:
-    if not path.is_file():
-        if required:
-            raise DomaintuneError(f"{path} not found: evaluate the run before writing its report")
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DomaintuneError(f"{path}: not valid JSON ({error})") from error
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    # Not data.readers.read_jsonl: that one raises on a bad line, and the report must still
-    # render a run whose metrics.jsonl ends mid-line.
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        # A run killed mid-write leaves a partial last line; the rest is still worth showing.
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    if required and not path.is_file():
+        raise DomaintuneError(f"{path} not found: evaluate the run before writing its report")
+    return read_json(path)
 
 
 def _read_recipe(path: Path) -> tuple[str | None, dict]:

@@ -8,7 +8,6 @@ recommended instead of the best one, and the reasons say so.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.metrics import compute_metrics
 from domaintune.models.inference import generate, mean_loss, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir
 
 # "Nearly as good": within this much of the best score, a candidate that is this many times faster wins.
@@ -106,5 +106,5 @@ def select_base_model(recipe: Recipe, run_data: Path, candidates: list[str], sam
 def write_selection(selection: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selection.json"
-    path.write_text(json.dumps(selection, indent=2), encoding="utf-8")
+    write_json(path, selection)
     return path

@@ -7,34 +7,30 @@ from domaintune.methods import own_artifact_method
 from domaintune.models.registry import resolve_model_path
 
 
-def _hub_errors() -> tuple[type[BaseException], ...]:
+def from_pretrained(model_class, config: ModelConfig, path: str | None = None, **kwargs):
+    """`model_class.from_pretrained` on the recipe's model (or `path`), with its revision and
+    trust_remote_code setting; a model that can't be found is a user error naming model.name."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return (OSError, HfHubHTTPError, LocalEntryNotFoundError)
-
-
-def _common_kwargs(config: ModelConfig) -> dict:
-    return {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
-
-
-def _explain_load_failure(name: str, error: BaseException) -> DomaintuneError:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return DomaintuneError(
-        f"model.name: could not load '{name}': {text}\n"
-        "If this is a Hugging Face hub id, the hub may be unreachable from this machine; "
-        "download the model elsewhere and point model.name at the local folder, "
-        "or use a bundled model (`domaintune models list`)."
-    )
+    try:
+        return model_class.from_pretrained(
+            path or resolve_model_path(config.name), revision=config.revision,
+            trust_remote_code=config.trust_remote_code, **kwargs,
+        )
+    except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DomaintuneError(
+            f"model.name: could not load '{config.name}': {text}\n"
+            "If this is a Hugging Face hub id, the hub may be unreachable from this machine; "
+            "download the model elsewhere and point model.name at the local folder, "
+            "or use a bundled model (`domaintune models list`)."
+        ) from None
 
 
 def load_tokenizer(config: ModelConfig, path: str | None = None):
     from transformers import AutoTokenizer
 
-    path = path or resolve_model_path(config.name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **_common_kwargs(config))
-    except _hub_errors() as error:
-        raise _explain_load_failure(config.name, error) from None
+    tokenizer = from_pretrained(AutoTokenizer, config, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -45,13 +41,9 @@ def load_causal_lm(config: ModelConfig, path: str | None = None, dtype=None, loa
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = path or resolve_model_path(config.name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, use_safetensors=True, **_common_kwargs(config), **(load_kwargs or {})
-        )
-    except _hub_errors() as error:
-        raise _explain_load_failure(config.name, error) from None
+        model = from_pretrained(AutoModelForCausalLM, config, path, dtype=dtype or torch.float32, use_safetensors=True,
+                                **(load_kwargs or {}))
     except (ImportError, RuntimeError, ValueError) as error:
         if not load_kwargs or "quantization_config" not in load_kwargs:
             raise

@@ -36,15 +36,7 @@ from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
 from domaintune.evaluation.errors_analysis import label_confusion
 from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.methods import get_method
-from domaintune.models.loading import (
-    PEFT_ADAPTER_FILES,
-    _common_kwargs,
-    _explain_load_failure,
-    _hub_errors,
-    is_adapter_folder,
-    load_tokenizer,
-)
-from domaintune.models.registry import resolve_model_path
+from domaintune.models.loading import PEFT_ADAPTER_FILES, from_pretrained, is_adapter_folder, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
@@ -124,16 +116,12 @@ def new_model(recipe, labels: list[str], tokenizer, path: str | None = None):
     import torch
 
     task = recipe.objective.task
-    try:
-        model = _head_class(task).from_pretrained(
-            path or resolve_model_path(recipe.model.name), dtype=torch.float32, use_safetensors=True,
-            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-            problem_type="regression" if task == "regression" else
-            ("single_label_classification" if task == "sequence" else None),
-            **_common_kwargs(recipe.model),
-        )
-    except _hub_errors() as error:
-        raise _explain_load_failure(recipe.model.name, error) from None
+    model = from_pretrained(
+        _head_class(task), recipe.model, path, dtype=torch.float32, use_safetensors=True,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        problem_type="regression" if task == "regression" else
+        ("single_label_classification" if task == "sequence" else None),
+    )
     if model.config.pad_token_id is None:  # decoder heads pool the last non-padding token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -8,7 +8,6 @@ task and metric.
 """
 from __future__ import annotations
 
-import json
 import random
 
 from rich.console import Console
@@ -18,6 +17,7 @@ from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.evaluation.base_vs_tuned import evaluate_model, write_results
 from domaintune.evaluation.bootstrap import paired_comparison
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.storage.jsonl import write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
 
 SUMMARY = "several tasks in one run: per-task data, mixing weights, a task tag in the prompt; per-task evaluation"
@@ -57,11 +57,11 @@ def prepare(recipe, run: RunDir, prepare_one) -> dict:
             splits[split] += mix(rows, task.weight, rng) if split == "train" else rows
     rng.shuffle(splits["train"])
     for split, rows in splits.items():
-        (run.data / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(run.data / f"{split}.jsonl", rows)
     card = {"splits": {split: len(rows) for split, rows in splits.items()},
             "tasks": {task.name: {"weight": task.weight, "tag": task.tag, **cards[task.name].get("splits", {})}
                       for task in recipe.objective.tasks}}
-    (run.data / "data_card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    write_json(run.data / "data_card.json", card)
     return card
 
 

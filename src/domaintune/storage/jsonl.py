@@ -7,13 +7,26 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from domaintune.core.errors import DomaintuneError
+
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; [] when it doesn't exist."""
-    if not path.exists():
+    """The records of a JSONL file; [] when it doesn't exist. A process killed mid-write (training
+    appends to metrics.jsonl as it goes) leaves a partial last line: that line is skipped, while a bad
+    line anywhere else is an error naming it."""
+    if not path.is_file():
         return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    # Split on newlines only: str.splitlines would also cut at U+2028 inside a model's answer.
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise DomaintuneError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+    return records
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
@@ -25,7 +38,12 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 def read_json(path: Path, default: Any = None) -> Any:
     """A JSON file's value; `default` when it doesn't exist."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DomaintuneError(f"{path}: not valid JSON ({error})") from None
 
 
 def write_json(path: Path, value: Any) -> None:
