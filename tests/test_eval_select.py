@@ -5,7 +5,8 @@ from typer.testing import CliRunner
 
 import domaintune
 from domaintune.cli import app
-from domaintune.evaluation.select import few_shot, rank
+from domaintune.core.chat import with_examples
+from domaintune.evaluation.select import rank
 
 
 def test_select_ranks_the_model_trained_for_the_task_first(tmp_path, tiny_recipe, tiny_model_dir):
@@ -35,7 +36,7 @@ def test_few_shot_puts_examples_after_the_system_prompt():
     system = {"role": "system", "content": "S"}
     row = {"messages": [system, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     example = {"messages": [system, {"role": "user", "content": "eq"}, {"role": "assistant", "content": "ea"}]}
-    assert [m["content"] for m in few_shot(row, [example])["messages"]] == ["S", "eq", "ea", "q", "a"]
+    assert [m["content"] for m in with_examples(row, [example])["messages"]] == ["S", "eq", "ea", "q", "a"]
 
 
 def test_a_nearly_as_good_and_much_faster_model_is_recommended():

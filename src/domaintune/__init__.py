@@ -10,6 +10,7 @@ from domaintune.api import (
     export_feedback,
     export_model,
     feedback,
+    init,
     list_methods,
     list_models,
     load,
@@ -28,6 +29,7 @@ from domaintune.core.errors import DomaintuneError
 __all__ = [
     "DomaintuneError",
     "check_recipe",
+    "init",
     "compare",
     "estimate",
     "evaluate",

@@ -59,6 +59,22 @@ def prepare_data(recipe: RecipeLike, run: RunDir | None = None, console: Console
     return pipeline.prepare(load(recipe), run=run, console=_console(console))
 
 
+def init(data: list[str | Path], out: str | Path = "recipe.yaml", task: str | None = None,
+         model: str = "smollm2-135m-instruct", name: str | None = None, estimate_run: bool = False,
+         console: Console | None = None) -> dict:
+    """Write a recipe sized to the data files (format, columns, label prompt, metrics, split, epochs, lr),
+    with the reason for each choice as a comment; `estimate_run` also predicts its run time.
+    Returns {"path", "recipe", "notes"} (and "estimate")."""
+    from domaintune.workflows.init_recipe import write_recipe
+
+    console = _console(console)
+    path, recipe, notes = write_recipe([str(item) for item in data], Path(out), task=task, model=model, name=name)
+    result = {"path": str(path), "recipe": recipe, "notes": notes}
+    if estimate_run:
+        result["estimate"] = estimate(path, console=console)
+    return result
+
+
 def synthesize(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> dict:
     """Turn the recipe's documents (data.synthesize.documents, else the documents in data.train) into
     question/answer or instruction/response pairs with a local model; writes them in the recipe's

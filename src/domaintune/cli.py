@@ -58,6 +58,25 @@ def quickstart(
     typer.echo(f"Report: {run.report}")
 
 
+@app.command()
+@user_errors
+def init(
+    data: Annotated[list[Path], typer.Argument(help="Data files (JSONL, JSON, CSV, Parquet) or documents.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Recipe file to write.")] = Path("recipe.yaml"),
+    task: Annotated[Optional[str], typer.Option("--task", help="What the model should do, in your words (opens the prompts).")] = None,
+    model: Annotated[str, typer.Option("--model", help="Base model: built-in name, local folder, or hub id.")] = "smollm2-135m-instruct",
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: the first file's name).")] = None,
+    estimate: Annotated[bool, typer.Option("--estimate/--no-estimate", help="Also time a few steps and predict the run time.")] = True,
+):
+    """Write a recipe sized to your data, with the reason for every choice as a comment."""
+    if out.exists():
+        raise DomaintuneError(f"{out}: exists already; choose another file with -o")
+    result = api.init(data, out=out, task=task, model=model, name=name, estimate_run=estimate, console=console)
+    for note in result["notes"]:
+        console.print(f"  {note}", highlight=False)
+    typer.echo(f"Recipe: {result['path']}")
+
+
 @app.command("run")
 @user_errors
 def run_recipe(recipe: Path, overrides: SetOption = None):

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from domaintune.config.base import Section
 
 # The metric names a recipe may list; evaluation/metrics.py implements one function per name.
-Metric = Literal["exact_match", "accuracy", "entity_f1", "token_f1", "rouge_l"]
+Metric = Literal["exact_match", "accuracy", "entity_f1", "token_f1", "rouge_l", "macro_f1", "choice_accuracy"]
 METRIC_NAMES: tuple[str, ...] = get_args(Metric)
 
 
@@ -35,7 +35,17 @@ class JudgeConfig(Section):
 
 
 class EvaluationConfig(Section):
-    metrics: list[Metric] = Field(default_factory=lambda: ["exact_match", "token_f1"])
+    metrics: list[Metric] | Literal["auto"] = Field(
+        "auto",
+        description="auto: chosen from the prepared data (a closed label set: accuracy and macro_f1; option letters: "
+        "choice_accuracy; [NAME - TYPE, ...] answers: entity_f1; short answers: exact_match and token_f1; long "
+        "answers: rouge_l and token_f1), and the report says why. Or a list of metric names.",
+    )
+    baselines: bool = Field(
+        True, description="Score the cheapest alternatives on the same test rows: the most frequent train answer, "
+        "the base model with k examples, and label scoring by likelihood where the answers form a closed set.",
+    )
+    shots: int = Field(4, ge=0, description="k of the base model's k-shot baseline (seeded train rows; 0: off).")
     compare_base: bool = Field(True, description="Evaluate the base model on the same test split, side by side.")
     max_samples: int = Field(100, ge=1, description="Test rows used for generation metrics.")
     max_new_tokens: int = Field(128, ge=1)

@@ -91,3 +91,10 @@ def last_user_turn(messages: list[dict]) -> str:
 def final_answer(row: dict) -> str:
     """A conversation's reference answer: its final turn."""
     return row["messages"][-1]["content"]
+
+
+def with_examples(row: dict, examples: list[dict]) -> dict:
+    """The row with the examples' turns between its system prompt and its own question (k-shot prompting)."""
+    system = [m for m in row["messages"] if m["role"] == "system"]
+    turns = [m for example in examples for m in example["messages"] if m["role"] != "system"]
+    return {**row, "messages": system + turns + [m for m in row["messages"] if m["role"] != "system"]}

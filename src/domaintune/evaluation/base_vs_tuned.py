@@ -12,21 +12,23 @@ import numpy as np
 from rich.console import Console
 
 from domaintune.config.runtime import configure_threads, use_bf16
-from domaintune.core.chat import prompt_text
-from domaintune.evaluation import bootstrap, judge
+from domaintune.core.chat import final_answer, prompt_text
+from domaintune.evaluation import baselines, bootstrap, judge
 from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
 from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
-from domaintune.evaluation.metrics import compute_metrics, entity_errors
+from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set
+from domaintune.evaluation.metrics import entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.inference import generate, mean_loss, perplexity, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
 from domaintune.storage.rundir import RunDir
 
 
-def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
-                   console: Console) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
-    """Loss per split and generation metrics; also the per-item statistics the bootstrap resamples."""
+def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool, console: Console,
+                   metrics: list[str]) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
+    """Loss per split and the `metrics` of generated answers; also the per-item statistics the bootstrap
+    resamples."""
     started = time.perf_counter()
     config = recipe.evaluation
     losses = {name: row_losses(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
@@ -36,18 +38,17 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
              for key, value in bootstrap.loss_item_stats(rows).items()}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     predictions: list[str] = []
-    metrics: dict[str, float] = {}
+    values: dict[str, float] = {}
     if generation_rows:
         prompts = [prompt_text(tokenizer, row["messages"]) for row in generation_rows]
         predictions = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, bf16)
-        references = [row["messages"][-1]["content"] for row in generation_rows]
-        metrics = compute_metrics(config.metrics, predictions, references)
-        stats.update(bootstrap.metric_item_stats(config.metrics, predictions, references))
+        values, metric_stats = baselines.scored(metrics, predictions, [final_answer(row) for row in generation_rows])
+        stats.update(metric_stats)
     loss = {name: mean_loss(rows) for name, rows in losses.items()}
     result = {
         "loss": loss,
         "perplexity": {name: perplexity(value) for name, value in loss.items()},
-        "metrics": metrics,
+        "metrics": values,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return result, predictions, stats
@@ -66,13 +67,20 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
     splits = {split: (select or list)(run.read_split(split)) for split in ("validation", "test")}
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
+    train = (select or list)(run.read_split("train"))
+    metrics, why = choose_metrics(config.metrics, train, generation_rows)
+    labels = closed_label_set(train, generation_rows) if config.baselines else None
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
     harness_tasks: list[str] = []
     if config.harness if harness is None else harness:
         harness_tasks = lm_harness.write_tasks(run.eval / "harness", recipe, tokenizer, generation_rows, probes)
         lm_harness.check_builtin_tasks(run.eval / "harness", config.harness_tasks)
 
-    results: dict = {"models": {}}
+    results: dict = {"models": {}, "metrics_chosen": {"metrics": metrics, "reason": why}}
+    if config.baselines:
+        results["baselines"] = {"models": {}}
+    if labels:
+        results["labels"] = labels
     outputs: dict[str, list[str]] = {}
     stats: dict[str, dict[str, bootstrap.ItemStats]] = {}
     probe_results: dict[str, dict[str, bootstrap.ItemStats]] = {}
@@ -83,9 +91,17 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                       f"({len(generation_rows)} generated)...")
         model = load()
         results["models"][label], outputs[label], stats[label] = evaluate_model(
-            model, tokenizer, recipe, splits, bf16, console
+            model, tokenizer, recipe, splits, bf16, console, metrics
         )
         results["models"][label]["model"] = recipe.model.name if label == "base" else str(run.model)
+        if labels:  # the same answers read leniently, and the labels scored by likelihood
+            values, label_stats = baselines.label_readings(model, tokenizer, generation_rows, outputs[label], labels,
+                                                           metrics, config.batch_size, bf16)
+            results["models"][label]["metrics"].update(values)
+            stats[label].update(label_stats)
+        if label == "base" and config.baselines and config.shots and generation_rows and metrics:
+            _kshot_baseline(model, tokenizer, recipe, train, generation_rows, metrics, labels, bf16, console,
+                            results, outputs, stats)
         if probes:
             started = time.perf_counter()
             correct = answer_probes(model, tokenizer, probes, config.batch_size, bf16)
@@ -101,6 +117,10 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                 config.harness_limit,
             )
         del model
+    if config.baselines and generation_rows and metrics and (answer := baselines.majority_answer(train)) is not None:
+        values, stats[baselines.MAJORITY] = baselines.majority_scores(answer, generation_rows, metrics)
+        results["baselines"]["models"][baselines.MAJORITY] = {
+            "model": f"the most frequent train answer, {answer[:60]!r}", "metrics": values}
     results.update(
         n_test=len(splits["test"]),
         n_generated=len(generation_rows),
@@ -125,8 +145,11 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                 "comparison": bootstrap.compare(probe_results["base"], probe_results["tuned"], config.confidence,
                                                 config.bootstrap_resamples, recipe.seed),
             }
+        if config.baselines and metrics and (key := baselines.primary_key(metrics, stats["tuned"])):
+            results["baselines"].update(baselines.strongest_baseline(key, stats, config.confidence,
+                                                                     config.bootstrap_resamples, recipe.seed) or {})
     if samples:
-        results["errors"] = _error_analysis(config, generation_rows, samples, outputs, stats)
+        results["errors"] = _error_analysis(config, metrics, generation_rows, samples, outputs, stats)
     if config.judge and samples and "base" in outputs:
         results["judge"] = _judge(config, samples, run, bf16, console)
 
@@ -144,21 +167,48 @@ def write_results(run: RunDir, results: dict, samples: list[dict], console: Cons
     return results
 
 
-def _error_analysis(config, rows: list[dict], samples: list[dict], outputs: dict[str, list[str]],
+def _kshot_baseline(model, tokenizer, recipe, train: list[dict], rows: list[dict], metrics: list[str],
+                    labels: list[str] | None, bf16: bool, console: Console, results: dict, outputs: dict,
+                    stats: dict) -> None:
+    """The base model given a fair chance: k seeded train rows as earlier turns, on the same test rows."""
+    config = recipe.evaluation
+    context = getattr(model.config, "max_position_embeddings", None) or 4 * recipe.data.max_tokens
+    examples = baselines.kshot_examples(tokenizer, train, rows, config.shots, recipe.seed, context,
+                                        config.max_new_tokens)
+    if not examples:
+        return
+    console.print(f"Evaluating the base model with {len(examples)} examples from train ({len(rows)} generated)...")
+    started = time.perf_counter()
+    answers = generate(model, tokenizer, baselines.kshot_prompts(tokenizer, rows, examples), config.max_new_tokens,
+                       config.batch_size, bf16)
+    values, stats[baselines.KSHOT] = baselines.scored(metrics, answers, [final_answer(row) for row in rows])
+    if labels:
+        more_values, more_stats = baselines.label_readings(None, tokenizer, rows, answers, labels, metrics,
+                                                           config.batch_size, bf16)
+        values.update(more_values)
+        stats[baselines.KSHOT].update(more_stats)
+    outputs[baselines.KSHOT] = answers
+    results["baselines"]["models"][baselines.KSHOT] = {
+        "model": f"{recipe.model.name}, {len(examples)} examples from train", "shots": len(examples), "metrics": values,
+        "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _error_analysis(config, metrics: list[str], rows: list[dict], samples: list[dict], outputs: dict[str, list[str]],
                     stats: dict[str, dict[str, bootstrap.ItemStats]]) -> dict:
     references = [sample["reference"] for sample in samples]
+    models = {label: outputs[label] for label in ("base", "tuned") if label in outputs}
     errors: dict = {}
-    if "base" in outputs:
-        # The first metric the recipe names is the one the items are ranked by.
-        metric = config.metrics[0]
+    if "base" in models and metrics:
+        # The first metric is the one the items are ranked by.
+        metric = baselines.primary_key(metrics, stats["tuned"]) or metrics[0]
         errors["regressions"] = regressions(
             samples, bootstrap.item_scores(stats["base"][metric]), bootstrap.item_scores(stats["tuned"][metric]),
             metric, config.error_examples,
         )
-    if "entity_f1" in config.metrics:
-        errors["entities"] = {label: entity_errors(predictions, references) for label, predictions in outputs.items()}
-    if "accuracy" in config.metrics or any(row.get("label") is not None for row in rows):
-        errors["labels"] = {label: label_confusion(predictions, references) for label, predictions in outputs.items()}
+    if "entity_f1" in metrics:
+        errors["entities"] = {label: entity_errors(predictions, references) for label, predictions in models.items()}
+    if {"accuracy", "macro_f1"} & set(metrics) or any(row.get("label") is not None for row in rows):
+        errors["labels"] = {label: label_confusion(predictions, references) for label, predictions in models.items()}
     return errors
 
 

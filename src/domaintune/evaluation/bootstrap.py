@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import bootstrap
 
-from domaintune.evaluation.metrics import METRICS, entity_item_counts, entity_scores
+from domaintune.evaluation.metrics import METRICS, class_counts, entity_item_counts, entity_scores, macro_f1_from_counts
 from domaintune.models.inference import perplexity
 
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
@@ -51,6 +51,9 @@ def metric_item_stats(names: list[str], predictions: list[str], references: list
             counts = np.asarray(entity_item_counts(predictions, references), dtype=float).T
             for key in entity_scores(0, 0, 0):
                 stats[key] = ItemStats(counts, lambda means, key=key: entity_scores(*means)[key])
+            continue
+        if name == "macro_f1":  # recomputed from per-class counts on every resample, like micro entity F1
+            stats[name] = ItemStats(class_counts(predictions, references)[1], macro_f1_from_counts)
             continue
         # The other metrics are means over items, so each item's own score is its statistic.
         per_item = [METRICS[name]([p], [r]) for p, r in zip(predictions, references)]

@@ -66,6 +66,50 @@ def accuracy(predictions: list[str], references: list[str]) -> dict[str, float]:
     return {"accuracy": _mean(hits)}
 
 
+def class_counts(predictions: list[str], references: list[str]) -> tuple[list[str], np.ndarray]:
+    """The reference classes and, per item and class, (true positive, false positive, false negative)
+    indicators, shape (3 * classes, items): the sufficient statistics of macro-F1."""
+    pairs = [(answer_label(p), answer_label(r)) for p, r in _pairs(predictions, references)]
+    classes = sorted({truth for _, truth in pairs})
+    counts = np.zeros((3 * len(classes), len(pairs)))
+    for item, (guess, truth) in enumerate(pairs):
+        for index, label in enumerate(classes):
+            counts[3 * index, item] = guess == label and truth == label
+            counts[3 * index + 1, item] = guess == label and truth != label
+            counts[3 * index + 2, item] = guess != label and truth == label
+    return classes, counts
+
+
+def macro_f1_from_counts(means: np.ndarray) -> np.ndarray:
+    """Mean over classes of each class's F1, from the (tp, fp, fn) means; vectorised over trailing axes."""
+    tp, fp, fn = means[0::3], means[1::3], means[2::3]
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(denominator, dtype=float), where=denominator > 0)
+    return f1.mean(axis=0)
+
+
+def macro_f1(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """F1 per reference class (labels read like `accuracy`), averaged with equal weight: a model that always
+    answers the majority class scores well on accuracy and poorly here."""
+    classes, counts = class_counts(predictions, references)
+    return {"macro_f1": float(macro_f1_from_counts(counts.mean(axis=1))) if classes else 0.0}
+
+
+_CHOICE = re.compile(r"(?<![A-Za-z])\(?([A-J])\)?(?![A-Za-z])")
+
+
+def choice_letter(text: str) -> str:
+    """The option letter an answer picks: the first standalone A-J ("B", "(B)", "B) ...", "The answer is B.")."""
+    match = _CHOICE.search(text.strip())
+    return match.group(1) if match else ""
+
+
+def choice_accuracy(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Multiple choice: share of answers whose option letter is the reference's."""
+    hits = [choice_letter(p) == choice_letter(r) != "" for p, r in _pairs(predictions, references)]
+    return {"choice_accuracy": _mean(hits)}
+
+
 # --- entity extraction ------------------------------------------------------------------
 
 
@@ -206,6 +250,8 @@ METRICS: dict[str, MetricFn] = {
     "entity_f1": entity_f1,
     "token_f1": token_f1,
     "rouge_l": rouge_l,
+    "macro_f1": macro_f1,
+    "choice_accuracy": choice_accuracy,
 }
 
 

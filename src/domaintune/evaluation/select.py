@@ -15,8 +15,9 @@ from rich.console import Console
 
 from domaintune.config import Recipe
 from domaintune.config.runtime import configure_threads, use_bf16
-from domaintune.core.chat import prompt_text
+from domaintune.core.chat import prompt_text, with_examples
 from domaintune.core.errors import DomaintuneError
+from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.evaluation.metrics import compute_metrics
 from domaintune.models.inference import generate, mean_loss, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer
@@ -28,14 +29,8 @@ TOLERANCE = 0.02
 FASTER = 1.5
 
 
-def few_shot(row: dict, examples: list[dict]) -> dict:
-    """The row with the examples' turns between its system prompt and its own question."""
-    system = [m for m in row["messages"] if m["role"] == "system"]
-    turns = [m for example in examples for m in example["messages"] if m["role"] != "system"]
-    return {**row, "messages": system + turns + [m for m in row["messages"] if m["role"] != "system"]}
-
-
-def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], console: Console) -> dict:
+def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], metrics: list[str],
+            console: Console) -> dict:
     """Quality zero- and few-shot, reference loss, speed and weight memory of one candidate."""
     config = recipe.model.model_copy(update={"name": name})
     evaluation, bf16 = recipe.evaluation, use_bf16(recipe)
@@ -47,12 +42,12 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], c
               "parameters": sum(p.numel() for p in model.parameters()),
               "memory_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1)}
     for label, shots in [("zero_shot", [])] + ([("few_shot", examples)] if examples else []):
-        prompted = [few_shot(row, shots) for row in rows]
+        prompted = [with_examples(row, shots) for row in rows]
         started = time.perf_counter()
         answers = generate(model, tokenizer, [prompt_text(tokenizer, row["messages"]) for row in prompted],
                            evaluation.max_new_tokens, evaluation.batch_size, bf16)
         seconds = time.perf_counter() - started
-        result[label] = compute_metrics(evaluation.metrics, answers, references)
+        result[label] = compute_metrics(metrics, answers, references)
         if not shots:
             result["seconds_per_item"] = round(seconds / len(rows), 3)
             tokens = sum(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers)
@@ -95,11 +90,13 @@ def select_base_model(recipe: Recipe, run_data: Path, candidates: list[str], sam
     rows = [row for row in run.read_split("test") if "messages" in row][:samples]
     if not rows:
         raise DomaintuneError("select: the recipe's data has no chat test rows to compare the candidates on")
-    examples = [row for row in run.read_split("train") if "messages" in row][:shots]
+    train = run.read_split("train")
+    examples = [row for row in train if "messages" in row][:shots]
+    metrics, _ = choose_metrics(recipe.evaluation.metrics, train, rows)
     configure_threads(recipe.training)
     console.print(f"Comparing {len(candidates)} base models on {len(rows)} test rows ({shots}-shot and zero-shot)...")
-    results = [measure(recipe, name, rows, examples, console) for name in candidates]
-    selection = rank(results, recipe.evaluation.metrics[0])
+    results = [measure(recipe, name, rows, examples, metrics, console) for name in candidates]
+    selection = rank(results, metrics[0])
     return {"samples": len(rows), "shots": len(examples), **selection}
 
 

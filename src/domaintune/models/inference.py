@@ -14,22 +14,25 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-@torch.no_grad()
 def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, bf16: bool) -> np.ndarray | None:
     """Per row: summed cross-entropy over its supervised tokens and their count, shape (2, rows).
 
     Their sums' ratio is the loss training optimises; kept per row so the bootstrap can resample rows.
     """
+    encoded = encode_rows(tokenizer, rows, max_length)
+    return example_losses(model, tokenizer, encoded, batch_size, bf16) if encoded else None
+
+
+@torch.no_grad()
+def example_losses(model, tokenizer, examples: list[dict], batch_size: int, bf16: bool) -> np.ndarray:
+    """Per encoded example: summed cross-entropy over its supervised tokens and their count, shape (2, n)."""
     from transformers import DataCollatorForSeq2Seq
 
-    encoded = encode_rows(tokenizer, rows, max_length)
-    if not encoded:
-        return None
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     model.eval()
     sums, counts = [], []
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start : start + batch_size])
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size])
         with autocast(bf16):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         # Shift so that token t predicts token t+1, as the model's own loss does.

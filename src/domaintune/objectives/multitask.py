@@ -16,6 +16,7 @@ from domaintune.config.objectives import MultitaskConfig, Task
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.evaluation.base_vs_tuned import evaluate_model, write_results
 from domaintune.evaluation.bootstrap import paired_comparison
+from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
 from domaintune.storage.jsonl import write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
@@ -76,7 +77,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     configure_threads(recipe.training)
     bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
-    rows = {split: run.read_split(split) for split in ("validation", "test")}
+    rows = {split: run.read_split(split) for split in ("train", "validation", "test")}
     results: dict = {"models": {}, "tasks": {}}
     stats: dict[str, dict] = {}
     samples = []
@@ -87,11 +88,11 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
                                             "metrics": {}, "loss": {}, "perplexity": {}}
         stats[label] = {}
         for task in recipe.objective.tasks:
-            task_recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(
-                update={"metrics": task.metrics or recipe.evaluation.metrics})})
-            splits = {split: [r for r in found if r.get("task") == task.name] for split, found in rows.items()}
+            splits = {split: [r for r in rows[split] if r.get("task") == task.name] for split in ("validation", "test")}
+            metrics, _ = choose_metrics(task.metrics or recipe.evaluation.metrics,
+                                        [r for r in rows["train"] if r.get("task") == task.name], splits["test"])
             console.print(f"Evaluating the {label} model on task {task.name} ({len(splits['test'])} test rows)...")
-            result, predictions, item_stats = evaluate_model(model, tokenizer, task_recipe, splits, bf16, console)
+            result, predictions, item_stats = evaluate_model(model, tokenizer, recipe, splits, bf16, console, metrics)
             results["tasks"].setdefault(task.name, {})[label] = result
             entry["metrics"].update({f"{task.name}: {k}": v for k, v in result["metrics"].items()})
             for kind in ("loss", "perplexity"):

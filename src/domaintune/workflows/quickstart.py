@@ -116,7 +116,7 @@ def add_token_head(run: RunDir, console: Console) -> dict:
     # Scored on exactly the test items the generative models answered; an item the head set aside
     # (its names not found in the text) counts as answered with nothing.
     predictions = [tagged.get(sample["prompt"], "") for sample in generated]
-    metrics = compute_metrics(run.recipe().evaluation.metrics, predictions, [s["reference"] for s in generated])
+    metrics = compute_metrics(results["metrics_chosen"]["metrics"], predictions, [s["reference"] for s in generated])
     results["models"][HEAD_COLUMN] = {"model": f"minilm-l6 token classifier ({head_run.root})", "metrics": metrics,
                                       "loss": {}, "seconds": round(seconds, 1)}
     results["token_head"] = {"run_dir": str(head_run.root), "seconds": round(seconds, 1),

@@ -1,0 +1,122 @@
+"""The cheapest alternatives to tuning, scored on the same test rows as the base and tuned models, so
+the verdict is "tuned beat the strongest of them" and not "tuned beat a base model that lost on format".
+
+- the most frequent answer in train, given to every test row (the majority label; "No entities found");
+- the base model with k seeded train rows as earlier chat turns (k-shot), as many as fit the context;
+- for a closed set of labels: each label scored by the model's likelihood, the best one the answer
+  (constrained scoring, base and tuned alike), and free answers read leniently (the one allowed label
+  the answer mentions) beside the strict first-line reading.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+from domaintune.core.chat import encode_conversation, final_answer, prompt_text, with_examples
+from domaintune.evaluation import bootstrap
+from domaintune.evaluation.metric_choice import conversation_rows
+from domaintune.evaluation.metrics import compute_metrics
+from domaintune.models.inference import example_losses
+
+MAJORITY, KSHOT = "majority answer", "base k-shot"
+LENIENT, CONSTRAINED = "lenient", "constrained"
+
+
+def majority_answer(train: list[dict]) -> str | None:
+    answers = Counter(final_answer(row) for row in conversation_rows(train))
+    return answers.most_common(1)[0][0] if answers else None
+
+
+def kshot_examples(tokenizer, train: list[dict], rows: list[dict], shots: int, seed: int, context: int,
+                   max_new_tokens: int) -> list[dict]:
+    """Up to `shots` seeded train rows, fewer if the longest test prompt would not fit the context with them."""
+    pool = conversation_rows(train)
+    examples = random.Random(seed).sample(pool, min(shots, len(pool)))
+
+    def longest(examples: list[dict]) -> int:
+        return max(len(tokenizer(prompt_text(tokenizer, with_examples(row, examples)["messages"]),
+                                 add_special_tokens=False)["input_ids"]) for row in rows)
+
+    while examples and longest(examples) + max_new_tokens > context:
+        examples.pop()
+    return examples
+
+
+def lenient_label(answer: str, labels: list[str]) -> str:
+    """The one allowed label the answer mentions (as a whole word, any case); otherwise the answer as is,
+    read strictly. "The sentiment is positive." reads as "positive"; an answer naming two labels does not."""
+    found = [label for label in labels if re.search(rf"(?<!\w){re.escape(label)}(?!\w)", answer, re.IGNORECASE)]
+    return found[0] if len(found) == 1 else answer
+
+
+def constrained_answers(model, tokenizer, rows: list[dict], labels: list[str], batch_size: int, bf16: bool) -> list[str]:
+    """Per row, the label with the highest likelihood as the answer (its tokens and the end of the turn)."""
+    candidates = [encode_conversation(tokenizer, {"messages": row["messages"][:-1] + [
+        {"role": "assistant", "content": label}]}, max_length=None) for row in rows for label in labels]
+    negative_log_likelihood = example_losses(model, tokenizer, candidates, batch_size, bf16)[0]
+    best = negative_log_likelihood.reshape(len(rows), len(labels)).argmin(axis=1)
+    return [labels[index] for index in best]
+
+
+def scored(metrics: list[str], predictions: list[str], references: list[str], reading: str | None = None
+           ) -> tuple[dict[str, float], dict[str, bootstrap.ItemStats]]:
+    """Metric values and per-item statistics, the keys marked with the reading ("accuracy (lenient)")."""
+    suffix = f" ({reading})" if reading else ""
+    values = compute_metrics(metrics, predictions, references)
+    stats = bootstrap.metric_item_stats(metrics, predictions, references)
+    return ({f"{key}{suffix}": value for key, value in values.items()},
+            {f"{key}{suffix}": value for key, value in stats.items()})
+
+
+def label_readings(model, tokenizer, rows: list[dict], answers: list[str], labels: list[str], metrics: list[str],
+                   batch_size: int, bf16: bool) -> tuple[dict[str, float], dict[str, bootstrap.ItemStats]]:
+    """A model's lenient reading of its free answers and its constrained answers, scored like the strict ones."""
+    references = [final_answer(row) for row in rows]
+    values, stats = scored(metrics, [lenient_label(answer, labels) for answer in answers], references, LENIENT)
+    if model is not None:
+        constrained = constrained_answers(model, tokenizer, rows, labels, batch_size, bf16)
+        more_values, more_stats = scored(metrics, constrained, references, CONSTRAINED)
+        values.update(more_values)
+        stats.update(more_stats)
+    return values, stats
+
+
+def primary_key(metrics: list[str], stats: dict[str, bootstrap.ItemStats]) -> str | None:
+    """The statistic the verdict is about: the recipe's first metric (entity_f1 for entity extraction)."""
+    return next((name for name in metrics if name in stats), None)
+
+
+def strongest_baseline(metric: str, stats: dict[str, dict[str, bootstrap.ItemStats]], confidence: float,
+                       resamples: int, seed: int) -> dict | None:
+    """Tuned against every baseline on `metric` (each model's strict, lenient and constrained readings),
+    and which baseline was the strongest."""
+    tuned = stats.get("tuned", {}).get(metric)
+    if tuned is None:
+        return None
+    candidates = []
+    for name, model_stats in stats.items():
+        if name == "tuned":
+            continue
+        for reading in (None, LENIENT, CONSTRAINED):
+            key = f"{metric} ({reading})" if reading else metric
+            if key in model_stats:
+                comparison = bootstrap.paired_difference(model_stats[key], tuned, confidence, resamples, seed)
+                candidates.append({"baseline": name, "reading": reading or "strict", "value": comparison["base"],
+                                   "tuned": comparison["tuned"], "delta": comparison["delta"], "low": comparison["low"],
+                                   "high": comparison["high"], "verdict": comparison["verdict"]})
+    if not candidates:
+        return None
+    lower_is_better = tuned.lower_is_better
+    strongest = (min if lower_is_better else max)(candidates, key=lambda candidate: candidate["value"])
+    return {"metric": metric, "candidates": candidates, "strongest": strongest}
+
+
+def kshot_prompts(tokenizer, rows: list[dict], examples: list[dict]) -> list[str]:
+    return [prompt_text(tokenizer, with_examples(row, examples)["messages"]) for row in rows]
+
+
+def majority_scores(answer: str, rows: list[dict], metrics: list[str]) -> tuple[dict[str, float], dict]:
+    references = [final_answer(row) for row in rows]
+    return scored(metrics, [answer] * len(rows), references)
+
