@@ -98,7 +98,8 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
     trainer = Trainer(model=model, args=args, train_dataset=train_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
     trainer.train()
-    return {"marks": timer.marks, "losses": losses(trainer.state.log_history), "threads": torch.get_num_threads()}
+    return {"marks": timer.marks, "losses": losses(trainer.state.log_history), "threads": torch.get_num_threads(),
+            "bf16": bf16}
 
 
 def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float) -> dict:
@@ -114,7 +115,9 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
     timer = StepTimer()
     domaintune.train(run_dir, callbacks=[timer])
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"marks": timer.marks, "losses": losses(history), "threads": torch.get_num_threads()}
+    # The precision it chose for this CPU (fp32 where there is no native bf16), for the MFU's peak.
+    return {"marks": timer.marks, "losses": losses(history), "threads": torch.get_num_threads(),
+            "bf16": RunDir(run_dir).training_summary()["bf16"]}
 
 
 def mean_row_tokens(run_dir: Path) -> float:
@@ -140,7 +143,7 @@ def worker(args) -> None:
     print(json.dumps({
         "tokens_per_second": tokens_per_second, "seconds_per_step": seconds_per_step, "peak_rss_mb": peak_rss_mb,
         "first_loss": result["losses"][0], "last_loss": result["losses"][-1],
-        "last_loss_mean5": statistics.mean(result["losses"][-5:]), "threads": result["threads"],
+        "last_loss_mean5": statistics.mean(result["losses"][-5:]), "threads": result["threads"], "bf16": result["bf16"],
     }))
 
 
@@ -215,26 +218,30 @@ def parameter_count(run_dir: Path) -> int:
     return AutoModelForCausalLM.from_pretrained(model_path).num_parameters()  # tied embeddings counted once
 
 
+def model_flops_utilisation(result: dict, method: str, n_parameters: int, peaks: dict) -> float:
+    """Training FLOPs per second over the matmul peak of the precision the configuration ran in."""
+    factor = 4 if method == "lora" else 6  # LoRA skips the base weights' gradient matmuls
+    peak = peaks["bfloat16" if result["bf16"] else "float32"]
+    return factor * n_parameters * result["tokens_per_second"] / 1e9 / peak
+
+
 def report(results: dict, peaks: dict, n_parameters: int, args) -> None:
     for name, result in results.items():
-        method, config = name.split("/")
-        factor = 4 if method == "lora" else 6  # LoRA skips the base weights' gradient matmuls
-        bf16 = config != "hf-fp32"
-        peak = peaks["bfloat16" if bf16 else "float32"]
-        result["mfu"] = factor * n_parameters * result["tokens_per_second"] / 1e9 / peak
+        method, _ = name.split("/")
+        result["mfu"] = model_flops_utilisation(result, method, n_parameters, peaks)
         baseline = results[f"{method}/hf-fp32"]
         result["speedup_vs_hf_fp32"] = result["tokens_per_second"] / baseline["tokens_per_second"]
         if f"{method}/hf-bf16" in results:
             result["speedup_vs_hf_bf16"] = result["tokens_per_second"] / results[f"{method}/hf-bf16"]["tokens_per_second"]
         result["rss_vs_hf_fp32"] = result["peak_rss_mb"] / baseline["peak_rss_mb"]
 
-    header = f"{'config':22} {'tok/s':>7} {'s/step':>7} {'RSS MB':>7} {'loss first→last5':>17} {'thr':>3} {'MFU':>6} {'×fp32':>6} {'×bf16':>6} {'RSS×':>5}"
+    header = f"{'config':22} {'tok/s':>7} {'s/step':>7} {'RSS MB':>7} {'loss first→last5':>17} {'thr':>3} {'prec':>4} {'MFU':>6} {'×fp32':>6} {'×bf16':>6} {'RSS×':>5}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         vs_bf16 = f"{r['speedup_vs_hf_bf16']:.2f}" if "speedup_vs_hf_bf16" in r else "-"
         print(f"{name:22} {r['tokens_per_second']:7.0f} {r['seconds_per_step']:7.2f} {r['peak_rss_mb']:7.0f} "
-              f"{r['first_loss']:7.3f}→{r['last_loss_mean5']:7.3f}  {r['threads']:3d} {r['mfu']:6.1%} "
+              f"{r['first_loss']:7.3f}→{r['last_loss_mean5']:7.3f}  {r['threads']:3d} {'bf16' if r['bf16'] else 'fp32':>4} {r['mfu']:6.1%} "
               f"{r['speedup_vs_hf_fp32']:6.2f} {vs_bf16:>6} {r['rss_vs_hf_fp32']:5.2f}")
     print(f"matmul peak here: fp32 {peaks['float32']:.0f} GFLOPS, bf16 {peaks['bfloat16']:.0f} GFLOPS")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,13 @@ def test_cli_schema_is_json_schema():
     result = runner.invoke(app, ["recipe", "schema"])
     schema = json.loads(result.output)
     assert {"model", "data", "method", "training", "evaluation", "export"} <= set(schema["properties"])
+
+
+def test_overrides_reach_into_list_items_by_number():
+    data = {"stages": [{"training": {"max_steps": 30}}, {"label": "b"}]}
+    apply_overrides(data, ["stages.0.training.max_steps=2", "stages.1.training.lr=0.1"])
+    assert data["stages"] == [{"training": {"max_steps": 2}}, {"label": "b", "training": {"lr": 0.1}}]
+    with pytest.raises(DomaintuneError, match="3 is not an item number below 2"):
+        apply_overrides(data, ["stages.3.training.max_steps=2"])
+    with pytest.raises(DomaintuneError, match="stages is a list"):
+        apply_overrides(data, ["stages.x=1"])

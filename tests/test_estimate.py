@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import pytest
 
 import domaintune
 from domaintune.training.forecast import lookup_throughput, setup_key
@@ -29,3 +32,27 @@ def test_training_records_its_speed_for_the_next_estimate(tiny_recipe):
     domaintune.train(recipe)
     measured = lookup_throughput(setup_key(recipe, threads=1, bf16=False))
     assert measured["tokens_per_second"] > 0 and measured["peak_rss_mb"] > 0
+
+
+def test_a_curriculum_is_estimated_stage_by_stage(tiny_recipe):
+    tiny_recipe["stages"] = [{"label": "first", "training": {"max_steps": 4}}, {"label": "second"}]
+    result = domaintune.estimate(tiny_recipe)
+    assert [stage["stage"] for stage in result["stages"]] == ["tiny-first", "tiny-second"]
+    assert [stage["work"]["steps"] for stage in result["stages"]] == [4, 12]
+    assert result["total_seconds"] == pytest.approx(sum(stage["total_seconds"] for stage in result["stages"]), abs=0.2)
+    assert result["not_estimated"] == []
+
+
+def test_an_encoder_recipe_is_estimated_without_a_chat_template(tiny_recipe):
+    # The bundled MiniLM encoder has no chat template: lengths are counted on the plain turns and
+    # there is no generation to time.
+    tiny_recipe.update(model={"name": "minilm-l6"}, method={"name": "head"},
+                       objective={"name": "classify", "task": "sequence"})
+    rows = [{"text": f"ticket {i} about {'billing' if i % 2 else 'login'}", "label": "billing" if i % 2 else "login"}
+            for i in range(40)]
+    data = Path(tiny_recipe["data"]["train"][0]).with_name("labels.jsonl")
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tiny_recipe["data"] = {"train": [str(data)], "format": "labelled", "max_tokens": 64}
+    result = domaintune.estimate(tiny_recipe)
+    assert result["work"]["steps"] == 12 and result["speed"]["tokens_per_second"] > 0
+    assert "generation_batch_seconds" not in result["speed"]

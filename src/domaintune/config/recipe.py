@@ -99,7 +99,8 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides; values are parsed as YAML so `2`, `true`, `[a, b]` get their types."""
+    """Apply `a.b.c=value` overrides; values are parsed as YAML so `2`, `true`, `[a, b]` get their types.
+    A number picks an item of a list: `stages.0.training.max_steps=10`."""
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
@@ -107,10 +108,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise DomaintuneError(f"--set {override!r}: {part} is not an item number below {len(node)}")
+                node = node[int(part)]
+                continue
             child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise DomaintuneError(f"--set {override!r}: {part} is not a section")
             node = child
+        if not isinstance(node, dict):
+            raise DomaintuneError(f"--set {override!r}: {parts[-2]} is a list; name one of its items by number")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     return data
 

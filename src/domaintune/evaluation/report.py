@@ -26,6 +26,7 @@ from domaintune.evaluation.report_charts import (
     splits_chart,
 )
 from domaintune.evaluation.report_tables import (
+    baseline_metric_table,
     baseline_rows,
     card_value,
     class_rows,
@@ -75,6 +76,7 @@ def write_report(run_dir: Path) -> Path:
         metrics_reason=dig(results, "metrics_chosen", "reason"),
         baselines=baseline_rows(results.get("baselines")),
         baseline_models=(results.get("baselines") or {}).get("models") or {},
+        baseline_metrics=baseline_metric_table(models, (results.get("baselines") or {}).get("models") or {}),
         labels=results.get("labels"),
         class_rows=class_rows(errors.get("labels") or {}),
         entity_f1_rows=entity_type_f1(errors.get("entities") or {}),

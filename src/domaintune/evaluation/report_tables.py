@@ -166,6 +166,17 @@ def baseline_rows(baselines: dict | None) -> list[dict]:
              "trend": c["verdict"] if c["verdict"] in ("better", "worse") else ""} for c in ordered]
 
 
+def baseline_metric_table(models: dict[str, dict], baseline_models: dict[str, dict]) -> dict | None:
+    """Every metric of the baselines beside base and tuned (strict readings), so a constant answer's exact
+    match shows even when the headline metric is another one."""
+    if not baseline_models:
+        return None
+    columns = {**baseline_models, **{name: models[name] for name in ("base", "tuned") if name in models}}
+    names = [name for name in metric_names(baseline_models) if "(" not in name]
+    rows = [(name, [_fmt((model.get("metrics") or {}).get(name)) for model in columns.values()]) for name in names]
+    return {"columns": list(columns), "rows": rows}
+
+
 def class_rows(confusions: dict[str, dict]) -> dict | None:
     """Per reference label and model: precision, recall and F1, read from the confusion matrices."""
     if not confusions:

@@ -64,7 +64,7 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
         model=model, args=args, train_dataset=Dataset.from_list(train_pairs),
         eval_dataset=Dataset.from_list(validation_pairs) if validation_pairs else None,
         processing_class=tokenizer, peft_config=peft_config,
-        callbacks=trl_trainer.callbacks_for(run, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
+        callbacks=trl_trainer.callbacks_for(run, recipe, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
     )
     # A merged model loads anywhere as a plain AutoModelForSequenceClassification.
     save = (lambda folder: trainer.model.merge_and_unload().save_pretrained(folder)) if isinstance(trainer.model, PeftModel) else None

@@ -56,20 +56,32 @@ def _adapter_base(adapter_dir: Path) -> str:
 
 
 def _from_run(run_dir: Path, served: Served, name: str | None) -> None:
+    """What a run exported, by kind: a merged causal LM, a classifier (task head, reward model) or a
+    sentence encoder; else the peft adapter on its base model."""
     run = RunDir.open(run_dir)
     recipe = run.recipe()
     name = name or recipe.name
-    merged = run.export / "merged"
-    if merged.exists():
-        _set_chat(served, name, str(merged))
+    exported = next((folder for folder in (run.export / "merged", run.export / "embedding") if folder.exists()), None)
+    if exported is not None:
+        _add(served, name, str(exported))
     elif is_adapter_folder(run.model) and (run.model / PEFT_ADAPTER_FILES[0]).exists():
         _set_chat(served, _default_name(recipe.model.name), resolve_model_path(recipe.model.name))
         served.adapters[name] = str(run.model)
     elif run.model.exists() and (run.model / "config.json").exists():
-        _set_chat(served, name, str(run.model))
+        _add(served, name, str(run.model))
     else:
         raise DomaintuneError(f"model: run directory {run_dir} has no servable model (no export/merged, no peft adapter in model/); "
                               "train it, or `domaintune export` it first")
+
+
+def _add(served: Served, name: str, path: str) -> None:
+    kind = model_kind(path)
+    if kind == "causal-lm":
+        _set_chat(served, name, path)
+    elif kind == "classifier":
+        served.classifiers[name] = path
+    else:
+        served.embeddings[name] = path
 
 
 def _default_name(where: str) -> str:
@@ -100,15 +112,7 @@ def resolve_sources(models: list[str], adapters: list[str] | None = None, adapte
             _set_chat(served, _default_name(base), resolve_model_path(base))
             served.adapters[name or folder.name] = str(folder.resolve())
             continue
-        path = resolve_model_path(where)
-        name = name or _default_name(where)
-        kind = model_kind(path)
-        if kind == "causal-lm":
-            _set_chat(served, name, path)
-        elif kind == "classifier":
-            served.classifiers[name] = path
-        else:
-            served.embeddings[name] = path
+        _add(served, name or _default_name(where), resolve_model_path(where))
     for spec in adapters or []:
         name, where = _split_named(spec, "--adapter")
         folder = Path(where).expanduser()

@@ -1,12 +1,18 @@
-"""Trainer callbacks: a metrics.jsonl log and a rich progress bar with loss and ETA."""
+"""Trainer callbacks: a metrics.jsonl log, progress with loss, speed and ETA (a rich bar on a terminal,
+plain lines in a log file or pipe), and the thread count re-decided as the machine's load changes."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from domaintune.config.runtime import configure_threads
+from domaintune.training.forecast import duration
 
 
 class MetricsLogCallback(TrainerCallback):
@@ -24,7 +30,9 @@ class MetricsLogCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A progress bar showing step, latest training and validation loss, and the time left."""
+    """Training progress: step, latest training and validation loss, tokens/s and the time left. On a
+    terminal a live bar; where output goes to a file or a pipe (nohup, CI, a scheduler's log) a plain line
+    at every logging step and validation, since a bar redrawn in place shows nothing there."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
@@ -32,8 +40,14 @@ class RichProgressCallback(TrainerCallback):
         self.task = None
         self.train_loss = "-"
         self.eval_loss = "-"
+        self.started = 0.0
+        self.first_step = 0
+        self.tokens_seen = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step, self.tokens_seen = time.perf_counter(), state.global_step, state.num_input_tokens_seen
+        if not self.console.is_terminal:
+            return
         self.progress = Progress(
             TextColumn("[bold]training"),
             BarColumn(),
@@ -52,7 +66,8 @@ class RichProgressCallback(TrainerCallback):
         )
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.progress.update(self.task, completed=state.global_step, loss=self.train_loss, val=self.eval_loss)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, loss=self.train_loss, val=self.eval_loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -62,9 +77,42 @@ class RichProgressCallback(TrainerCallback):
             self.eval_loss = f"{logs['eval_loss']:.4f}"
         if self.progress is not None:
             self.progress.update(self.task, loss=self.train_loss, val=self.eval_loss)
+        elif ("loss" in logs or "eval_loss" in logs) and state.is_world_process_zero:
+            self.console.print(self.line(state), highlight=False, soft_wrap=True)
+
+    def line(self, state) -> str:
+        """'step 40/118 · loss 0.3166 · val 0.2620 · 65 tok/s · elapsed 10m24s · ETA 20m17s'."""
+        elapsed = time.perf_counter() - self.started
+        done = state.global_step - self.first_step
+        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {self.train_loss}", f"val {self.eval_loss}"]
+        tokens = state.num_input_tokens_seen - self.tokens_seen
+        if tokens and elapsed:
+            parts.append(f"{tokens / elapsed:.0f} tok/s")
+        parts.append(f"elapsed {duration(elapsed)}")
+        if done:
+            parts.append(f"ETA {duration(elapsed / done * (state.max_steps - state.global_step))}")
+        return " · ".join(parts)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
             self.progress.stop()
             self.progress = None
+
+
+class ThreadsCallback(TrainerCallback):
+    """`training.threads: auto` re-decided at every validation: a run started while another job kept a core
+    busy takes that core back once the job ends (and gives it up when a new one starts)."""
+
+    def __init__(self, config, console: Console):
+        self.config = config
+        self.console = console
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.config.threads != "auto":
+            return
+        before = torch.get_num_threads()
+        after = configure_threads(self.config)
+        if after != before:
+            self.console.print(f"threads: {before} → {after} (the machine's load changed)", highlight=False)
+

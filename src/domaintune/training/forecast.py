@@ -66,11 +66,11 @@ def count_work(recipe: Recipe, lengths: dict[str, list[int]]) -> dict:
 def describe(result: dict) -> str:
     """One paragraph for the console."""
     work, seconds = result["work"], result["seconds"]
-    phases = " · ".join(f"{name} {_duration(value)}" for name, value in seconds.items())
+    phases = " · ".join(f"{name} {duration(value)}" for name, value in seconds.items())
     memory = f", peak memory ≈ {result['peak_rss_mb'] / 1024:.1f} GiB" if result.get("peak_rss_mb") else ""
     return (
         f"Estimate: {work['steps']} steps over {work['train_tokens']:,} training tokens ({work['train_rows']} rows); "
-        f"≈ {_duration(result['total_seconds'])} for the whole run ({phases}){memory}."
+        f"≈ {duration(result['total_seconds'])} for the whole run ({phases}){memory}."
     )
 
 
@@ -81,15 +81,17 @@ def announce_training(recipe: Recipe, key: str, lengths: dict[str, list[int]], c
     line = f"Plan: {work['steps']} steps over {work['train_tokens']:,} tokens"
     if speed:
         seconds = estimate(work, speed, compare_base=False)["seconds"]
-        line += f"; ≈ {_duration(seconds['training'] + seconds['validation'])} at {speed['tokens_per_second']:.0f} tokens/s measured before"
+        line += f"; ≈ {duration(seconds['training'] + seconds['validation'])} at {speed['tokens_per_second']:.0f} tokens/s measured before"
     else:
         line += "; no speed measured for this setup yet (`domaintune estimate` measures it; this run will too)"
     console.print(line, highlight=False)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'45s', '9m20s', '1h02m05s'."""
     minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def estimate(work: dict, speed: dict, compare_base: bool) -> dict:

@@ -18,7 +18,7 @@ from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
-from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback
+from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback, ThreadsCallback
 from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
 from domaintune.training.packing import batching
 
@@ -103,6 +103,7 @@ def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, c
     found = [
         MetricsLogCallback(run.metrics),
         RichProgressCallback(console),
+        ThreadsCallback(recipe.training, console),
         TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None),
         *(callbacks or []),
     ]

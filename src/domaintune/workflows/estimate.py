@@ -17,8 +17,9 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.config import Recipe
+from domaintune.config.recipe import as_recipe, stage_recipes
 from domaintune.config.runtime import configure_threads, thread_count, use_bf16
-from domaintune.core.chat import encode_row, prompt_text
+from domaintune.core.chat import count_tokens, prompt_text
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import load_probes, probe_prompt
 from domaintune.models.inference import generate
@@ -32,6 +33,27 @@ PROBE_STEPS = 6
 
 
 def estimate_run(recipe: Recipe, console: Console) -> dict:
+    """The forecast of `run(recipe)`: one run, or each stage of a curriculum and their total."""
+    if not recipe.stages:
+        return estimate_one(recipe, console)
+    stages = []
+    for data in stage_recipes(recipe):
+        # A later stage starts from the earlier one's weights: the same architecture, so the same speed.
+        console.rule(f"estimate: stage {data['name']}")
+        try:
+            stages.append({"stage": data["name"], **estimate_one(as_recipe(data), console)})
+        except DomaintuneError as error:
+            reason = str(error).splitlines()[0]
+            console.print(f"[yellow]stage {data['name']}: not estimated ({reason})", highlight=False)
+            stages.append({"stage": data["name"], "not_estimated": reason})
+    total = sum(stage.get("total_seconds", 0.0) for stage in stages)
+    missing = [stage["stage"] for stage in stages if "not_estimated" in stage]
+    console.print(f"Estimate for all {len(stages)} stages: ≈ {forecast.duration(total)}"
+                  + (f", not counting {', '.join(missing)}" if missing else ""), highlight=False)
+    return {"stages": stages, "total_seconds": round(total, 1), "not_estimated": missing}
+
+
+def estimate_one(recipe: Recipe, console: Console) -> dict:
     """Prepare the recipe's data in scratch, count its work exactly, time a probe, and forecast."""
     # The probe's run directory is scratch: it must not show up among the user's runs.
     scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
@@ -47,16 +69,18 @@ def estimate_run(recipe: Recipe, console: Console) -> dict:
 
 
 def split_lengths(run: RunDir, recipe: Recipe, tokenizer) -> dict[str, list[int]]:
-    """Token length of every prepared row, per split, as training sees it."""
+    """Token length of every prepared row, per split, as training sees it (an encoder without a chat
+    template sees a conversation's turns as plain text)."""
     return {
-        split: [len(encode_row(tokenizer, row, recipe.data.max_tokens)["input_ids"]) for row in run.read_split(split)]
+        split: [min(count_tokens(tokenizer, row), recipe.data.max_tokens) for row in run.read_split(split)]
         for split in ("train", "validation", "test")
     }
 
 
 def probe_lengths(recipe: Recipe, tokenizer) -> list[int]:
-    """Tokens the forgetting check runs per model: each probe's prompt once, then each choice."""
-    if not recipe.evaluation.forgetting:
+    """Tokens the forgetting check runs per model: each probe's prompt once, then each choice. An encoder
+    (no chat template) is not asked the probes."""
+    if not recipe.evaluation.forgetting or tokenizer.chat_template is None:
         return []
     _, probes = load_probes(recipe.evaluation.probes)
 
@@ -112,6 +136,9 @@ def probe_in_this_process(root: Path) -> dict:
     pipeline.train_run(run, callbacks=[clock], console=Console(stderr=True, quiet=True))
     tokenizer = load_tokenizer(recipe.model)
     lengths = split_lengths(run, recipe, tokenizer)
+    if len(clock.marks) <= PROBE_WARMUP_STEPS:
+        raise DomaintuneError(f"objective {recipe.objective.name} trains without reporting its steps, so its speed "
+                              "can't be probed; `domaintune run` it on a sample instead")
     (t0, step0), (t1, step1) = clock.marks[PROBE_WARMUP_STEPS - 1], clock.marks[-1]
     result = {
         "tokens_per_second": (step1 - step0) * forecast.real_tokens_per_step(recipe, lengths) / (t1 - t0),
@@ -120,7 +147,9 @@ def probe_in_this_process(root: Path) -> dict:
     validation_tokens = sum(lengths["validation"])
     if clock.evaluate_seconds and validation_tokens:
         result["eval_tokens_per_second"] = validation_tokens / clock.evaluate_seconds
-    prompts = [prompt_text(tokenizer, row["messages"]) for row in run.read_split("test") if "messages" in row]
+    # An encoder (classification head, embeddings) does not generate: there is no generation to time.
+    prompts = [prompt_text(tokenizer, row["messages"]) for row in run.read_split("test")
+               if "messages" in row and tokenizer.chat_template is not None]
     if prompts:
         configure_threads(recipe.training)
         model = load_causal_lm(recipe.model)
