@@ -26,6 +26,8 @@ def overrides(recipe_file: Path, tmp_path: Path, model_dirs: dict[str, Path]) ->
     encoder = (recipe.get("model") or {}).get("name") == "minilm-l6"
     values = {"output_dir": str(tmp_path / "runs"), "model.name": str(model_dirs["encoder" if encoder else "causal"]),
               **SMALL, **EVALUATION, "distributed.processes": 1}
+    if (recipe.get("method") or {}).get("top_layers"):
+        values["method.top_layers"] = 1  # the tiny model has 2 blocks
     objective = (recipe.get("objective") or {}).get("name")
     if objective in ("grpo", "ppo"):
         values.update({"objective.max_new_tokens": 4, "training.batch_size": 4})

@@ -117,7 +117,7 @@ def load_setfit(folder: Path):
     return SetFitModel(model_body=SentenceTransformer(str(folder), device="cpu"), model_head=head, labels=labels)
 
 
-def train_setfit(run: RunDir, recipe, console: Console) -> dict:
+def train_setfit(run: RunDir, recipe, console: Console, callbacks: list | None = None) -> dict:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -141,7 +141,8 @@ def train_setfit(run: RunDir, recipe, console: Console) -> dict:
     console.print(f"[bold]fewshot (SetFit)[/] on {recipe.model.name}: {len(train_rows)} shots over {len(labels)} labels · "
                   f"{threads} thread(s)")
     trainer = Trainer(model=model, args=args, train_dataset=as_set(train_rows),
-                      eval_dataset=as_set(validation) if validation else None, metric=_accuracy)
+                      eval_dataset=as_set(validation) if validation else None, metric=_accuracy,
+                      callbacks=callbacks)
     trainer.train()
     save_setfit(model, run.model, labels)
     summary = {"method": recipe.method.name, "mode": "setfit", "labels": labels, "train_rows": len(train_rows),
@@ -170,7 +171,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     console = console or Console(stderr=True)
     recipe = run.recipe()
     if mode(recipe) == "setfit":
-        return train_setfit(run, recipe, console)
+        return train_setfit(run, recipe, console, callbacks)
     tight = regularised(recipe)
     console.print(f"fewshot SFT: at most {tight.training.max_steps} steps, weight decay {tight.training.weight_decay}, "
                   f"early stopping every {tight.training.eval_every} steps")

@@ -136,10 +136,12 @@ def probe_in_this_process(root: Path) -> dict:
     pipeline.train_run(run, callbacks=[clock], console=Console(stderr=True, quiet=True))
     tokenizer = load_tokenizer(recipe.model)
     lengths = split_lengths(run, recipe, tokenizer)
-    if len(clock.marks) <= PROBE_WARMUP_STEPS:
+    if len(clock.marks) < 2:
         raise DomaintuneError(f"objective {recipe.objective.name} trains without reporting its steps, so its speed "
                               "can't be probed; `domaintune run` it on a sample instead")
-    (t0, step0), (t1, step1) = clock.marks[PROBE_WARMUP_STEPS - 1], clock.marks[-1]
+    # An objective may cap the steps below the probe's (fewshot): then fewer warm-up steps are left out.
+    warmup = min(PROBE_WARMUP_STEPS, len(clock.marks) - 1)
+    (t0, step0), (t1, step1) = clock.marks[warmup - 1], clock.marks[-1]
     result = {
         "tokens_per_second": (step1 - step0) * forecast.real_tokens_per_step(recipe, lengths) / (t1 - t0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
