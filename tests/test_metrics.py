@@ -133,6 +133,8 @@ def test_compute_metrics_merges_flat_results_in_unit_range():
         "token_recall",
         "token_f1",
         "rouge_l",
+        "macro_f1",
+        "choice_accuracy",
     }
     assert all(0.0 <= value <= 1.0 for value in results.values())
     assert results["exact_match"] == pytest.approx(1 / 3)
