@@ -35,8 +35,8 @@ def kshot_examples(tokenizer, train: list[dict], rows: list[dict], shots: int, s
     examples = random.Random(seed).sample(pool, min(shots, len(pool)))
 
     def longest(examples: list[dict]) -> int:
-        return max(len(tokenizer(prompt_text(tokenizer, with_examples(row, examples)["messages"]),
-                                 add_special_tokens=False)["input_ids"]) for row in rows)
+        return max(len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                   for prompt in kshot_prompts(tokenizer, rows, examples))
 
     while examples and longest(examples) + max_new_tokens > context:
         examples.pop()

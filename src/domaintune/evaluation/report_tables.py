@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from domaintune.evaluation.metrics import METRICS
+from domaintune.evaluation.metrics import METRICS, entity_scores
 from domaintune.evaluation.report_charts import change_chart
 
 MODEL_ORDER = ("base", "tuned")
@@ -207,9 +207,8 @@ def entity_type_f1(entities: dict[str, dict]) -> dict | None:
     kinds = sorted({kind for counts in entities.values() for by_kind in counts.values() for kind in by_kind})
 
     def f1(model: str, kind: str) -> str:
-        counts = {key: entities[model][key].get(kind, 0) for key in ("correct", "missed", "spurious")}
-        total = 2 * counts["correct"] + counts["missed"] + counts["spurious"]
-        return _fmt(2 * counts["correct"] / total if total else 0.0)
+        correct, spurious, missed = (entities[model][key].get(kind, 0) for key in ("correct", "spurious", "missed"))
+        return _fmt(float(entity_scores(correct, spurious, missed)["entity_f1"]))
 
     return {"columns": models, "rows": [(kind or "(no type)", [f1(model, kind) for model in models]) for kind in kinds]}
 

@@ -19,6 +19,7 @@ from domaintune.methods import get_method
 from domaintune.models.loading import load_tokenizer
 from domaintune.models.registry import resolve_model_path
 from domaintune.training import trl_trainer
+from domaintune.training.callbacks import run_callbacks
 
 SUMMARY = "preference pairs → a reward model scoring answers (pairwise accuracy); feeds PPO, GRPO and evaluation."
 Config = RewardConfig  # the registry and the recipe know an objective by its Config
@@ -64,7 +65,7 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
         model=model, args=args, train_dataset=Dataset.from_list(train_pairs),
         eval_dataset=Dataset.from_list(validation_pairs) if validation_pairs else None,
         processing_class=tokenizer, peft_config=peft_config,
-        callbacks=trl_trainer.callbacks_for(run, recipe, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
+        callbacks=run_callbacks(run, recipe, console, callbacks, recipe.training.early_stopping if validation_pairs else None),
     )
     # A merged model loads anywhere as a plain AutoModelForSequenceClassification.
     save = (lambda folder: trainer.model.merge_and_unload().save_pretrained(folder)) if isinstance(trainer.model, PeftModel) else None

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import TrainerCallback
 
 from domaintune.config.runtime import configure_threads
+from domaintune.storage.rundir import RunDir
 from domaintune.training.forecast import duration
 
 
@@ -116,3 +117,16 @@ class ThreadsCallback(TrainerCallback):
         if after != before:
             self.console.print(f"threads: {before} → {after} (the machine's load changed)", highlight=False)
 
+
+def run_callbacks(run: RunDir, recipe, console: Console, callbacks: list | None, early_stopping=None) -> list:
+    """What every trainer of a run gets: metrics.jsonl, the progress, the thread count, the caller's
+    callbacks, and early stopping where it applies (`early_stopping`: the recipe's setting when there is
+    validation data)."""
+    from transformers import EarlyStoppingCallback
+
+    found = [MetricsLogCallback(run.metrics), RichProgressCallback(console), ThreadsCallback(recipe.training, console),
+             *(callbacks or [])]
+    if early_stopping is not None:
+        found.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience,
+                                           early_stopping_threshold=early_stopping.min_delta))
+    return found

@@ -18,16 +18,18 @@ from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
-from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback, ThreadsCallback
+from domaintune.training.callbacks import run_callbacks
 from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
 from domaintune.training.packing import batching
 
 
-def encode_split(rows: list[dict], tokenizer, max_length: int, encode_rows=chat.encode_rows):
-    """The rows' training examples as a Dataset; `encode_rows(tokenizer, rows, max_length)` makes them
-    (default: one per row, by its shape)."""
+def encode_split(rows: list[dict], tokenizer, max_length: int, encode_rows=None):
+    """The rows' training examples as a Dataset: one per row by its shape (core/chat.py), or what
+    `encode_rows(tokenizer, rows, max_length)` makes; either way without examples that supervise nothing."""
     from datasets import Dataset
 
+    if encode_rows is None:
+        return Dataset.from_list(chat.encode_rows(tokenizer, rows, max_length))
     return Dataset.from_list(chat.supervised(encode_rows(tokenizer, rows, max_length)))
 
 
@@ -94,31 +96,18 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
 
 
 def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, console: Console, callbacks: list | None) -> list:
-    """metrics.jsonl, the progress bar, TensorBoard, the caller's callbacks, and early stopping on validation."""
+    """A run's callbacks (training/callbacks.py) with TensorBoard before the caller's."""
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
 
     run.checkpoints.mkdir(parents=True, exist_ok=True)
-    found = [
-        MetricsLogCallback(run.metrics),
-        RichProgressCallback(console),
-        ThreadsCallback(recipe.training, console),
-        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None),
-        *(callbacks or []),
-    ]
-    if has_validation and recipe.training.early_stopping is not None:
-        found.append(
-            EarlyStoppingCallback(
-                early_stopping_patience=recipe.training.early_stopping.patience,
-                early_stopping_threshold=recipe.training.early_stopping.min_delta,
-            )
-        )
-    return found
+    tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None)
+    return run_callbacks(run, recipe, console, [tensorboard, *(callbacks or [])],
+                         recipe.training.early_stopping if has_validation else None)
 
 
 def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None,
-                    recipe: Recipe | None = None, encode_rows=chat.encode_rows, domain_perplexity: bool = False) -> dict:
+                    recipe: Recipe | None = None, encode_rows=None, domain_perplexity: bool = False) -> dict:
     """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions).
     `recipe` replaces the run's own where an objective adjusts it (fewshot's regularisation);
     `encode_rows` turns a split's rows into examples (pretrain: blocks); `domain_perplexity` measures

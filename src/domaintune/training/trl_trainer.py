@@ -12,7 +12,7 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.methods import get_method, load_kwargs
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
-from domaintune.training.callbacks import MetricsLogCallback, RichProgressCallback, ThreadsCallback
+from domaintune.training.callbacks import run_callbacks
 from domaintune.training.trainer import count_parameters, training_arguments
 
 
@@ -35,19 +35,6 @@ def load_policy(recipe):
     model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
     model.config.use_cache = False
     return get_method(recipe.method.name).apply(model, recipe.method)
-
-
-def callbacks_for(run: RunDir, recipe, console: Console, callbacks: list | None, early_stopping=None) -> list:
-    """metrics.jsonl, the progress, the thread count, the caller's callbacks, and early stopping where it
-    applies (`early_stopping`: the recipe's setting when there is validation data)."""
-    from transformers import EarlyStoppingCallback
-
-    own = [MetricsLogCallback(run.metrics), RichProgressCallback(console), ThreadsCallback(recipe.training, console),
-           *(callbacks or [])]
-    if early_stopping is not None:
-        own.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience,
-                                         early_stopping_threshold=early_stopping.min_delta))
-    return own
 
 
 def split_or_fail(run: RunDir, make, *extra) -> tuple:
@@ -105,7 +92,7 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(validation_rows) if validation_rows else None,
         processing_class=load_tokenizer(recipe.model),
-        callbacks=callbacks_for(run, recipe, console, callbacks, recipe.training.early_stopping if validation_rows else None),
+        callbacks=run_callbacks(run, recipe, console, callbacks, recipe.training.early_stopping if validation_rows else None),
         **trainer_kwargs,
     )
     return run_trainer(trainer, run, recipe, resume, console, len(train_rows))

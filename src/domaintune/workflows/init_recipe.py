@@ -24,10 +24,10 @@ from domaintune.data.documents import is_document
 from domaintune.data.formats import RowError, detect_format, to_canonical
 from domaintune.data.preferences import PREFERENCE_FORMATS
 from domaintune.data.readers import read_files
-from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set
+from domaintune.evaluation.metric_choice import MAX_LABELS, choose_metrics, closed_label_set
 from domaintune.models.loading import load_tokenizer
+from domaintune.objectives.instruct import instruction
 
-MAX_LABELS = 20
 # Name fragments that say what a column holds, strongest first.
 TEXT_NAMES = ("text", "review", "sentence", "content", "body", "comment", "description", "document", "message", "input")
 LABEL_NAMES = ("label", "sentiment", "class", "category", "target", "tag", "intent", "topic")
@@ -134,13 +134,6 @@ def split_shares(rows: int) -> tuple[dict, str]:
             f"{rows} rows: {test:.0%} test (about {round(rows * test)} rows) and {validation:.0%} validation")
 
 
-def label_prompt(task: str | None, labels: list[str]) -> str:
-    head = (task or "Classify the text.").strip()
-    if not head.endswith((".", "?", "!", ":")):
-        head += "."
-    return f"{head} Answer with one of: {', '.join(labels)}.\n\n{{text}}"
-
-
 def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2-135m-instruct",
                 name: str | None = None) -> tuple[dict, list[str]]:
     """The recipe for these data files (as a dict) and the comments that explain it."""
@@ -180,7 +173,7 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     label_counts = Counter(row["label"] for row in rows if row.get("label") is not None)
     if fmt == "labelled":
         labels = sorted(label_counts)
-        data["label_prompt"] = label_prompt(task, labels)
+        data["label_prompt"] = instruction(task or "Classify the text.", labels, "{text}")
         balance = ", ".join(f"{label} {count / len(rows):.0%}" for label, count in label_counts.most_common())
         notes.append(f"{len(labels)} labels ({balance}); the label prompt lists them so the answer is one of them")
         if task is None:

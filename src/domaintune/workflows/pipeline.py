@@ -57,10 +57,12 @@ def train_run(run: RunDir, resume: bool = False, callbacks: list | None = None, 
     if own_trainer:
         return own_trainer(run, resume=resume, callbacks=callbacks, console=console)
     own_encoding = hook(objective, "encode_rows")  # pretrain: fixed-length blocks
-    encoding = {"encode_rows": lambda tokenizer, rows, max_length: own_encoding(tokenizer, rows, max_length, objective)}
-    return train_causal_lm(run, resume=resume, callbacks=callbacks, console=console,
-                           domain_perplexity=bool(hook(objective, "DOMAIN_PERPLEXITY")),
-                           **(encoding if own_encoding else {}))
+    return train_causal_lm(
+        run, resume=resume, callbacks=callbacks, console=console,
+        encode_rows=(lambda tokenizer, rows, max_length: own_encoding(tokenizer, rows, max_length, objective))
+        if own_encoding else None,
+        domain_perplexity=bool(hook(objective, "DOMAIN_PERPLEXITY")),
+    )
 
 
 def train(
