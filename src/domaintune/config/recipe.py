@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 from domaintune.config.base import Section
 from domaintune.config.data import DataConfig
 from domaintune.config.evaluation import EvaluationConfig, ExportConfig
+from domaintune.config.inference import InferenceConfig
 from domaintune.config.methods import MethodConfig
 from domaintune.config.objectives import OBJECTIVE_CONFIGS, ObjectiveConfig, objective_names
 from domaintune.config.training import DistributedConfig, TrainingConfig
@@ -37,6 +38,7 @@ class Recipe(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     objective: ObjectiveConfig = Field(
         default_factory=OBJECTIVE_CONFIGS[0], description="What is learned (`domaintune methods` lists the objectives)."
     )

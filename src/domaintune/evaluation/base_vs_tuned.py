@@ -7,6 +7,7 @@ Opt-in: lm-evaluation-harness tasks (harness.py) and a pairwise LLM judge (judge
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 from rich.console import Console
@@ -20,15 +21,16 @@ from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_s
 from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set
 from domaintune.evaluation.metrics import entity_errors
 from domaintune.evaluation.report import write_report
-from domaintune.models.inference import generate, mean_loss, perplexity, row_losses
+from domaintune.models.generation import TextGenerator, load_generator, weights_folders
+from domaintune.models.inference import mean_loss, perplexity, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
 from domaintune.storage.rundir import RunDir
 
 
-def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool, console: Console,
+def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
                    metrics: list[str]) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
-    """Loss per split and the `metrics` of generated answers; also the per-item statistics the bootstrap
-    resamples."""
+    """Loss per split (from the torch `model`) and the `metrics` of the answers `generator` writes; also the
+    per-item statistics the bootstrap resamples."""
     started = time.perf_counter()
     config = recipe.evaluation
     losses = {name: row_losses(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
@@ -41,7 +43,7 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
     values: dict[str, float] = {}
     if generation_rows:
         prompts = [prompt_text(tokenizer, row["messages"]) for row in generation_rows]
-        predictions = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, bf16)
+        predictions = generator.generate(prompts, config.max_new_tokens, config.batch_size)
         values, metric_stats = baselines.scored(metrics, predictions, [final_answer(row) for row in generation_rows])
         stats.update(metric_stats)
     loss = {name: mean_loss(rows) for name, rows in losses.items()}
@@ -50,6 +52,7 @@ def evaluate_model(model, tokenizer, recipe, splits: dict[str, list[dict]], bf16
         "perplexity": {name: perplexity(value) for name, value in loss.items()},
         "metrics": values,
         "seconds": round(time.perf_counter() - started, 1),
+        "generation": generator.describe(),
     }
     return result, predictions, stats
 
@@ -62,7 +65,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     run.require_model()
     recipe = run.recipe()
     config = recipe.evaluation
-    configure_threads(recipe.training)
+    threads = configure_threads(recipe.training)
     bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
     splits = {split: (select or list)(run.read_split(split)) for split in ("validation", "test")}
@@ -84,14 +87,13 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     outputs: dict[str, list[str]] = {}
     stats: dict[str, dict[str, bootstrap.ItemStats]] = {}
     probe_results: dict[str, dict[str, bootstrap.ItemStats]] = {}
-    candidates = [("base", lambda: load_causal_lm(recipe.model))] if config.compare_base else []
-    candidates.append(("tuned", lambda: load_trained_model(recipe.model, run.model)))
-    for label, load in candidates:
+    for label, load, folders in compared_models(recipe, run):
         console.print(f"Evaluating the {label} model on {len(splits['test'])} test rows "
                       f"({len(generation_rows)} generated)...")
         model = load()
+        generator = exact_generator(model, tokenizer, recipe, folders, threads, console)
         results["models"][label], outputs[label], stats[label] = evaluate_model(
-            model, tokenizer, recipe, splits, bf16, console, metrics
+            model, generator, tokenizer, recipe, splits, bf16, metrics
         )
         results["models"][label]["model"] = recipe.model.name if label == "base" else str(run.model)
         if labels:  # the same answers read leniently, and the labels scored by likelihood
@@ -100,8 +102,8 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
             results["models"][label]["metrics"].update(values)
             stats[label].update(label_stats)
         if label == "base" and config.baselines and config.shots and generation_rows and metrics:
-            _kshot_baseline(model, tokenizer, recipe, train, generation_rows, metrics, labels, bf16, console,
-                            results, outputs, stats)
+            _kshot_baseline(model, generator, tokenizer, recipe, train, generation_rows, metrics, labels, bf16,
+                            console, results, outputs, stats)
         if probes:
             started = time.perf_counter()
             correct = answer_probes(model, tokenizer, probes, config.batch_size, bf16)
@@ -116,7 +118,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                 model, tokenizer, run.eval / "harness", harness_tasks, config.harness_tasks, config.batch_size,
                 config.harness_limit,
             )
-        del model
+        del model, generator
     if config.baselines and generation_rows and metrics and (answer := baselines.majority_answer(train)) is not None:
         values, stats[baselines.MAJORITY] = baselines.majority_scores(answer, generation_rows, metrics)
         results["baselines"]["models"][baselines.MAJORITY] = {
@@ -157,6 +159,20 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     return results
 
 
+def compared_models(recipe, run: RunDir) -> list[tuple[str, Callable, list]]:
+    """(label, load the torch model, the folders its weights come from) for base (unless
+    evaluation.compare_base is off) and tuned."""
+    tuned = ("tuned", lambda: load_trained_model(recipe.model, run.model), weights_folders(recipe.model, run.model))
+    base = ("base", lambda: load_causal_lm(recipe.model), weights_folders(recipe.model))
+    return [base, tuned] if recipe.evaluation.compare_base else [tuned]
+
+
+def exact_generator(model, tokenizer, recipe, folders: list, threads: int, console: Console) -> TextGenerator:
+    """The engine for an evaluation's answers: the recipe's, at a precision that leaves verdicts as torch's."""
+    return load_generator(lambda: model, tokenizer, recipe.inference, folders=folders, bf16=use_bf16(recipe),
+                          threads=threads, exact=True, console=console)
+
+
 def write_results(run: RunDir, results: dict, samples: list[dict], console: Console | None = None) -> dict:
     """eval/results.json, eval/samples.jsonl and report.html, for every objective alike, so one report
     renders them all."""
@@ -167,7 +183,7 @@ def write_results(run: RunDir, results: dict, samples: list[dict], console: Cons
     return results
 
 
-def _kshot_baseline(model, tokenizer, recipe, train: list[dict], rows: list[dict], metrics: list[str],
+def _kshot_baseline(model, generator: TextGenerator, tokenizer, recipe, train: list[dict], rows: list[dict], metrics: list[str],
                     labels: list[str] | None, bf16: bool, console: Console, results: dict, outputs: dict,
                     stats: dict) -> None:
     """The base model given a fair chance: k seeded train rows as earlier turns, on the same test rows."""
@@ -179,8 +195,8 @@ def _kshot_baseline(model, tokenizer, recipe, train: list[dict], rows: list[dict
         return
     console.print(f"Evaluating the base model with {len(examples)} examples from train ({len(rows)} generated)...")
     started = time.perf_counter()
-    answers = generate(model, tokenizer, baselines.kshot_prompts(tokenizer, rows, examples), config.max_new_tokens,
-                       config.batch_size, bf16)
+    answers = generator.generate(baselines.kshot_prompts(tokenizer, rows, examples), config.max_new_tokens,
+                                 config.batch_size)
     values, stats[baselines.KSHOT] = baselines.scored(metrics, answers, [final_answer(row) for row in rows])
     if labels:
         more_values, more_stats = baselines.label_readings(None, tokenizer, rows, answers, labels, metrics,
@@ -190,7 +206,7 @@ def _kshot_baseline(model, tokenizer, recipe, train: list[dict], rows: list[dict
     outputs[baselines.KSHOT] = answers
     results["baselines"]["models"][baselines.KSHOT] = {
         "model": f"{recipe.model.name}, {len(examples)} examples from train", "shots": len(examples), "metrics": values,
-        "seconds": round(time.perf_counter() - started, 1)}
+        "seconds": round(time.perf_counter() - started, 1), "generation": generator.describe()}
 
 
 def _error_analysis(config, metrics: list[str], rows: list[dict], samples: list[dict], outputs: dict[str, list[str]],

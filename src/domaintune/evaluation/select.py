@@ -19,7 +19,8 @@ from domaintune.core.chat import prompt_text, with_examples
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.evaluation.metrics import compute_metrics
-from domaintune.models.inference import generate, mean_loss, row_losses
+from domaintune.models.generation import load_generator, weights_folders
+from domaintune.models.inference import mean_loss, row_losses
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir
@@ -36,6 +37,9 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], m
     evaluation, bf16 = recipe.evaluation, use_bf16(recipe)
     started = time.perf_counter()
     tokenizer, model = load_tokenizer(config), load_causal_lm(config)
+    # The engine evaluation would use, so the latency compared is the one a user gets.
+    generator = load_generator(lambda: model, tokenizer, recipe.inference, folders=weights_folders(config), bf16=bf16,
+                               exact=True, console=console)
     loaded = time.perf_counter() - started
     references = [row["messages"][-1]["content"] for row in rows]
     result = {"model": name, "load_seconds": round(loaded, 2),
@@ -44,8 +48,8 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], m
     for label, shots in [("zero_shot", [])] + ([("few_shot", examples)] if examples else []):
         prompted = [with_examples(row, shots) for row in rows]
         started = time.perf_counter()
-        answers = generate(model, tokenizer, [prompt_text(tokenizer, row["messages"]) for row in prompted],
-                           evaluation.max_new_tokens, evaluation.batch_size, bf16)
+        answers = generator.generate([prompt_text(tokenizer, row["messages"]) for row in prompted],
+                                     evaluation.max_new_tokens, evaluation.batch_size)
         seconds = time.perf_counter() - started
         result[label] = compute_metrics(metrics, answers, references)
         if not shots:

@@ -14,10 +14,10 @@ from rich.console import Console
 
 from domaintune.config.objectives import MultitaskConfig, Task
 from domaintune.config.runtime import configure_threads, use_bf16
-from domaintune.evaluation.base_vs_tuned import evaluate_model, write_results
+from domaintune.evaluation.base_vs_tuned import compared_models, evaluate_model, exact_generator, write_results
 from domaintune.evaluation.bootstrap import paired_comparison
 from domaintune.evaluation.metric_choice import choose_metrics
-from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.models.loading import load_tokenizer
 from domaintune.storage.jsonl import write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
 
@@ -74,16 +74,16 @@ def _task_key(key: str, task: str) -> str:
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
     console = console or Console(stderr=True)
     recipe = run.recipe()
-    configure_threads(recipe.training)
+    threads = configure_threads(recipe.training)
     bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
     rows = {split: run.read_split(split) for split in ("train", "validation", "test")}
     results: dict = {"models": {}, "tasks": {}}
     stats: dict[str, dict] = {}
     samples = []
-    candidates = [("base", lambda: load_causal_lm(recipe.model))] if recipe.evaluation.compare_base else []
-    for label, load in [*candidates, ("tuned", lambda: load_trained_model(recipe.model, run.model))]:
+    for label, load, folders in compared_models(recipe, run):
         model = load()
+        generator = exact_generator(model, tokenizer, recipe, folders, threads, console)
         entry = results["models"][label] = {"model": recipe.model.name if label == "base" else str(run.model),
                                             "metrics": {}, "loss": {}, "perplexity": {}}
         stats[label] = {}
@@ -92,7 +92,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
             metrics, _ = choose_metrics(task.metrics or recipe.evaluation.metrics,
                                         [r for r in rows["train"] if r.get("task") == task.name], splits["test"])
             console.print(f"Evaluating the {label} model on task {task.name} ({len(splits['test'])} test rows)...")
-            result, predictions, item_stats = evaluate_model(model, tokenizer, recipe, splits, bf16, console, metrics)
+            result, predictions, item_stats = evaluate_model(model, generator, tokenizer, recipe, splits, bf16, metrics)
             results["tasks"].setdefault(task.name, {})[label] = result
             entry["metrics"].update({f"{task.name}: {k}": v for k, v in result["metrics"].items()})
             for kind in ("loss", "perplexity"):
@@ -102,7 +102,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
             if label == "tuned":
                 samples += [{"prompt": r["messages"][-2]["content"], "reference": r["messages"][-1]["content"],
                              "base": None, "tuned": p, "task": task.name} for r, p in zip(generated, predictions)]
-        del model
+        del model, generator
     if "base" in stats:
         results.update(paired_comparison(recipe, stats["base"], stats["tuned"]))
     results["n_test"] = len(rows["test"])

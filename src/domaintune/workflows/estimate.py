@@ -22,8 +22,8 @@ from domaintune.config.runtime import configure_threads, thread_count, use_bf16
 from domaintune.core.chat import count_tokens, prompt_text
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.forgetting import load_probes, probe_prompt
-from domaintune.models.inference import generate
-from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.models.generation import open_generator
+from domaintune.models.loading import load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training import forecast
 from domaintune.workflows import pipeline
@@ -153,10 +153,11 @@ def probe_in_this_process(root: Path) -> dict:
     prompts = [prompt_text(tokenizer, row["messages"]) for row in run.read_split("test")
                if "messages" in row and tokenizer.chat_template is not None]
     if prompts:
-        configure_threads(recipe.training)
-        model = load_causal_lm(recipe.model)
+        threads = configure_threads(recipe.training)
+        # The engine the evaluation will use (converted now, once, if it is CTranslate2): that is what is timed.
+        generator = open_generator(recipe.model, recipe.inference, bf16=use_bf16(recipe), exact=True, threads=threads)
         started = time.perf_counter()
-        generate(model, tokenizer, prompts[: recipe.evaluation.batch_size], recipe.evaluation.max_new_tokens,
-                 recipe.evaluation.batch_size, use_bf16(recipe))
+        generator.generate(prompts[: recipe.evaluation.batch_size], recipe.evaluation.max_new_tokens,
+                           recipe.evaluation.batch_size)
         result["generation_batch_seconds"] = time.perf_counter() - started
     return result

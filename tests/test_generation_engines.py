@@ -1,0 +1,140 @@
+"""The generation backend: CTranslate2 answers as torch does at float32, converts once, and hands
+back to torch (with a notice) where it can't load the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from domaintune.config import ModelConfig
+from domaintune.config.inference import InferenceConfig
+from domaintune.models import generation
+from domaintune.models.generation import CTranslate2Generator, TorchGenerator, load_generator, weights_folders
+from domaintune.models.loading import load_causal_lm, load_tokenizer
+
+pytest.importorskip("ctranslate2")
+
+QUESTIONS = ["What is a bond?", "Name the parties.", "Hi", "List three risks of a variable-rate loan in detail."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    config = ModelConfig(name=str(tiny_model_dir))
+    tokenizer = load_tokenizer(config)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in QUESTIONS]
+    return config, load_causal_lm(config), tokenizer, prompts
+
+
+def engine(tiny, setting: InferenceConfig, console=None, folders=None):
+    config, model, tokenizer, _ = tiny
+    return load_generator(lambda: model, tokenizer, setting, folders=folders or weights_folders(config), bf16=False,
+                          threads=1, exact=True, console=console)
+
+
+def recorded(console: Console) -> str:
+    return console.export_text()
+
+
+def test_ctranslate2_float32_answers_as_torch_does(tiny):
+    prompts = tiny[3]
+    torch_engine = engine(tiny, InferenceConfig(engine="torch"))
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    assert isinstance(torch_engine, TorchGenerator) and isinstance(fast, CTranslate2Generator)
+    assert fast.describe() == {"engine": "ctranslate2", "compute_type": "float32"}
+    expected = torch_engine.generate(prompts, 12, 2)
+    assert fast.generate(prompts, 12, 2) == expected
+    assert fast.generate(prompts, 12, 4) == expected  # batching does not change greedy answers
+    assert any(expected)
+
+
+def test_streamed_tokens_spell_the_batch_answer(tiny):
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    prompt = tiny[3][0]
+    ids = list(fast.stream(prompt, 12))
+    assert tiny[2].decode(ids, skip_special_tokens=True).strip() == fast.generate([prompt], 12, 1)[0]
+
+
+def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):
+    first = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    calls = []
+    import ctranslate2
+
+    original = ctranslate2.converters.TransformersConverter.convert
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", counting)
+    again = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    assert again.model_dir == first.model_dir and calls == []
+    int8 = engine(tiny, InferenceConfig(engine="ctranslate2", compute_type="int8"))
+    assert int8.model_dir != first.model_dir and len(calls) == 1 and int8.compute_type == "int8"
+
+
+def test_an_adapter_run_is_merged_then_converted(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    config, model, tokenizer, prompts = tiny
+    import copy
+
+    import torch
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                 init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    merged = peft_model.merge_and_unload()
+    folders = weights_folders(config, adapter)
+    assert folders == [Path(config.name), adapter]
+    fast = load_generator(lambda: merged, tokenizer, InferenceConfig(), folders=folders, bf16=False, threads=1, exact=True)
+    assert isinstance(fast, CTranslate2Generator)
+    assert fast.generate(prompts, 10, 4) == TorchGenerator(merged, tokenizer, False).generate(prompts, 10, 4)
+
+
+def test_a_model_the_engine_cannot_load_falls_back_to_torch_with_a_notice(tiny, monkeypatch):
+    import ctranslate2
+
+    def unsupported(self, *args, **kwargs):
+        raise ValueError("No conversion is registered for the model configuration TinyConfig")
+
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", unsupported)
+    console = Console(record=True, width=200)
+    chosen = engine(tiny, InferenceConfig(engine="auto", compute_type="int8_float32"), console)  # not cached yet
+    assert isinstance(chosen, TorchGenerator)
+    notice = [line for line in recorded(console).splitlines() if "Generating with torch" in line]
+    assert len(notice) == 1 and "No conversion is registered" in notice[0]
+
+
+def test_unmergeable_adapters_stay_on_torch(tiny, tmp_path):
+    from peft import PromptTuningConfig, get_peft_model
+
+    config, model, tokenizer, _ = tiny
+    import copy
+
+    prompt_tuned = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    adapter = tmp_path / "prompt"
+    prompt_tuned.save_pretrained(adapter)
+    console = Console(record=True, width=200)
+    chosen = load_generator(lambda: prompt_tuned, tokenizer, InferenceConfig(), folders=weights_folders(config, adapter),
+                            bf16=False, threads=1, exact=True, console=console)
+    assert isinstance(chosen, TorchGenerator)
+    assert "virtual tokens" in recorded(console)
+
+
+def test_auto_compute_type_is_exact_for_evaluation_and_fast_elsewhere(monkeypatch):
+    monkeypatch.setattr(generation, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    monkeypatch.setattr(generation, "cpu_has_bf16", lambda: False)
+    assert generation.compute_type_for(InferenceConfig(), exact=True) == "float32"
+    assert generation.compute_type_for(InferenceConfig(), exact=False) == "int8"
+    assert generation.compute_type_for(InferenceConfig(compute_type="int8_float32"), exact=True) == "int8_float32"
+    monkeypatch.setattr(generation, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert generation.compute_type_for(InferenceConfig(), exact=False) == "float32"
+
+
+def test_torch_engine_when_asked(tiny):
+    assert isinstance(engine(tiny, InferenceConfig(engine="torch")), TorchGenerator)
