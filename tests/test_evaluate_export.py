@@ -53,6 +53,10 @@ def test_evaluate_compares_base_and_tuned_and_writes_report(trained_run):
     assert all({"prompt", "reference", "base", "tuned"} <= set(s) for s in samples)
     html = trained_run.report.read_text()
     assert "entity_f1" in html and "data:image/png;base64" in html
+    # The default engine wrote both models' answers (the adapter merged and converted), and the report says so.
+    for model in results["models"].values():
+        assert model["generation"] == {"engine": "ctranslate2", "compute_type": "float32"}
+    assert "tuned answers by" in html and "ctranslate2 (float32)" in html
 
 
 def test_adapter_loads_with_stock_peft(trained_run, tiny_model_dir):

@@ -23,6 +23,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the features that decide speed here, for every printed speed figure."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        name = platform.processor() or platform.machine()
+    flags = cpu_flags()
+    features = [label for label, present in (
+        ("AVX-512", "avx512f" in flags), ("VNNI", bool(flags & {"avx512_vnni", "avx_vnni"})),
+        ("native bf16", cpu_has_bf16()), ("AVX2", "avx2" in flags and "avx512f" not in flags)) if present]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores}-core {name} ({', '.join(features) or 'no AVX2'}{'' if cpu_has_bf16() else ', no native bf16'})"
+
+
 def cpu_has_bf16() -> bool:
     # Without native bf16 (AVX512-BF16 or AMX) autocast emulates it and runs slower than fp32.
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

@@ -224,6 +224,13 @@ def eval_facts(results: dict, models: dict[str, dict]) -> list[tuple[str, str]]:
         for name, model in models.items()
         if model.get("seconds") is not None
     ]
+    # Which engine wrote each model's answers: a verdict is only as exact as its engine.
+    baseline_models = dig(results, "baselines", "models") or {}
+    facts += [
+        (f"{name} answers by", f"{model['generation']['engine']} ({model['generation']['compute_type']})")
+        for name, model in {**models, **baseline_models}.items()
+        if model.get("generation")
+    ]
     return facts
 
 
