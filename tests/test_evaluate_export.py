@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,23 @@ def test_merged_model_generates_what_the_adapter_did(trained_run, tiny_model_dir
     merged = AutoModelForCausalLM.from_pretrained(written["merged"]).eval()
     assert not any(name.endswith(".bin") for name in __import__("os").listdir(written["merged"]))
     assert greedy(merged, tokenizer, prompt) == greedy(adapted, tokenizer, prompt)
+
+
+def test_export_writes_a_ctranslate2_model_that_answers_as_the_merged_one(trained_run):
+    pytest.importorskip("ctranslate2")
+    from rich.console import Console
+
+    from domaintune.export.exporter import export_causal_lm
+    from domaintune.models.generation import CTranslate2Generator, TorchGenerator
+
+    recipe = trained_run.recipe()
+    recipe.export.ctranslate2 = ["float32"]
+    written = export_causal_lm(trained_run, recipe, Console(quiet=True))
+    folder = written["ctranslate2-float32"]
+    assert (trained_run.export / "ctranslate2-float32" / "model.bin").exists()
+    tokenizer = AutoTokenizer.from_pretrained(written["merged"])
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"Ticket {i}: office?"}], tokenize=False,
+                                             add_generation_prompt=True) for i in range(3)]
+    merged = AutoModelForCausalLM.from_pretrained(written["merged"]).eval()
+    expected = TorchGenerator(merged, tokenizer, False).generate(prompts, 8, 3)
+    assert CTranslate2Generator(Path(folder), tokenizer, "float32", 1).generate(prompts, 8, 3) == expected

@@ -82,10 +82,16 @@ class ExportConfig(Section):
         "q4 types need llama.cpp's llama-quantize and can erase a small model's fine-tuning.",
     )
 
-    @field_validator("gguf")
+    ctranslate2: list[Literal["float32", "int8", "int8_float32", "int16", "bfloat16", "int8_bfloat16"]] = Field(
+        default_factory=list,
+        description="CTranslate2 models converted from the merged model, e.g. [int8] (export/ctranslate2-int8): "
+        "what `serve` and evaluation run on, for your own CTranslate2 deployment.",
+    )
+
+    @field_validator("gguf", "ctranslate2")
     @classmethod
-    def _gguf_needs_merged(cls, value: list[str], info: ValidationInfo) -> list[str]:
+    def _converted_from_merged(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if value and not info.data.get("merged", True):
-            raise ValueError("GGUF is converted from the merged model: set export.merged: true")
+            raise ValueError(f"{info.field_name} is converted from the merged model: set export.merged: true")
         return value
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.export.gguf import export_gguf, verify_gguf
+from domaintune.models.generation import converted_model
 from domaintune.models.loading import adapter_files, is_adapter_folder, load_trained_model, merge_blocker
 from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir
@@ -48,6 +49,12 @@ def export_causal_lm(run: RunDir, recipe, console: Console) -> dict[str, str]:
         written["merged"] = str(merged_dir)
         if config.gguf:
             written.update(_export_gguf(run, merged_dir, config.gguf, console))
+        for compute_type in config.ctranslate2:
+            target = run.export / f"ctranslate2-{compute_type}"
+            shutil.rmtree(target, ignore_errors=True)
+            # Through the cache: serving this export later finds it already converted.
+            shutil.copytree(converted_model([merged_dir], compute_type, console=console), target)
+            written[f"ctranslate2-{compute_type}"] = str(target)
 
     for kind, path in written.items():
         console.print(f"Exported {kind}: {path}")
