@@ -49,6 +49,14 @@ def test_ctranslate2_float32_answers_as_torch_does(tiny):
     assert any(expected)
 
 
+def test_a_one_token_prompt_does_not_leak_its_batch_mates_prompts(tiny):
+    tokenizer = tiny[2]
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    prompts = ["The office is in the city of", "Hello"]
+    assert [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts][1] == 1
+    assert fast.generate(prompts, 6, 2) == [fast.generate([prompt], 6, 1)[0] for prompt in prompts]
+
+
 def test_streamed_tokens_spell_the_batch_answer(tiny):
     fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
     prompt = tiny[3][0]

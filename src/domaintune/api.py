@@ -198,7 +198,7 @@ def serve(
     models: list[str],
     adapters: list[str] | None = None,
     adapters_dir: str | None = None,
-    engine: str = "builtin",
+    engine: str = "auto",
     vllm_python: str | None = None,
     console: Console | None = None,
     **settings,
@@ -206,25 +206,23 @@ def serve(
     """An OpenAI-compatible server until interrupted. `models`: run directories, model folders (causal LM,
     classifier, sentence encoder), bundled names or hub ids, each optionally `NAME=...`; `adapters`:
     `NAME=PATH` peft adapters on the causal LM; `settings`: serving.settings.ServeSettings fields
-    (host, port, keys_file, max_tokens, ...). `engine="vllm"` hands the causal LM and adapters to vLLM."""
+    (host, port, keys_file, max_tokens, compute_type, ...). `engine`: auto (CTranslate2 where it converts the
+    model and adapters, else torch), torch, ctranslate2, or vllm (hands the causal LM and adapters to vLLM)."""
     from domaintune.serving.settings import ServeSettings
     from domaintune.serving.sources import resolve_sources
 
     console = _console(console)
     served = resolve_sources(models, adapters, adapters_dir)
-    config = ServeSettings(**settings)
     if engine == "vllm":
         from domaintune.serving.vllm import run_vllm
 
-        code = run_vllm(served, config, python=vllm_python, console=console)
+        code = run_vllm(served, ServeSettings(**settings), python=vllm_python, console=console)
         if code:
             raise DomaintuneError(f"--engine vllm: vLLM exited with code {code}")
         return
-    if engine != "builtin":
-        raise DomaintuneError(f"--engine: builtin or vllm, got {engine!r}")
     from domaintune.serving.server import run_server
 
-    run_server(served, config, console=console)
+    run_server(served, ServeSettings(**settings, engine=engine), console=console)
 
 
 def feedback_db(source: str | Path, db: str | Path | None = None) -> Path:

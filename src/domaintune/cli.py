@@ -195,7 +195,10 @@ def serve(
     log_content: Annotated[bool, typer.Option("--log-content", help="Put prompts and completions in the audit log.")] = False,
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII in outputs with placeholders like [EMAIL].")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="builtin, or vllm (hands the model and adapters to vLLM).")] = "builtin",
+    engine: Annotated[str, typer.Option("--engine", help="auto (CTranslate2 where it converts the model, else torch), "
+                                        "torch, ctranslate2, or vllm (hands the model and adapters to vLLM).")] = "auto",
+    compute_type: Annotated[str, typer.Option("--compute-type", help="CTranslate2's: auto (int8 with VNNI/AVX-512, "
+                                              "bfloat16 with native bf16, else float32), float32, int8, ...")] = "auto",
     vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="Python of a venv with vLLM installed.")] = None,
 ):
     """Serve models over an OpenAI-compatible API (chat, completions, embeddings, classify) with keys and limits."""
@@ -203,7 +206,7 @@ def serve(
         models, adapters=adapter, adapters_dir=adapters_dir, engine=engine, vllm_python=vllm_python, console=console,
         host=host, port=port, keys_file=keys_file, cors_origins=cors_origin or [], max_tokens=max_tokens,
         max_context=max_context, max_body_bytes=max_body_bytes, max_loaded_adapters=max_loaded_adapters,
-        max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, dtype=dtype,
+        max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, dtype=dtype, compute_type=compute_type,
         threads=int(threads) if threads.isdigit() else threads, log_content=log_content,
         redact_pii=redact_pii, trust_remote_code=trust_remote_code,
     )

@@ -72,6 +72,7 @@ class CTranslate2Generator:
         self.tokenizer = tokenizer
         self.compute_type = compute_type
         self.model_dir = model_dir
+        self.threads = threads
 
     def tokens(self, prompt: str) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -86,15 +87,17 @@ class CTranslate2Generator:
                  temperature: float | None = None) -> list[str]:
         if not prompts:
             return []
-        # Similar lengths batch together, as with torch; CTranslate2 pads each batch itself.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results = self.generator.generate_batch(
-            [self.tokens(prompts[i]) for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
-            **self.options(max_new_tokens, temperature),
-        )
+        tokens = [self.tokens(prompt) for prompt in prompts]
         outputs = [""] * len(prompts)
-        for i, result in zip(order, results):
-            outputs[i] = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
+        for group in one_token_prompts_apart(tokens):
+            # Similar lengths batch together, as with torch; CTranslate2 pads each batch itself.
+            order = sorted(group, key=lambda i: len(tokens[i]))
+            results = self.generator.generate_batch(
+                [tokens[i] for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
+                **self.options(max_new_tokens, temperature),
+            )
+            for i, result in zip(order, results):
+                outputs[i] = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
         return outputs
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None,
@@ -109,6 +112,15 @@ class CTranslate2Generator:
 
 
 TextGenerator = TorchGenerator | CTranslate2Generator
+
+
+def one_token_prompts_apart(tokens: list[list]) -> list[list[int]]:
+    """Indices of the prompts in groups CTranslate2 may decode together: in a batch whose shortest prompt
+    is one token, it hands back the other prompts' tails as if generated (measured with 4.8.5), so a
+    one-token prompt goes alone."""
+    single = [i for i, prompt in enumerate(tokens) if len(prompt) <= 1]
+    rest = [i for i, prompt in enumerate(tokens) if len(prompt) > 1]
+    return [[i] for i in single] + ([rest] if rest else [])
 
 
 def ctranslate2_installed() -> bool:
@@ -235,7 +247,9 @@ def load_generator(load_model: Callable[[], object], tokenizer, setting: Inferen
 def open_generator(config: ModelConfig, setting: InferenceConfig, *, model_dir: Path | None = None, bf16: bool = False,
                    exact: bool, threads: int | None = None, console: Console | None = None) -> TextGenerator:
     """A model's engine from its recipe section: the base model, or a run's tuned `model_dir`."""
-    tokenizer = load_tokenizer(config, path=str(model_dir) if model_dir is not None else None)
+    # A run's model folder has its tokenizer; a bare adapter folder uses the base model's.
+    own = model_dir is not None and (Path(model_dir) / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(config, path=str(model_dir) if own else None)
     load = (lambda: load_trained_model(config, model_dir)) if model_dir is not None else (lambda: load_causal_lm(config))
     return load_generator(load, tokenizer, setting, folders=weights_folders(config, model_dir), bf16=bf16, exact=exact,
                           threads=threads, console=console)

@@ -1,7 +1,9 @@
-"""The causal LM behind the server: one model with lazily loaded peft adapters (LRU-capped) and a
-background worker that batches concurrent requests (embedding and classification models: encoders.py).
+"""The causal LM behind the server on torch: one model with lazily loaded peft adapters (LRU-capped)
+and a background worker that batches concurrent requests. The default engine where it loads the
+model is CTranslate2 (ctranslate2_engine.py), which shares this module's queue, rows and events;
+embedding and classification models: encoders.py.
 
-Batching: the worker takes the oldest pending request, waits a few milliseconds for others for
+Batching on torch: the worker takes the oldest pending request, waits a few milliseconds for others for
 the same model (base or adapter), prefills them together, left-padded, and decodes them one token
 per step with the KV cache. Requests arriving later for that model are prefilled and join the
 running batch between steps (continuous batching); a row leaves at an end token, a stop string or
@@ -96,37 +98,21 @@ class AdapterPool:
         self.model.eval()
 
 
-class Generator:
-    """The causal LM, its adapters and the batching worker thread."""
+class BatchingWorker:
+    """The queue of generation requests and the worker thread that answers them in batches of requests
+    with the same `batch_key` (subclasses: the torch Generator below, ctranslate2_engine.CTranslate2Engine)."""
 
-    def __init__(self, name: str, path: str, adapters: dict[str, str], dtype: str = "auto",
-                 max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 trust_remote_code: bool = False, metrics=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.name = name
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
-        base = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
-        ).eval()
-        base.config.use_cache = True
-        self.context_length = _context_length(base.config, self.tokenizer)
-        self.eos_ids = _eos_ids(base, self.tokenizer)
-        self.pool = AdapterPool(base, adapters, max_loaded_adapters)
+    def __init__(self, max_batch_size: int, batch_wait_ms: float, metrics=None):
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.metrics = metrics
         self.pending: queue.Queue[GenerationRequest | None] = queue.Queue()
-        self.held: list[GenerationRequest] = []  # taken from the queue but for another model: next batches
+        self.held: list[GenerationRequest] = []  # taken from the queue but for another batch: next batches
         self.worker = threading.Thread(target=self._run, name="domaintune-generate", daemon=True)
-        self.worker.start()
 
-    @property
-    def models(self) -> list[str]:
-        return [self.name, *self.pool.paths]
+    @staticmethod
+    def batch_key(request: GenerationRequest):
+        return request.model
 
     def submit(self, request: GenerationRequest) -> None:
         request.loop = asyncio.get_running_loop()
@@ -138,38 +124,15 @@ class Generator:
         self.worker.join(timeout=30)
 
     def _run(self) -> None:
-        import torch
+        raise NotImplementedError
 
-        torch.set_grad_enabled(False)
-        batch: Batch | None = None
-        while True:
-            new: list[GenerationRequest] = []
-            try:
-                if batch is None:
-                    first = self.held.pop(0) if self.held else self.pending.get()
-                    if first is None:
-                        return
-                    new = [first, *self._gather(first.model, self.max_batch_size - 1, self.batch_wait)]
-                    batch = Batch(self, first.model)  # loads the adapter on first use
-                elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
-                    new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
-                if new:
-                    batch.join([Row(request, self.tokenizer, self.eos_ids) for request in new])
-                batch.step()
-            except Exception as error:  # a failing batch must not kill the worker; its requests get a 500
-                logging.getLogger("domaintune.serving").exception("generation failed")
-                running = [row.request for row in batch.rows] if batch is not None else []
-                for request in {id(request): request for request in [*running, *new]}.values():
-                    request.send(Event(finish_reason="error", error=error))
-                if batch is not None:
-                    batch.rows = []
-            if batch is not None and not batch.rows:
-                batch.close()
-                batch = None
+    def _next(self) -> GenerationRequest | None:
+        """The oldest request to start a batch with (None: stop)."""
+        return self.held.pop(0) if self.held else self.pending.get()
 
-    def _gather(self, model: str, limit: int, wait: float) -> list[GenerationRequest]:
-        """Up to `limit` pending requests for `model`, waiting up to `wait` seconds for them; others are held."""
-        taken = [request for request in self.held if request.model == model][:limit]
+    def _gather(self, key, limit: int, wait: float) -> list[GenerationRequest]:
+        """Up to `limit` pending requests with this batch key, waiting up to `wait` seconds for them; others are held."""
+        taken = [request for request in self.held if self.batch_key(request) == key][:limit]
         self.held = [request for request in self.held if request not in taken]
         deadline = time.perf_counter() + wait
         while len(taken) < limit:
@@ -181,8 +144,78 @@ class Generator:
             if item is None:
                 self.pending.put(None)  # stop once the running requests are answered
                 break
-            (taken if item.model == model else self.held).append(item)
+            (taken if self.batch_key(item) == key else self.held).append(item)
         return taken
+
+    @staticmethod
+    def _fail(requests: list[GenerationRequest], error: BaseException) -> None:
+        """A failing batch must not kill the worker: its requests get a 500."""
+        logging.getLogger("domaintune.serving").exception("generation failed")
+        for request in {id(request): request for request in requests}.values():
+            request.send(Event(finish_reason="error", error=error))
+
+
+class Generator(BatchingWorker):
+    """The causal LM on torch, its adapters and the continuous-batching worker thread."""
+
+    def __init__(self, name: str, path: str, adapters: dict[str, str], dtype: str = "auto",
+                 max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
+                 trust_remote_code: bool = False, metrics=None):
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(max_batch_size, batch_wait_ms, metrics)
+        self.name = name
+        self.tokenizer = load_serving_tokenizer(path, trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        ).eval()
+        base.config.use_cache = True
+        self.context_length = context_length(base.config, self.tokenizer)
+        self.eos_ids = end_token_ids(base.generation_config, self.tokenizer)
+        self.pool = AdapterPool(base, adapters, max_loaded_adapters)
+        self.engine = {"engine": "torch", "compute_type": str(base.dtype).removeprefix("torch.")}
+        self.worker.start()
+
+    @property
+    def models(self) -> list[str]:
+        return [self.name, *self.pool.paths]
+
+    def _run(self) -> None:
+        import torch
+
+        torch.set_grad_enabled(False)
+        batch: Batch | None = None
+        while True:
+            new: list[GenerationRequest] = []
+            try:
+                if batch is None:
+                    first = self._next()
+                    if first is None:
+                        return
+                    new = [first, *self._gather(first.model, self.max_batch_size - 1, self.batch_wait)]
+                    batch = Batch(self, first.model)  # loads the adapter on first use
+                elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
+                    new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
+                if new:
+                    batch.join([Row(request, self.tokenizer, self.eos_ids) for request in new])
+                batch.step()
+            except Exception as error:
+                self._fail([*(row.request for row in batch.rows), *new] if batch is not None else new, error)
+                if batch is not None:
+                    batch.rows = []
+            if batch is not None and not batch.rows:
+                batch.close()
+                batch = None
+
+
+def load_serving_tokenizer(path: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 class Batch:
@@ -332,6 +365,11 @@ class Row:
         else:
             self._send(_safe_prefix(text, request.stop))
 
+    def end(self) -> None:
+        """The engine stopped decoding this row at an end token it did not pass on."""
+        if not self.done:
+            self._finish("stop", self._decode())
+
     def _decode(self) -> str:
         return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
 
@@ -357,15 +395,15 @@ def _safe_prefix(text: str, stops: list[str]) -> str:
     return text[:end]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+def end_token_ids(generation_config, tokenizer) -> list[int]:
+    ids = generation_config.eos_token_id if generation_config is not None else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
 
 
-def _context_length(config, tokenizer) -> int:
+def context_length(config, tokenizer) -> int:
     # Tokenizers without a limit report ~1e30.
     limits = [limit for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length)
               if limit and limit < 10**7]

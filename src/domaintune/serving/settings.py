@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import get_args
 
+from domaintune.config.inference import ComputeType
 from domaintune.core.errors import DomaintuneError
 
 
@@ -19,7 +21,9 @@ class ServeSettings:
     max_inputs: int = 256  # texts per embeddings or classify request
     log_content: bool = False  # put prompts and completions in the audit log
     redact_pii: bool = False  # replace PII in outputs with typed placeholders
-    dtype: str = "auto"  # auto: bf16 where the CPU has it, else fp32
+    engine: str = "auto"  # auto: CTranslate2 where it converts the model and its adapters, else torch
+    compute_type: str = "auto"  # CTranslate2's; auto: int8 with VNNI or AVX-512, bfloat16 with native bf16, else float32
+    dtype: str = "auto"  # torch's; auto: bf16 where the CPU has it, else fp32
     threads: int | str = "auto"  # torch threads; auto: the cores other work leaves free
     max_loaded_adapters: int = 4
     max_batch_size: int = 16
@@ -32,6 +36,10 @@ class ServeSettings:
                 raise DomaintuneError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
         if self.threads != "auto" and not (isinstance(self.threads, int) and self.threads >= 1):
             raise DomaintuneError(f"--threads: a positive whole number or auto, got {self.threads!r}")
+        if self.engine not in ("auto", "torch", "ctranslate2"):
+            raise DomaintuneError(f"--engine: one of auto, torch, ctranslate2, vllm; got {self.engine!r}")
+        if self.compute_type not in get_args(ComputeType):
+            raise DomaintuneError(f"--compute-type: one of {', '.join(get_args(ComputeType))}; got {self.compute_type!r}")
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise DomaintuneError(f"--dtype: one of auto, bfloat16, float32 (fp16 is slow on CPUs), got {self.dtype!r}")
 

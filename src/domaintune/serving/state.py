@@ -4,10 +4,11 @@ from __future__ import annotations
 import time
 
 from fastapi import Request
+from rich.console import Console
 
 from domaintune.serving.auth import ApiKey, KeyStore, check_scope
+from domaintune.serving.ctranslate2_engine import text_engine
 from domaintune.serving.encoders import Classifier, Embedder
-from domaintune.serving.engine import Generator
 from domaintune.serving.errors import ApiError
 from domaintune.serving.prometheus import Metrics
 from domaintune.serving.settings import ServeSettings
@@ -15,17 +16,13 @@ from domaintune.serving.sources import Served
 
 
 class State:
-    def __init__(self, served: Served, settings: ServeSettings, keys: KeyStore):
+    def __init__(self, served: Served, settings: ServeSettings, keys: KeyStore, console=None):
         self.settings = settings
         self.keys = keys
         self.metrics = Metrics()
         remote = {"trust_remote_code": settings.trust_remote_code}
-        self.generator = (
-            Generator(*served.chat, served.adapters, dtype=settings.dtype, max_loaded_adapters=settings.max_loaded_adapters,
-                      max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms, metrics=self.metrics,
-                      **remote)
-            if served.chat else None
-        )
+        self.generator = (text_engine(served.chat, served.adapters, settings, self.metrics, console or Console(stderr=True))
+                          if served.chat else None)
         self.embedders = {name: Embedder(path, **remote) for name, path in served.embeddings.items()}
         self.classifiers = {name: Classifier(path, **remote) for name, path in served.classifiers.items()}
         self.created = int(time.time())

@@ -1,0 +1,137 @@
+"""The causal LM behind the server on CTranslate2, and the choice between it and torch (engine.py).
+
+The base model and each adapter (merged into it) are converted once into the cache (models/generation.py);
+converted adapters load on first use, the least recently used unloaded beyond --max-loaded-adapters.
+Batching: the worker takes the oldest request, waits --batch-wait-ms for others with the same model
+and sampling settings, and decodes them together in one CTranslate2 call whose per-token callback
+streams each row's text and ends a row at its stop string, its max_tokens or a cancelled stream.
+CTranslate2 can't add rows to a running batch, so requests arriving meanwhile start the next batch.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from rich.console import Console
+
+from domaintune.config import ModelConfig
+from domaintune.config.inference import InferenceConfig
+from domaintune.models.generation import CTranslate2Generator, one_token_prompts_apart, open_generator
+from domaintune.serving.engine import (
+    BatchingWorker,
+    GenerationRequest,
+    Generator,
+    Row,
+    context_length,
+    end_token_ids,
+    load_serving_tokenizer,
+)
+from domaintune.serving.settings import ServeSettings
+
+
+class CTranslate2Engine(BatchingWorker):
+    def __init__(self, name: str, base: CTranslate2Generator, adapters: dict[str, Path], tokenizer, context: int,
+                 end_ids: list[int], max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
+                 metrics=None):
+        super().__init__(max_batch_size, batch_wait_ms, metrics)
+        self.name = name
+        self.converted = {name: base.model_dir, **adapters}
+        self.loaded: OrderedDict[str, CTranslate2Generator] = OrderedDict([(name, base)])
+        self.capacity = max(1, max_loaded_adapters)
+        self.compute_type = base.compute_type
+        self.threads = base.threads
+        self.tokenizer = tokenizer
+        self.context_length = context
+        self.eos_ids = end_ids
+        self.engine = {"engine": "ctranslate2", "compute_type": self.compute_type}
+        self.worker.start()
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.converted)
+
+    @staticmethod
+    def batch_key(request: GenerationRequest):
+        # One CTranslate2 call samples every row alike: only requests with the same settings share it.
+        return request.model, request.temperature, request.top_p if request.temperature > 0 else 1.0
+
+    def _model(self, name: str) -> CTranslate2Generator:
+        if name in self.loaded:
+            self.loaded.move_to_end(name)
+            return self.loaded[name]
+        self.loaded[name] = CTranslate2Generator(self.converted[name], self.tokenizer, self.compute_type, self.threads)
+        adapters = [model for model in self.loaded if model != self.name]
+        for oldest in adapters[: max(0, len(adapters) - self.capacity)]:
+            del self.loaded[oldest]  # the base stays loaded: it is every adapter's fallback and the default
+        return self.loaded[name]
+
+    def _run(self) -> None:
+        while True:
+            first = self._next()
+            if first is None:
+                return
+            requests = [first, *self._gather(self.batch_key(first), self.max_batch_size - 1, self.batch_wait)]
+            for group in one_token_prompts_apart([request.prompt_ids for request in requests]):
+                chosen = [requests[i] for i in group]
+                try:
+                    self._generate(chosen)
+                except Exception as error:
+                    self._fail(chosen, error)
+
+    def _generate(self, requests: list[GenerationRequest]) -> None:
+        model = self._model(requests[0].model)
+        rows = [Row(request, self.tokenizer, self.eos_ids) for request in requests]
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(rows))
+        temperature = requests[0].temperature
+
+        def on_token(step) -> bool:
+            row = rows[step.batch_id]
+            if not row.done:
+                row.add(step.token_id)
+            return row.done  # True ends this row's decoding
+
+        options = model.options(max(request.max_tokens for request in requests), temperature or None,
+                                requests[0].top_p)
+        options["end_token"] = self.eos_ids
+        model.generator.generate_batch(
+            [self.tokenizer.convert_ids_to_tokens(request.prompt_ids) for request in requests],
+            include_prompt_in_result=False, callback=on_token, **options)
+        for row in rows:  # an end token ends decoding without reaching the callback
+            row.end()
+
+
+def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings: ServeSettings, metrics=None,
+                console: Console | None = None) -> BatchingWorker:
+    """The server's causal LM on the engine `settings.engine` names (auto: CTranslate2 where it converts the
+    model and every adapter, else torch with a one-line notice)."""
+    name, path = served_chat
+    batching = {"max_loaded_adapters": settings.max_loaded_adapters, "max_batch_size": settings.max_batch_size,
+                "batch_wait_ms": settings.batch_wait_ms, "metrics": metrics}
+    torch_engine = lambda: Generator(name, path, adapters, dtype=settings.dtype,  # noqa: E731
+                                     trust_remote_code=settings.trust_remote_code, **batching)
+    if settings.engine == "torch":
+        return torch_engine()
+    config = ModelConfig(name=path, trust_remote_code=settings.trust_remote_code)
+    setting = InferenceConfig(engine="ctranslate2", compute_type=settings.compute_type)
+    # Every model is converted now (once: the cache keeps them), so no request waits for a conversion.
+    base = open_generator(config, setting, exact=False, console=console)
+    converted: dict[str, Path] = {}
+    for adapter, folder in adapters.items():
+        merged = open_generator(config, setting, model_dir=Path(folder), exact=False, console=console)
+        if not isinstance(merged, CTranslate2Generator):
+            base = merged  # the notice says why
+            break
+        converted[adapter] = merged.model_dir  # loaded again on first use, within --max-loaded-adapters
+    if not isinstance(base, CTranslate2Generator):
+        return torch_engine()
+    tokenizer = load_serving_tokenizer(path, settings.trust_remote_code)
+    from transformers import AutoConfig, GenerationConfig
+
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # a folder without generation_config.json
+        generation_config = None
+    return CTranslate2Engine(name, base, converted, tokenizer, context_length(model_config, tokenizer),
+                             end_token_ids(generation_config, tokenizer), **batching)
