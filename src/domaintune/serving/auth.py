@@ -1,13 +1,18 @@
 """API keys (hashed in memory, compared in constant time), model scopes and per-key rate limits.
 
-Keys come from DOMAINTUNE_API_KEYS (comma-separated `KEY` or `ID:KEY`) or a keys file (YAML or JSON):
+Keys come from DOMAINTUNE_API_KEYS (comma-separated `KEY` or `ID:KEY`: every model, no admin) or a keys
+file (YAML or JSON). A keys file fails closed: each entry names its models, and anything missing,
+misspelt or of the wrong type stops the server at start-up with the entry's line (YAML) or number (JSON):
 
     keys:
       - id: team-a
         key: sk-...            # or sha256: <hex digest of the key>, so the file holds no secret
-        models: [base, legal]  # optional: the models this key may use (default: all)
-        requests_per_minute: 60
-        tokens_per_minute: 20000
+        models: [base, legal]  # required: the models this key may use; ["*"] for every model
+        admin: true            # optional (default false): may read /metrics, which shows every tenant's traffic
+        requests_per_minute: 60      # each prompt of a /v1/completions list counts as one request
+        tokens_per_minute: 20000     # prompt + max_tokens reserved at admission, settled to the real count
+
+Without any key (a loopback-only server), every caller is an admin.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ WINDOW = 60.0
 class ApiKey:
     id: str
     digest: str  # sha256 hex of the key; the key itself is never kept
-    models: frozenset[str] | None = None
+    models: frozenset[str] | None = None  # None: every model
+    admin: bool = False
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     requests: deque = field(default_factory=deque)  # times of recent requests
@@ -45,7 +51,9 @@ class ApiKey:
         return self.models is None or model in self.models
 
 
-ANONYMOUS = ApiKey(id="anonymous", digest="")
+ALL_MODELS = "*"
+FIELDS = ("id", "key", "sha256", "models", "admin", "requests_per_minute", "tokens_per_minute")
+ANONYMOUS = ApiKey(id="anonymous", digest="", admin=True)  # no keys at all: loopback only, see settings
 
 
 def _digest(key: str) -> str:
@@ -59,22 +67,52 @@ def _positive(entry: dict, name: str, where: str) -> int | None:
     return value
 
 
+def _models(entry: dict, where: str) -> frozenset[str] | None:
+    models = entry.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(name, str) and name for name in models):
+        raise DomaintuneError(f"{where}: models must be a non-empty list of model names, or [\"{ALL_MODELS}\"] for every "
+                              f"model; got {models!r}")
+    if ALL_MODELS in models:
+        if len(models) > 1:
+            raise DomaintuneError(f"{where}: models: [\"{ALL_MODELS}\"] means every model; list it alone, got {models!r}")
+        return None
+    return frozenset(models)
+
+
 def _from_entry(entry: dict, where: str) -> ApiKey:
     if not isinstance(entry, dict) or not entry.get("id"):
         raise DomaintuneError(f"{where}: each key needs an id")
+    where = f"{where} (key {entry['id']!r})"
+    unknown = sorted(str(name) for name in entry if name not in FIELDS)
+    if unknown:
+        raise DomaintuneError(f"{where}: unknown field {unknown[0]!r}; a key has {', '.join(FIELDS)}")
     if bool(entry.get("key")) == bool(entry.get("sha256")):
-        raise DomaintuneError(f"{where}: key {entry['id']!r} needs exactly one of key or sha256")
+        raise DomaintuneError(f"{where}: needs exactly one of key or sha256")
     digest = _digest(str(entry["key"])) if entry.get("key") else str(entry["sha256"]).lower()
     if len(digest) != 64 or any(char not in "0123456789abcdef" for char in digest):
-        raise DomaintuneError(f"{where}: key {entry['id']!r}: sha256 must be 64 hex digits")
-    models = entry.get("models")
+        raise DomaintuneError(f"{where}: sha256 must be 64 hex digits")
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise DomaintuneError(f"{where}: admin must be true or false, got {admin!r}")
     return ApiKey(
         id=str(entry["id"]),
         digest=digest,
-        models=frozenset(models) if models else None,
+        models=_models(entry, where),
+        admin=admin,
         requests_per_minute=_positive(entry, "requests_per_minute", where),
         tokens_per_minute=_positive(entry, "tokens_per_minute", where),
     )
+
+
+def _entry_places(path: Path, text: str, count: int) -> list[str]:
+    """Where each entry is, for messages: its line in a YAML file, its number in a JSON one."""
+    if path.suffix != ".json":
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == "keys"), None)
+        if isinstance(node, yaml.SequenceNode) and len(node.value) == count:
+            return [f"line {item.start_mark.line + 1}" for item in node.value]
+    return [f"entry {index + 1}" for index in range(count)]
 
 
 def load_keys(keys_file: str | Path | None = None, environ: dict | None = None) -> list[ApiKey]:
@@ -85,15 +123,17 @@ def load_keys(keys_file: str | Path | None = None, environ: dict | None = None) 
         path = Path(keys_file)
         if not path.exists():
             raise DomaintuneError(f"--keys-file: {path} does not exist")
+        text = path.read_text(encoding="utf-8")
         try:
-            data = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text(encoding="utf-8"))
+            data = (json.loads if path.suffix == ".json" else yaml.safe_load)(text)
         except (ValueError, yaml.YAMLError) as error:
             raise DomaintuneError(f"--keys-file: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                                   f"{str(error).splitlines()[0]}") from None
         entries = data.get("keys") if isinstance(data, dict) else data
         if not isinstance(entries, list):
             raise DomaintuneError(f"--keys-file: {path} must hold a list of keys (under `keys:`)")
-        keys += [_from_entry(entry, f"--keys-file {path}") for entry in entries]
+        places = _entry_places(path, text, len(entries))
+        keys += [_from_entry(entry, f"--keys-file {path} {place}") for entry, place in zip(entries, places)]
     for position, item in enumerate(filter(None, (part.strip() for part in environ.get(KEYS_ENV, "").split(",")))):
         key_id, sep, key = item.partition(":")
         keys.append(ApiKey(id=key_id if sep else f"env-{position}", digest=_digest(key if sep else item)))
