@@ -36,6 +36,14 @@ KEYS_ENV = "DOMAINTUNE_API_KEYS"
 WINDOW = 60.0
 
 
+@dataclass(eq=False)  # settled by identity
+class Spend:
+    """Tokens counted against a key's budget from `time`: a reservation until its request settles it."""
+
+    time: float
+    tokens: int
+
+
 @dataclass
 class ApiKey:
     id: str
@@ -45,7 +53,7 @@ class ApiKey:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     requests: deque = field(default_factory=deque)  # times of recent requests
-    tokens: deque = field(default_factory=deque)  # (time, tokens) of recent requests
+    tokens: deque = field(default_factory=deque)  # Spend of recent requests
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -168,24 +176,57 @@ class KeyStore:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         return found
 
-    def admit(self, key: ApiKey, now: float | None = None) -> None:
-        """Count a request against the key's limits, or refuse it with 429 and Retry-After."""
+    def admit(self, key: ApiKey, requests: int = 1, now: float | None = None) -> None:
+        """Count `requests` against the key's limits, or refuse them with 429 and Retry-After."""
+        if key.requests_per_minute and requests > key.requests_per_minute:
+            raise ApiError(400, f"prompt: {requests} prompts count as {requests} requests, over this key's limit of "
+                                f"{key.requests_per_minute} requests per minute.", param="prompt", code="requests_per_minute_exceeded")
         now = time.monotonic() if now is None else now
         with self.lock:
-            while key.requests and key.requests[0] <= now - WINDOW:
-                key.requests.popleft()
-            while key.tokens and key.tokens[0][0] <= now - WINDOW:
-                key.tokens.popleft()
-            if key.requests_per_minute and len(key.requests) >= key.requests_per_minute:
-                self._refuse(key.requests[0], now, f"{key.requests_per_minute} requests per minute")
-            if key.tokens_per_minute and sum(count for _, count in key.tokens) >= key.tokens_per_minute:
-                self._refuse(key.tokens[0][0], now, f"{key.tokens_per_minute} tokens per minute")
-            key.requests.append(now)
+            self._expire(key, now)
+            if key.requests_per_minute and len(key.requests) + requests > key.requests_per_minute:
+                self._refuse(key.requests[0] if key.requests else now, now, f"{key.requests_per_minute} requests per minute")
+            if key.tokens_per_minute and self._used(key) >= key.tokens_per_minute:
+                self._refuse(key.tokens[0].time, now, f"{key.tokens_per_minute} tokens per minute")
+            key.requests.extend([now] * requests)
+
+    def reserve(self, key: ApiKey, tokens: int, now: float | None = None) -> Spend | None:
+        """Hold the most a request can use (prompt + max_tokens) against the key's token budget, so that
+        concurrent requests can't all pass it; `settle` replaces it with what was used."""
+        if not key.tokens_per_minute:
+            return None
+        if tokens > key.tokens_per_minute:
+            raise ApiError(400, f"max_tokens: the prompt and max_tokens come to {tokens} tokens, over this key's limit of "
+                                f"{key.tokens_per_minute} tokens per minute; ask for fewer max_tokens.",
+                           param="max_tokens", code="tokens_per_minute_exceeded")
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            self._expire(key, now)
+            if self._used(key) + tokens > key.tokens_per_minute:
+                self._refuse(key.tokens[0].time if key.tokens else now, now, f"{key.tokens_per_minute} tokens per minute")
+            reservation = Spend(now, tokens)
+            key.tokens.append(reservation)
+            return reservation
+
+    def settle(self, reservation: Spend, tokens: int) -> None:
+        with self.lock:
+            reservation.tokens = tokens
 
     def spend(self, key: ApiKey, tokens: int, now: float | None = None) -> None:
         if key.tokens_per_minute and tokens:
             with self.lock:
-                key.tokens.append((time.monotonic() if now is None else now, tokens))
+                key.tokens.append(Spend(time.monotonic() if now is None else now, tokens))
+
+    @staticmethod
+    def _expire(key: ApiKey, now: float) -> None:
+        while key.requests and key.requests[0] <= now - WINDOW:
+            key.requests.popleft()
+        while key.tokens and key.tokens[0].time <= now - WINDOW:
+            key.tokens.popleft()
+
+    @staticmethod
+    def _used(key: ApiKey) -> int:
+        return sum(spend.tokens for spend in key.tokens)
 
     @staticmethod
     def _refuse(oldest: float, now: float, limit: str) -> None:

@@ -27,7 +27,7 @@ class Event:
 
     text: str = ""
     finish_reason: str | None = None
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # generated so far (final: in all); a dropped stream is charged this
     error: BaseException | None = None
 
 
@@ -127,6 +127,11 @@ class Generator:
     @property
     def models(self) -> list[str]:
         return [self.name, *self.pool.paths]
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a place in a batch (the server refuses new ones beyond --max-pending)."""
+        return self.pending.qsize() + len(self.held)
 
     def submit(self, request: GenerationRequest) -> None:
         request.loop = asyncio.get_running_loop()
@@ -337,7 +342,7 @@ class Row:
 
     def _send(self, text: str) -> None:
         if len(text) > len(self.sent):
-            self.request.send(Event(text=text[len(self.sent):]))
+            self.request.send(Event(text=text[len(self.sent):], completion_tokens=len(self.tokens)))
             self.sent = text
 
     def _finish(self, reason: str, text: str) -> None:
