@@ -39,8 +39,9 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
         now, settled to the real count when the request ends)."""
         if generator.queued + len(encoded) > state.settings.max_pending:
             raise overloaded(f"{state.settings.max_pending} generation requests waiting")
-        record.prompt_tokens = sum(len(ids) for ids in encoded)
-        record.reservation = state.keys.reserve(key, record.prompt_tokens + sum(limits))
+        prompt_tokens = sum(len(ids) for ids in encoded)
+        record.reservation = state.keys.reserve(key, prompt_tokens + sum(limits))
+        record.prompt_tokens = prompt_tokens  # once admitted: a refused request is charged nothing
         work = [GenerationRequest(model=body.model, prompt_ids=ids, max_tokens=limit, temperature=body.temperature,
                                   top_p=body.top_p, stop=body.stops()) for ids, limit in zip(encoded, limits)]
         for item in work:
