@@ -1,23 +1,30 @@
-"""Bounded load test of `domaintune serve` on loopback: N chat requests at concurrency C.
+"""Bounded load test of `domaintune serve` on loopback: N chat requests at concurrency C, then (with
+--abuse-paths) the abuse campaign of bench/serve_abuse.py against the same server.
 
     .venv/bin/python bench/serve_load.py --model-dir PATH          # starts a server on a free loopback port
+    .venv/bin/python bench/serve_load.py --model-dir PATH --abuse-paths 10000   # the load and abuse campaign
     .venv/bin/python bench/serve_load.py --url http://127.0.0.1:8000 --model NAME   # an already running one
 
-Prints the status counts and the latency distribution; exits 1 on any 5xx (or transport error).
-The key for --url comes from DOMAINTUNE_API_KEY. Results: bench/results/serve_load.json (or --output).
+Prints the status counts and the latency distribution (and the abuse checks, /health p95 during the
+abuse, RSS growth); exits 1 on any 5xx or connection error, a failed abuse check, a /health p95 over
+--health-p95-ms or RSS growth over --rss-growth-mb. The key for --url comes from DOMAINTUNE_API_KEY.
+Results: bench/results/serve_load.json (or --output).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from serve_abuse import abuse  # noqa: E402
 from serving_bench import percentiles, started_server  # noqa: E402
 
 
@@ -65,21 +72,44 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=600, help="Seconds after which the whole run is abandoned.")
+    parser.add_argument("--abuse-paths", type=int, default=0, help="After the load: the abuse campaign, with this many random paths.")
+    parser.add_argument("--health-p95-ms", type=float, default=100, help="Target: /health p95 during the abuse.")
+    parser.add_argument("--rss-growth-mb", type=float, default=50, help="Target: the server's RSS growth over the abuse.")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "serve_load.json"))
     args = parser.parse_args()
 
     if args.url:
+        if args.abuse_paths:
+            parser.error("--abuse-paths needs --model-dir: the campaign starts its own server, with its own keys")
         report = drive(args.url, os.environ.get("DOMAINTUNE_API_KEY", "none"), args.model, args.requests,
                        args.concurrency, args.max_tokens, args.timeout)
     else:
-        with started_server([f"{args.model}={args.model_dir}"], timeout=args.timeout) as (url, key):
-            report = drive(url, key, args.model, args.requests, args.concurrency, args.max_tokens, args.timeout)
+        with tempfile.TemporaryDirectory() as folder:
+            # The abuse checks need an admin key and a tenant key with a token budget.
+            keys = {"ops": "sk-ops-" + secrets.token_hex(16), "tenant": "sk-tenant-" + secrets.token_hex(16)}
+            keys_file = Path(folder) / "keys.json"
+            keys_file.write_text(json.dumps([{"id": "ops", "key": keys["ops"], "models": ["*"], "admin": True},
+                                             {"id": "tenant", "key": keys["tenant"], "models": [args.model],
+                                              "tokens_per_minute": 300}]))
+            with started_server([f"{args.model}={args.model_dir}"], ["--keys-file", str(keys_file)],
+                                timeout=args.timeout) as (url, key, process):
+                report = drive(url, key, args.model, args.requests, args.concurrency, args.max_tokens, args.timeout)
+                if args.abuse_paths:
+                    report["abuse"] = abuse(url, args.model, keys, args.abuse_paths, process.pid)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    failed = [status for status in report["status_counts"] if not status.isdigit() or int(status) >= 500]
-    return 1 if failed else 0
-
+    failures = [f"status {status}" for status in report["status_counts"] if not status.isdigit() or int(status) >= 500]
+    if "abuse" in report:
+        found = report["abuse"]
+        failures += [f"abuse check {name}" for name, check in found["hostile"].items() if not check["passed"]]
+        failures += [f"{found[name]} {name}" for name in ("server_errors", "connection_errors") if found[name]]
+        if not found["health_ms"]["p95"] < args.health_p95_ms:
+            failures.append(f"/health p95 {found['health_ms']['p95']} ms during the abuse (target < {args.health_p95_ms})")
+        if not found["rss_growth_mb"] < args.rss_growth_mb:
+            failures.append(f"RSS grew {found['rss_growth_mb']} MB (target < {args.rss_growth_mb})")
+    print("passed" if not failures else "FAILED: " + "; ".join(failures))
+    return 1 if failures else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "serve_throughput.json"))
     args = parser.parse_args()
 
-    with started_server(["smollm2-135m-instruct"], ["--max-tokens", str(args.max_tokens)]) as (url, key):
+    with started_server(["smollm2-135m-instruct"], ["--max-tokens", str(args.max_tokens)]) as (url, key, _):
         phase(url, key, 1, 1, 4, args.timeout)  # warm-up: first-call allocations stay out of the figures
         batched = phase(url, key, args.concurrency, args.requests, args.max_tokens, args.timeout)
         sequential = phase(url, key, 1, max(1, args.requests // args.concurrency), args.max_tokens, args.timeout)

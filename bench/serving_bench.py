@@ -22,7 +22,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def started_server(models: list[str], extra: list[str] | tuple[str, ...] = (), timeout: float = 300):
-    """(url, key) of a fresh server; it is stopped on exit, whatever happens."""
+    """(url, key, process) of a fresh server; it is stopped on exit, whatever happens."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -43,7 +43,7 @@ def started_server(models: list[str], extra: list[str] | tuple[str, ...] = (), t
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the server did not start within {timeout} s") from None
                 time.sleep(0.5)
-        yield url, key
+        yield url, key, process
     finally:
         process.terminate()
         try:

@@ -1,10 +1,14 @@
 """Shared fixtures: one thread for torch, a tiny random Llama with the real SmolLM2 tokenizer."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +69,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def _bundled_tokenizer_dir(bundled) -> Path:
     # The converted SmolLM2 folder is cached across runs; converting it once costs ~20 s.
     return bundled["smollm2-135m-instruct"].materialise()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(app, port: int):
+    """The URL of `app` served by uvicorn on loopback in a thread of this process; stopped on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server thread died while starting"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -98,7 +98,7 @@ def _one_request(run: RunDir, tmp_path: Path) -> None:
     except DomaintuneError:
         return  # nothing servable (a SetFit head), said in one message
     keys = tmp_path / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"id": "test", "key": "sk-test-every-example"}]}))
+    keys.write_text(yaml.safe_dump({"keys": [{"id": "test", "key": "sk-test-every-example", "models": ["*"]}]}))
     headers = {"Authorization": "Bearer sk-test-every-example"}
     with TestClient(build_app(served, ServeSettings(keys_file=str(keys), dtype="float32", max_tokens=8))) as client:
         if served.chat:

@@ -3,12 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,15 +10,10 @@ import httpx2 as httpx  # the HTTP client the openai package is built on
 import openai
 import pytest
 import torch
+from conftest import free_port, live_server
 
 KEYS = {"admin": "sk-admin-0123456789", "scoped": "sk-scoped-0123456789", "limited": "sk-limited-0123456789"}
 PROMPTS = ["Where is the office?", "Name a city in Europe", "Hello", "What is a loan agreement? Explain briefly please"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _lora(base_dir: Path, folder: Path, seed: int) -> Path:
@@ -55,8 +44,6 @@ def _classifier(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    import uvicorn
-
     from domaintune.serving.server import build_app
     from domaintune.serving.settings import ServeSettings
     from domaintune.serving.sources import resolve_sources
@@ -65,24 +52,17 @@ def server(tmp_path_factory, tiny_model_dir):
     adapters = {name: _lora(tiny_model_dir, tmp / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}
     keys_file = tmp / "keys.yaml"
     keys_file.write_text(json.dumps({"keys": [
-        {"id": "admin", "key": KEYS["admin"]},
+        {"id": "admin", "key": KEYS["admin"], "models": ["*"], "admin": True},
         {"id": "scoped", "sha256": __import__("hashlib").sha256(KEYS["scoped"].encode()).hexdigest(), "models": ["base"]},
-        {"id": "limited", "key": KEYS["limited"], "requests_per_minute": 2},
+        {"id": "limited", "key": KEYS["limited"], "models": ["*"], "requests_per_minute": 2},
     ]}))
     served = resolve_sources([f"base={tiny_model_dir}", "minilm-l6", f"sentiment={_classifier(tmp / 'clf')}"],
                              adapters=[f"{name}={path}" for name, path in adapters.items()])
-    settings = ServeSettings(port=_free_port(), keys_file=str(keys_file), dtype="float32", max_tokens=64,
+    settings = ServeSettings(port=free_port(), keys_file=str(keys_file), dtype="float32", max_tokens=64,
                              max_body_bytes=20_000, batch_wait_ms=100, max_loaded_adapters=1)
     app = build_app(served, settings)
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    while not uvicorn_server.started:
-        assert thread.is_alive(), "the server thread died while starting"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{settings.port}", "adapters": adapters, "app": app}
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
+    with live_server(app, settings.port) as url:
+        yield {"url": url, "adapters": adapters, "app": app}
 
 
 @pytest.fixture(scope="module")
@@ -266,21 +246,6 @@ def test_audit_log_has_no_content_and_no_key(client, caplog):
     assert line["key_id"] == "admin" and line["model"] == "base" and line["status"] == 200
     assert line["completion_tokens"] <= 3 and line["latency_ms"] > 0
     assert "secret question" not in caplog.text and KEYS["admin"] not in caplog.text
-
-
-def test_load_script_reports_statuses(tiny_model_dir, tmp_path):
-    # The script starts `domaintune serve` itself (the CLI, with a key from DOMAINTUNE_API_KEYS) on a free port.
-    script = Path(__file__).parents[1] / "bench" / "serve_load.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--model-dir", str(tiny_model_dir), "--requests", "12",
-         "--concurrency", "4", "--max-tokens", "2", "--timeout", "240", "--output", str(tmp_path / "load.json")],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "load.json").read_text())
-    assert report["status_counts"] == {"200": 12}
-    assert report["latency_s"]["p50"] <= report["latency_s"]["p95"]
 
 
 def test_metrics_count_requests_tokens_latency_and_errors(client, server):

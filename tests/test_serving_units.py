@@ -44,7 +44,7 @@ def test_token_limit_refuses_until_the_window_passes():
 @pytest.mark.parametrize("entry, message", [
     ({"id": "x"}, "exactly one of key or sha256"),
     ({"id": "x", "sha256": "abc"}, "64 hex digits"),
-    ({"id": "x", "key": "k", "requests_per_minute": 0}, "requests_per_minute"),
+    ({"id": "x", "key": "k", "models": ["*"], "requests_per_minute": 0}, "requests_per_minute"),
 ])
 def test_bad_keys_file_entries_are_named(tmp_path, entry, message):
     keys_file = tmp_path / "keys.yaml"

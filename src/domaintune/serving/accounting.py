@@ -6,7 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from domaintune.serving.auth import ApiKey
+from domaintune.serving.auth import ApiKey, Spend
 
 if TYPE_CHECKING:
     from domaintune.serving.state import State
@@ -25,6 +25,7 @@ class Record:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.deferred = False  # a stream finishes the record itself
+        self.reservation: Spend | None = None  # tokens held against the key's budget until the end
         self.content: dict[str, str] = {}
 
 
@@ -36,7 +37,9 @@ def finish(state: State, record: Record, status: int) -> None:
     if record.model:
         metrics.tokens.labels(record.model, "prompt").inc(record.prompt_tokens)
         metrics.tokens.labels(record.model, "completion").inc(record.completion_tokens)
-    if record.key is not None:
+    if record.reservation is not None:
+        state.keys.settle(record.reservation, record.prompt_tokens + record.completion_tokens)
+    elif record.key is not None:
         state.keys.spend(record.key, record.prompt_tokens + record.completion_tokens)
     line = {"time": round(time.time(), 3), "key_id": record.key.id if record.key else None, "endpoint": record.endpoint, "model": record.model,
             "status": status, "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,

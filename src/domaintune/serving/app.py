@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
 from domaintune.serving.auth import ApiKey, KeyStore
 from domaintune.serving.encoder_routes import add_encoder_routes
 from domaintune.serving.error_handlers import add_error_handlers
+from domaintune.serving.errors import ApiError
 from domaintune.serving.generation_routes import add_generation_routes
 from domaintune.serving.middleware import add_middleware
 from domaintune.serving.settings import ServeSettings
@@ -37,11 +38,18 @@ def create_app(served: Served, settings: ServeSettings, keys: KeyStore) -> FastA
 
 def _add_server_routes(app: FastAPI, state: State) -> None:
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": state.names()}
+    async def health(request: Request):
+        # Probes need no key; the served names are only for a caller whose key may see them.
+        try:
+            key = state.keys.authenticate(request.headers.get("authorization"))
+        except ApiError:
+            return {"status": "ok"}
+        return {"status": "ok", "models": [name for name in state.names() if key.allows(name)]}
 
     @app.get("/metrics")
     async def metrics(key: ApiKey = Depends(state.authorized)):
+        if not key.admin:  # the metrics name every tenant's models and traffic
+            raise ApiError(403, "Reading /metrics needs an admin key (admin: true in the keys file).", code="admin_required")
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")

@@ -29,7 +29,7 @@ class Event:
 
     text: str = ""
     finish_reason: str | None = None
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # generated so far (final: in all); a dropped stream is charged this
     error: BaseException | None = None
 
 
@@ -113,6 +113,11 @@ class BatchingWorker:
     @staticmethod
     def batch_key(request: GenerationRequest):
         return request.model
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a place in a batch (the server refuses new ones beyond --max-pending)."""
+        return self.pending.qsize() + len(self.held)
 
     def submit(self, request: GenerationRequest) -> None:
         request.loop = asyncio.get_running_loop()
@@ -375,7 +380,7 @@ class Row:
 
     def _send(self, text: str) -> None:
         if len(text) > len(self.sent):
-            self.request.send(Event(text=text[len(self.sent):]))
+            self.request.send(Event(text=text[len(self.sent):], completion_tokens=len(self.tokens)))
             self.sent = text
 
     def _finish(self, reason: str, text: str) -> None:

@@ -20,12 +20,16 @@ def add_error_handlers(app: FastAPI, state: State) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
-        problem = error.errors()[0]
+        # A union reports each alternative: the deepest path is the most specific (a content part's text, not
+        # "content is not a string"), and at one depth, the alternative of the input's type (a list too long).
+        problem = max(error.errors(), key=lambda problem: (len(problem.get("loc", ())),
+                                                           not problem.get("type", "").endswith("_type")))
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         if problem.get("type") == "json_invalid":
             return _error_response(state, ApiError(400, "The request body is not valid JSON.", code="invalid_json"))
         # Pydantic reports a union's alternatives as extra path parts ("str", "list[str]"): name the field.
-        param = ".".join(part for part in location if not part.startswith(("str", "list[", "int", "function-")))
+        param = ".".join(part for part in location
+                         if not part.startswith(("str", "list[", "int", "function-", "constrained-")))
         return _error_response(state, ApiError(400, f"{param or 'body'}: {problem.get('msg')}", param=param or None,
                                                code="invalid_value"))
 

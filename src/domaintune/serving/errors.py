@@ -11,7 +11,9 @@ TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
+    503: "server_error",
 }
+
 
 
 class ApiError(Exception):
@@ -33,3 +35,7 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def overloaded(what: str) -> ApiError:
+    return ApiError(503, f"The server is busy ({what}); retry shortly.", code="server_overloaded", headers={"Retry-After": "1"})

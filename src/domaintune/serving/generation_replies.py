@@ -14,6 +14,8 @@ from domaintune.serving.errors import ApiError
 from domaintune.serving.schemas import Sampling
 from domaintune.serving.state import State
 
+CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned: the audit line of a dropped stream
+
 
 async def _events(work: GenerationRequest) -> AsyncIterator[Event]:
     try:
@@ -77,11 +79,12 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
                    "model": body.model, "choices": [choice]}
         return f"data: {json.dumps(payload)}\n\n"
 
-    status, text, first = 200, "", True
+    status, text, first, finished = 200, "", True, False
     try:
         if chat:
             yield chunk(None, role=True)
         async for event in _events(work):
+            record.completion_tokens = event.completion_tokens  # so far: what a dropped stream is charged
             # PII can span deltas: with redaction on, the text is sent redacted in one piece at the end.
             if event.text and not state.scanner:
                 if first:
@@ -90,7 +93,7 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
                 yield chunk(event.text)
             text += event.text
             if event.finish_reason:
-                record.completion_tokens = event.completion_tokens
+                finished = True
                 if state.scanner and text:
                     yield chunk(state.redact(text))
                 yield chunk(None, reason=event.finish_reason)
@@ -103,5 +106,7 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
         state.metrics.errors.labels(error.type).inc()
         yield f"data: {json.dumps(error.body())}\n\n"
     finally:
+        if not finished and status == 200:
+            status = CLIENT_CLOSED  # the client went away mid-stream (its row leaves the batch)
         record.content["completion"] = state.redact(text)
         finish(state, record, status)

@@ -4,23 +4,24 @@ from __future__ import annotations
 import json
 
 from fastapi import Depends, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 
 from domaintune.serving.auth import ApiKey
-from domaintune.serving.engine import GenerationRequest, Generator
-from domaintune.serving.errors import ApiError
+from domaintune.serving.engine import BatchingWorker, GenerationRequest
+from domaintune.serving.errors import ApiError, overloaded
 from domaintune.serving.generation_replies import collect, completion_body, completion_choice, respond
 from domaintune.serving.schemas import ChatRequest, CompletionRequest, Sampling
 from domaintune.serving.state import State
 
 
 def add_generation_routes(app: FastAPI, state: State) -> None:
-    def generator_for(name: str, key: ApiKey, request: Request) -> Generator:
+    def generator_for(name: str, key: ApiKey, request: Request) -> BatchingWorker:
         generator = state.generator
         state.pick({model: generator for model in generator.models} if generator else {}, name, key, "text generation")
         request.state.record.model = name
         return generator
 
-    def max_tokens_for(requested: int | None, prompt_tokens: int, generator: Generator, param: str) -> int:
+    def max_tokens_for(requested: int | None, prompt_tokens: int, generator: BatchingWorker, param: str) -> int:
         cap = state.settings.max_tokens
         if requested is not None and requested > cap:
             raise ApiError(400, f"max_tokens: {requested} is above this server's limit of {cap}.",
@@ -32,11 +33,25 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
                                 f"context limit of {context} tokens.", param=param, code="context_length_exceeded")
         return max_tokens
 
-    def submit(generator: Generator, body: Sampling, prompt_ids: list[int], max_tokens: int) -> GenerationRequest:
-        request = GenerationRequest(model=body.model, prompt_ids=prompt_ids, max_tokens=max_tokens,
-                                    temperature=body.temperature, top_p=body.top_p, stop=body.stops())
-        generator.submit(request)
-        return request
+    def submit(generator: BatchingWorker, body: Sampling, key: ApiKey, record, encoded: list[list[int]],
+               limits: list[int]) -> list[GenerationRequest]:
+        """Queue the prompts, after the queue bound and the key's token budget (prompt + max_tokens reserved
+        now, settled to the real count when the request ends)."""
+        if generator.queued + len(encoded) > state.settings.max_pending:
+            raise overloaded(f"{state.settings.max_pending} generation requests waiting")
+        prompt_tokens = sum(len(ids) for ids in encoded)
+        record.reservation = state.keys.reserve(key, prompt_tokens + sum(limits))
+        record.prompt_tokens = prompt_tokens  # once admitted: a refused request is charged nothing
+        work = [GenerationRequest(model=body.model, prompt_ids=ids, max_tokens=limit, temperature=body.temperature,
+                                  top_p=body.top_p, stop=body.stops()) for ids, limit in zip(encoded, limits)]
+        for item in work:
+            generator.submit(item)
+        return work
+
+    async def note_prompt(record, redacted) -> None:
+        """The prompt in the audit line with --log-content; PII redacted (--redact-pii) off the event loop."""
+        if state.settings.log_content:
+            record.content["prompt"] = json.dumps(await run_in_threadpool(redacted))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request, key: ApiKey = Depends(state.authorized)):
@@ -46,34 +61,41 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
             raise ApiError(400, f"messages: the model '{body.model}' has no chat template; use /v1/completions.",
                            param="messages")
         messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-        try:
-            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as error:  # templates raise on conversations they don't support (roles, order)
-            raise ApiError(400, f"messages: the model's chat template refused them: {str(error).splitlines()[0]}",
-                           param="messages") from None
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+        def encode() -> list[int]:
+            try:
+                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as error:  # templates raise on conversations they don't support (roles, order)
+                raise ApiError(400, f"messages: the model's chat template refused them: {str(error).splitlines()[0]}",
+                               param="messages") from None
+            return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+        prompt_ids = await run_in_threadpool(encode)  # a long conversation must not stall every other request
         max_tokens = max_tokens_for(body.max_completion_tokens or body.max_tokens, len(prompt_ids), generator, "messages")
-        work = submit(generator, body, prompt_ids, max_tokens)
         record = request.state.record
-        record.prompt_tokens = len(prompt_ids)
-        record.content["prompt"] = json.dumps(messages)
-        return await respond(state, body, record, work, "chat.completion")
+        work = submit(generator, body, key, record, [prompt_ids], [max_tokens])
+        await note_prompt(record, lambda: [{**message, "content": state.redact(message["content"])} for message in messages])
+        return await respond(state, body, record, work[0], "chat.completion")
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(state.authorized)):
+    async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(state.authenticated)):
         generator = generator_for(body.model, key, request)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or (body.stream and len(prompts) > 1):
             raise ApiError(400, "prompt: give one prompt (streaming) or a non-empty list of prompts.", param="prompt")
-        encoded = [generator.tokenizer(prompt)["input_ids"] for prompt in prompts]
+        cap = state.settings.max_prompts
+        if len(prompts) > cap:
+            raise ApiError(400, f"prompt: at most {cap} prompts per request, got {len(prompts)}.", param="prompt",
+                           code="too_many_prompts")
+        state.keys.admit(key, requests=len(prompts))  # each prompt is a request to the rate limit
+        encoded = (await run_in_threadpool(generator.tokenizer, prompts))["input_ids"]
         if not all(encoded):
             raise ApiError(400, "prompt: a prompt is empty.", param="prompt")
         # Every prompt is checked before any is generated.
         limits = [max_tokens_for(body.max_tokens, len(ids), generator, "prompt") for ids in encoded]
-        work = [submit(generator, body, ids, limit) for ids, limit in zip(encoded, limits)]
         record = request.state.record
-        record.prompt_tokens = sum(len(ids) for ids in encoded)
-        record.content["prompt"] = json.dumps(prompts)
+        work = submit(generator, body, key, record, encoded, limits)
+        await note_prompt(record, lambda: [state.redact(prompt) for prompt in prompts])
         if body.stream:
             return await respond(state, body, record, work[0], "text_completion")
         results = [await collect(state, item) for item in work]

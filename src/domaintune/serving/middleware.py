@@ -1,11 +1,16 @@
-"""The middleware around every request: CORS, trusted hosts, the body-size limit and the accounting of each request."""
+"""The middleware around every request: the concurrency limit, CORS, trusted hosts, the body-size limit and
+the accounting of each request. Every refusal is an error in OpenAI's shape."""
 from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException, Request
+from starlette.routing import Match
 
 from domaintune.serving.accounting import Record, finish
+from domaintune.serving.errors import ApiError, overloaded
 from domaintune.serving.settings import is_loopback
 from domaintune.serving.state import State
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def add_middleware(app: FastAPI, state: State) -> None:
@@ -16,21 +21,73 @@ def add_middleware(app: FastAPI, state: State) -> None:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     if is_loopback(settings.host) and not state.keys.required:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         # Keyless is safe only for this machine's own clients: refusing other Host names stops a web
         # page from reaching the server through DNS rebinding.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+        app.add_middleware(HostAllowList, allowed=LOOPBACK_NAMES)
     # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def account(request: Request, call_next):
-        record = request.state.record = Record(request.url.path)
+        record = request.state.record = Record(_route_template(app, request.scope))
         response = await call_next(request)
         if not record.deferred:
             finish(state, record, response.status_code)
         return response
+
+    # Outermost: an overloaded server refuses before doing any work for the request.
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent, errors=state.metrics.errors)
+
+
+def _route_template(app: FastAPI, scope) -> str:
+    """The route's path template, or `other`: metric labels must not grow with the paths clients invent."""
+    for route in app.router.routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            return route.path
+    return "other"
+
+
+class ConcurrencyLimit:
+    """503 for a request beyond `limit` in progress (uvicorn's own limit, higher, would answer in plain text)."""
+
+    def __init__(self, app, limit: int, errors=None):
+        self.app = app
+        self.limit = limit
+        self.errors = errors  # the error counter of the app's metrics
+        self.active = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            error = overloaded(f"{self.limit} requests in progress")
+            if self.errors is not None:
+                self.errors.labels(error.type).inc()
+            return await error.response()(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+class HostAllowList:
+    """400 for a Host header not in `allowed` (port aside)."""
+
+    def __init__(self, app, allowed: tuple[str, ...]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
+        if name not in self.allowed:
+            error = ApiError(400, "Invalid host header: a server without API keys answers only 127.0.0.1 and localhost.",
+                             code="invalid_host")
+            return await error.response()(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

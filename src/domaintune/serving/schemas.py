@@ -1,19 +1,28 @@
 """The request bodies of the OpenAI-compatible routes, as pydantic models that validate them."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
+
+# OpenAI's limits: a decode step checks every stop string, so many or long ones cost every step.
+MAX_STOPS = 4
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 # Unknown fields are ignored (pydantic's default), as OpenAI clients send ones this server has no use for.
+class TextPart(BaseModel):
+    type: Literal["text"]  # the only content part supported: anything else is refused, not dropped
+    text: str
+
+
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = ""
+    content: str | list[TextPart] | None = ""
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text parts are supported
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
@@ -24,7 +33,7 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     stream_options: dict[str, Any] | None = None
 
     def stops(self) -> list[str]:

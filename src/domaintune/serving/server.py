@@ -41,5 +41,7 @@ def run_server(served: Served, settings: ServeSettings, console=None) -> None:
         names = ", ".join(app.state.domaintune.names())
         console.print(f"Serving {names} on http://{settings.host}:{settings.port}/v1", highlight=False)
     # uvicorn's access log would duplicate the audit line (and show query strings); the audit log replaces it.
+    # Its concurrency limit counts idle keep-alive connections too and answers in plain text: it is only a
+    # backstop above the app's own limit (middleware.ConcurrencyLimit).
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
-                limit_concurrency=1024, timeout_keep_alive=30)
+                limit_concurrency=2 * settings.max_concurrent, timeout_keep_alive=30)

@@ -19,6 +19,9 @@ class ServeSettings:
     max_tokens: int = 1024  # cap on a request's max_tokens
     max_context: int | None = None  # cap on prompt + max_tokens (default: the model's context)
     max_inputs: int = 256  # texts per embeddings or classify request
+    max_prompts: int = 16  # prompts per /v1/completions request
+    max_pending: int = 256  # generation requests waiting for a batch; more get 503
+    max_concurrent: int = 1024  # requests in progress; more get 503
     log_content: bool = False  # put prompts and completions in the audit log
     redact_pii: bool = False  # replace PII in outputs with typed placeholders
     engine: str = "auto"  # auto: CTranslate2 where it converts the model and its adapters, else torch
@@ -31,7 +34,8 @@ class ServeSettings:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_tokens", "max_inputs", "max_loaded_adapters", "max_batch_size"):
+        for name in ("max_body_bytes", "max_tokens", "max_inputs", "max_prompts", "max_pending", "max_concurrent",
+                     "max_loaded_adapters", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise DomaintuneError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
         if self.threads != "auto" and not (isinstance(self.threads, int) and self.threads >= 1):

@@ -36,10 +36,15 @@ class State:
     def names(self) -> list[str]:
         return [*(self.generator.models if self.generator else []), *self.embedders, *self.classifiers]
 
-    async def authorized(self, request: Request) -> ApiKey:
-        """The route dependency: the caller's key, admitted under its rate limits and noted on the request's record."""
+    async def authenticated(self, request: Request) -> ApiKey:
+        """The caller's key, noted on the request's record; a route that depends on this admits the request itself."""
         key = self.keys.authenticate(request.headers.get("authorization"))
         request.state.record.key = key
+        return key
+
+    async def authorized(self, request: Request) -> ApiKey:
+        """The route dependency: the caller's key, admitted under its rate limits and noted on the request's record."""
+        key = await self.authenticated(request)
         self.keys.admit(key)
         return key
 
