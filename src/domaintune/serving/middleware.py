@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException, Request
 
+from domaintune.core.net import LOOPBACK_HOSTS, is_loopback
 from domaintune.serving.accounting import Record, finish
-from domaintune.serving.settings import is_loopback
 from domaintune.serving.state import State
 
 
@@ -20,7 +20,7 @@ def add_middleware(app: FastAPI, state: State) -> None:
 
         # Keyless is safe only for this machine's own clients: refusing other Host names stops a web
         # page from reaching the server through DNS rebinding.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
     # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
