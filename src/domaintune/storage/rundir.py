@@ -2,6 +2,7 @@
 
 runs/<name>-<timestamp>/
   recipe.yaml      the resolved recipe (overrides applied, data paths absolute)
+  fingerprint.json hashes of the recipe, the prepared splits and the data files (storage/fingerprint.py)
   data/            train/validation/test.jsonl, rejected.jsonl, removed.jsonl, data_card.json
   checkpoints/     checkpoint-<step>/ from the Trainer, the last K kept
   metrics.jsonl    one line per logged training/validation step
@@ -22,6 +23,7 @@ import yaml
 
 from domaintune.config import Recipe, validate_recipe
 from domaintune.core.errors import DomaintuneError
+from domaintune.storage.fingerprint import data_hash, differences, fingerprint, recipe_hash
 from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -34,6 +36,10 @@ class RunDir:
     @property
     def recipe_file(self) -> Path:
         return self.root / "recipe.yaml"
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.root / "fingerprint.json"
 
     @property
     def data(self) -> Path:
@@ -115,6 +121,38 @@ class RunDir:
         ]
         return max(steps)[1] if steps else None
 
+    def write_recipe(self, recipe: Recipe) -> None:
+        self.recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+    def write_fingerprint(self, recipe: Recipe, accepted: list[str] | None = None) -> None:
+        """What the run is made from, once its data is prepared; `accepted`: differences `--force` let pass."""
+        write_json(self.fingerprint_file, {**fingerprint(recipe, self.data), "accepted": accepted or []})
+
+    def recipe_hash(self) -> str:
+        return read_json(self.fingerprint_file, {}).get("recipe") or recipe_hash(self.recipe())
+
+    def check_resume(self, recipe: Recipe, force: bool, console) -> None:
+        """Refuse to continue this run with `recipe` (as given now, overrides applied) where it or the data
+        differs from what the run was made from; with `force`, continue with `recipe` and say what differs."""
+        stored = read_json(self.fingerprint_file, None)
+        if stored is None:  # a run made before fingerprints: its recipe.yaml is all there is to compare
+            console.print(f"[yellow]{self.root}: no {self.fingerprint_file.name}; only its recipe is checked, not its data.")
+            stored = {"recipe": recipe_hash(self.recipe()), "data": data_hash(self.data), "sources": {}}
+        found = differences(stored, self.recipe(), recipe, self.data)
+        if not found:
+            return
+        listed = "".join(f"\n  - {line}" for line in found)
+        if not force:
+            raise DomaintuneError(
+                f"--resume: {self.root} was made from another recipe or data:{listed}\n"
+                "Start a new run (without --resume), or pass --force to continue this run with the recipe as it is "
+                "now (the run keeps the data it prepared)."
+            )
+        console.print(f"[yellow]--force: continuing {self.root} with the recipe as it is now, although:{listed}\n"
+                      "The run keeps the data it prepared.", highlight=False)
+        self.write_recipe(recipe)
+        self.write_fingerprint(recipe, [*stored.get("accepted", []), *found])
+
     def require_model(self) -> None:
         if not self.model.is_dir():
             raise DomaintuneError(f"{self.root}: no trained model in {self.model.name}/ (run `domaintune train` first)")
@@ -129,7 +167,7 @@ class RunDir:
             root = Path(recipe.output_dir) / f"{recipe.name}-{stamp}-{suffix}"
         root.mkdir(parents=True)
         run = cls(root.resolve())
-        run.recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        run.write_recipe(recipe)
         return run
 
     @classmethod
@@ -141,7 +179,8 @@ class RunDir:
 
     @classmethod
     def latest(cls, recipe: Recipe) -> "RunDir":
-        """The most recent run of this recipe's name, for --resume."""
+        """The most recent run of this recipe, for --resume; else the most recent of its name (which
+        check_resume then refuses, saying what differs)."""
         parent = Path(recipe.output_dir)
         pattern = re.compile(rf"^{re.escape(recipe.name)}-\d{{8}}-\d{{6}}(-\d+)?$")
         candidates = sorted(
@@ -150,4 +189,6 @@ class RunDir:
         )
         if not candidates:
             raise DomaintuneError(f"--resume: no earlier run named '{recipe.name}' in {parent}/")
-        return cls(candidates[-1].resolve())
+        runs = [cls(path.resolve()) for path in reversed(candidates)]
+        wanted = recipe_hash(recipe)
+        return next((run for run in runs if run.recipe_hash() == wanted), runs[0])
