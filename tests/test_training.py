@@ -124,3 +124,26 @@ def test_resume_finds_the_run_of_this_recipe_and_refuses_a_changed_one(tiny_reci
     assert resumed.root in (first.root, other.root)
     assert resumed.recipe().training.lr == 0.5
     assert domaintune.train(tiny_recipe, resume=True, overrides=["training.lr=0.5"]).root == resumed.root
+
+
+def test_a_checkpoint_that_does_not_validate_is_skipped_and_reported(tmp_path):
+    import torch
+    from rich.console import Console
+    from safetensors.torch import save_file
+
+    run = RunDir(tmp_path)
+    for step in (4, 8, 12):
+        folder = run.checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"w": torch.ones(64, 64)}, str(folder / "adapter_model.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    # A kill during a save: a truncated trainer state, and weights cut short.
+    state = run.checkpoints / "checkpoint-12" / "trainer_state.json"
+    state.write_text(state.read_text()[:20])
+    weights = run.checkpoints / "checkpoint-8" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    console = Console(record=True, width=300)
+    assert run.last_checkpoint(console).name == "checkpoint-4"
+    report = console.export_text()
+    assert "checkpoint-12" in report and "trainer_state.json" in report
+    assert "checkpoint-8" in report and "adapter_model.safetensors" in report

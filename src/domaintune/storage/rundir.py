@@ -14,6 +14,7 @@ runs/<name>-<timestamp>/
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,33 @@ from domaintune.storage.fingerprint import data_hash, differences, fingerprint, 
 from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problem(folder: Path, step: int) -> str | None:
+    """Why a Trainer checkpoint can't be resumed from (its trainer state unreadable or of another step,
+    a safetensors file shorter than its header says); None when it can."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"trainer_state.json is missing or unreadable ({type(error).__name__})"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"trainer_state.json is not the state of step {step}"
+    for weights in folder.glob("*.safetensors"):
+        if not safetensors_complete(weights):
+            return f"{weights.name} is truncated"
+    return None
+
+
+def safetensors_complete(path: Path) -> bool:
+    """The file is as long as its header says (8-byte header length, JSON header, then the tensors)."""
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return False  # a header cut short or not a safetensors header
+    return path.stat().st_size == 8 + length + max(ends, default=0)
 
 
 @dataclass(frozen=True)
@@ -99,9 +127,11 @@ class RunDir:
         """model/training.json, what training reported ({} before training)."""
         return read_json(self.model / "training.json", {})
 
-    def write_training_summary(self, summary: dict) -> dict:
-        self.model.mkdir(parents=True, exist_ok=True)
-        write_json(self.model / "training.json", summary)
+    def write_training_summary(self, summary: dict, folder: Path | None = None) -> dict:
+        """model/training.json (or in `folder`, the model folder being written)."""
+        folder = Path(folder or self.model)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "training.json", summary)
         return summary
 
     def write_rejected(self, name: str, rejected: list[dict], console) -> None:
@@ -111,15 +141,22 @@ class RunDir:
         if rejected:
             console.print(f"[yellow]{len(rejected)} row(s) set aside for {name}, with reasons: {path}", highlight=False)
 
-    def last_checkpoint(self) -> Path | None:
+    def last_checkpoint(self, console=None) -> Path | None:
+        """The newest checkpoint that validates; each newer one that doesn't (left by a kill mid-save, or
+        damaged since) is skipped and reported on `console`."""
         if not self.checkpoints.is_dir():
             return None
-        steps = [
-            (int(match.group(1)), path)
-            for path in self.checkpoints.iterdir()
-            if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / "trainer_state.json").exists()
-        ]
-        return max(steps)[1] if steps else None
+        steps = sorted(
+            ((int(match.group(1)), path) for path in self.checkpoints.iterdir() if (match := CHECKPOINT_PATTERN.match(path.name))),
+            reverse=True,
+        )
+        for step, path in steps:
+            problem = checkpoint_problem(path, step)
+            if problem is None:
+                return path
+            if console is not None:
+                console.print(f"[yellow]{path} is skipped: {problem}", highlight=False)
+        return None
 
     def write_recipe(self, recipe: Recipe) -> None:
         self.recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
