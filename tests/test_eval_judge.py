@@ -68,15 +68,18 @@ def test_a_loadable_model_can_judge(tiny_model_dir):
     assert len(verdicts) == 2 and all(v["winner"] in {"base", "tuned", "tie"} for v in verdicts)
 
 
-def test_an_openai_compatible_endpoint_can_judge():
+def test_an_openai_compatible_endpoint_can_judge(monkeypatch):
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from domaintune.evaluation.judge import endpoint_judge
+    from domaintune.evaluation.judge import endpoint_api_key, endpoint_judge
+
+    authorizations = set()
 
     class Chat(BaseHTTPRequestHandler):
         def do_POST(self):
+            authorizations.add(self.headers["Authorization"])
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert self.path.endswith("/chat/completions") and request["model"] == "stub-judge"
             [reply] = reference_matcher([request["messages"][-1]["content"]])
@@ -94,11 +97,32 @@ def test_an_openai_compatible_endpoint_can_judge():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("JUDGE_KEY", "sk-local")
     try:
-        ask = endpoint_judge(f"http://127.0.0.1:{server.server_port}/v1", "stub-judge", "NO_SUCH_KEY_VARIABLE", 4)
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        key, note = endpoint_api_key(url, "JUDGE_KEY", [])
+        assert key == "sk-local" and "sent" in note  # this machine's own endpoint gets the key
+        ask = endpoint_judge(url, "stub-judge", key, 4)
         assert [v["winner"] for v in judge_pairs(ask, SAMPLES, "r")] == ["tuned"] * 4 + ["base"]
+        assert authorizations == {"Bearer sk-local"}
     finally:
         server.shutdown()
+
+
+def test_a_key_goes_to_another_host_only_when_the_recipe_allows_that_host(monkeypatch):
+    from domaintune.evaluation.judge import endpoint_api_key
+
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
+    key, note = endpoint_api_key("https://judge.attacker.example/v1", "GITHUB_TOKEN", [])
+    assert key is None
+    assert "GITHUB_TOKEN" in note and "judge.attacker.example" in note and "allowed_hosts" in note
+    assert endpoint_api_key("https://api.openai.com/v1", "GITHUB_TOKEN", ["judge.attacker.example"])[0] is None
+    assert endpoint_api_key("https://Judge.Attacker.example:8443/v1", "GITHUB_TOKEN", ["judge.attacker.example"])[0] == "ghp_secret"
+    for local in ("http://localhost:8000/v1", "http://[::1]:8000/v1", "http://127.0.0.2/v1"):
+        assert endpoint_api_key(local, "GITHUB_TOKEN", [])[0] == "ghp_secret"
+    monkeypatch.delenv("GITHUB_TOKEN")
+    key, note = endpoint_api_key("http://localhost:8000/v1", "GITHUB_TOKEN", [])
+    assert key is None and "not set" in note
 
 
 def test_the_judge_section_needs_exactly_one_judge():

@@ -124,3 +124,66 @@ def test_a_model_session_samples_answers_and_exports_loadable_pairs(tmp_path, ti
     for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines():
         row = to_canonical(json.loads(line), "pairwise", DataConfig())  # the export is valid pairwise data
         assert row["messages"][-1]["content"] == view["answers"][1]["text"]
+
+
+def session_client(tmp_path, host: str = "127.0.0.1"):
+    """A TestClient on a 2-item base-vs-tuned session, reaching the page by `host`."""
+    from fastapi.testclient import TestClient
+
+    root = fake_run(tmp_path, 2)
+    db = root / "eval" / "feedback.db"
+    prepare_session(str(root), db)
+    return TestClient(create_app(db), base_url=f"http://{host}:8765", follow_redirects=False), db
+
+
+def page_token(client) -> str:
+    import re
+
+    page = client.get("/")
+    assert page.status_code == 200
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def test_a_post_without_the_page_token_or_from_another_host_is_refused(tmp_path):
+    client, db = session_client(tmp_path)
+    token = page_token(client)
+    form = {"item": "0", "choice": "0"}
+    # Another web page can post this form to 127.0.0.1, but it can't read the page's token.
+    assert client.post("/choose", data=form).status_code == 403
+    assert client.post("/choose", data={**form, "csrf": "guessed"}).status_code == 403
+    # DNS rebinding: the attacker's own name resolves to 127.0.0.1, so the Host header names it.
+    rebound = {"Host": "attacker.example:8765"}
+    assert client.get("/", headers=rebound).status_code == 403
+    assert client.post("/choose", data={**form, "csrf": token}, headers=rebound).status_code == 403
+    assert session_summary(db)["done"] == 0
+    assert client.post("/choose", data={**form, "csrf": token}).status_code == 303
+    assert session_summary(db)["done"] == 1
+    # localhost is this machine too; a token from one session is no use against another.
+    localhost, _ = session_client(tmp_path / "other", "localhost")
+    assert localhost.post("/choose", data={**form, "csrf": token}).status_code == 403
+    assert localhost.post("/choose", data={**form, "csrf": page_token(localhost)}).status_code == 303
+
+
+def test_the_bound_host_is_allowed_too(tmp_path):
+    from fastapi.testclient import TestClient
+
+    root = fake_run(tmp_path, 1)
+    db = root / "eval" / "feedback.db"
+    prepare_session(str(root), db)
+    client = TestClient(create_app(db, host="annotate.lan"), base_url="http://annotate.lan:8765")
+    assert client.get("/").status_code == 200
+    assert TestClient(create_app(db, host="annotate.lan"), base_url="http://other.lan").get("/").status_code == 403
+
+
+@pytest.mark.parametrize("body", [
+    "rating-x=1&item=0&choice=0", "rating-0=%C2%B2&item=0&choice=0", "item=zz&choice=0", "item=0&choice=9",
+    "item=0", "choice=0", "item=99&choice=0", b"item=0&choice=0&x=\xff\xfe",
+])
+def test_bad_form_values_are_400(tmp_path, body):
+    client, db = session_client(tmp_path)
+    token = page_token(client)
+    body = body if isinstance(body, bytes) else body.encode()
+    response = client.post("/choose", content=body + b"&csrf=" + token.encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400, response.text
+    assert session_summary(db)["done"] == 0

@@ -181,18 +181,61 @@ def test_fewshot_samples_shots_per_label():
 
 
 def test_setfit_head_saves_as_safetensors_and_reloads(tmp_path):
-    from setfit import SetFitModel
-
-    from domaintune.models.registry import resolve_model_path
-    from domaintune.objectives.fewshot import load_setfit, save_setfit
+    from domaintune.config import ModelConfig
+    from domaintune.objectives.fewshot import load_setfit, save_setfit, setfit_model
 
     texts = ["great film", "loved it", "awful film", "hated it"]
-    model = SetFitModel.from_pretrained(resolve_model_path("minilm-l6"), labels=["neg", "pos"], device="cpu")
+    model = setfit_model(ModelConfig(name="minilm-l6"), ["neg", "pos"])
     model.model_head.fit(model.model_body.encode(texts), [1, 1, 0, 0])
     save_setfit(model, tmp_path, ["neg", "pos"])
     assert not list(tmp_path.glob("*.pkl"))
     again = load_setfit(tmp_path)
     assert list(again.predict(texts)) == list(model.predict(texts)) == ["pos", "pos", "neg", "neg"]
+
+
+class OpensAFile:
+    """Unpickling this creates `path`: proof that a pickle from the model folder was run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_pickled_setfit_head_in_the_model_folder_is_never_run(tmp_path, tiny_encoder_dir):
+    import pickle
+    import shutil
+
+    model = tmp_path / "setfit-model"
+    shutil.copytree(tiny_encoder_dir, model)
+    ran = tmp_path / "the-pickle-ran"
+    (model / "model_head.pkl").write_bytes(pickle.dumps(OpensAFile(ran)))
+    rows = [{"text": f"note {i} about {word}", "label": label}
+            for i in range(20) for word, label in [(("cash", "money"), ("city", "place"))[i % 2]]]
+    data = recipe(tmp_path, model, rows, {"name": "fewshot", "mode": "setfit", "shots": 4}, {"name": "full"}, max_steps=2)
+    with pytest.raises(DomaintuneError, match=r"model_head\.pkl.*pickle"):
+        api.train(data)
+    assert not ran.exists()
+
+
+def test_the_setfit_encoder_is_loaded_with_the_model_section(monkeypatch, tiny_encoder_dir):
+    import sentence_transformers
+
+    from domaintune.config import ModelConfig
+    from domaintune.objectives.fewshot import setfit_model
+
+    seen = {}
+    real = sentence_transformers.SentenceTransformer
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **{**kwargs, "revision": None})  # a local folder has no revisions to pick from
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", recording)
+    model = setfit_model(ModelConfig(name=str(tiny_encoder_dir), revision="v1.0", trust_remote_code=True), ["a", "b"])
+    assert seen["revision"] == "v1.0" and seen["trust_remote_code"] is True
+    assert model.labels == ["a", "b"] and not hasattr(model.model_head, "coef_")  # a fresh, untrained head
 
 
 def test_fewshot_sft_is_regularised_and_compared_with_kshot_prompting(tmp_path, tiny_model_dir):

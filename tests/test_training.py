@@ -85,3 +85,65 @@ def test_resume_continues_from_the_last_checkpoint(tiny_recipe):
     steps = [line["step"] for line in metric_lines(run) if "loss" in line]
     assert steps == [2, 4, 6, 8, 10, 12]
     assert json.loads((run.model / "training.json").read_text())["global_step"] == 12
+
+
+def test_resume_finds_the_run_of_this_recipe_and_refuses_a_changed_one(tiny_recipe, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from domaintune.cli import app
+    from domaintune.core.errors import DomaintuneError
+
+    tiny_recipe["training"].update(max_steps=2, save_every=2, eval_every=2)
+    first, _ = domaintune.prepare_data(tiny_recipe)
+    other, _ = domaintune.prepare_data({**tiny_recipe, "seed": 7})  # another recipe of the same name, newer
+    # --resume picks the newest run of *this* recipe, not the newest of the name.
+    assert domaintune.train(tiny_recipe, resume=True).root == first.root
+
+    with pytest.raises(DomaintuneError) as refused:
+        domaintune.train(tiny_recipe, resume=True, overrides=["training.lr=0.5", "method.r=4"])
+    assert "training.lr" in str(refused.value) and "method.r" in str(refused.value) and "--force" in str(refused.value)
+    assert "training.max_steps" not in str(refused.value)
+    # A run directory with --set: the same check (the overrides used to be ignored without a word).
+    with pytest.raises(DomaintuneError, match="training.lr"):
+        domaintune.train(first.root, resume=True, overrides=["training.lr=0.5"])
+
+    # The data files the recipe names changed since the run was prepared.
+    source = tmp_path / "train.jsonl"
+    source.write_text(source.read_text() + source.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DomaintuneError, match=r"data changed.*train\.jsonl"):
+        domaintune.train(tiny_recipe, resume=True)
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe))
+    result = CliRunner().invoke(app, ["train", str(recipe_file), "--resume"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "data changed" in result.output
+
+    # --force resumes anyway, with the recipe as it is now.
+    resumed = domaintune.train(tiny_recipe, resume=True, overrides=["training.lr=0.5"], force=True)
+    assert resumed.root in (first.root, other.root)
+    assert resumed.recipe().training.lr == 0.5
+    assert domaintune.train(tiny_recipe, resume=True, overrides=["training.lr=0.5"]).root == resumed.root
+
+
+def test_a_checkpoint_that_does_not_validate_is_skipped_and_reported(tmp_path):
+    import torch
+    from rich.console import Console
+    from safetensors.torch import save_file
+
+    run = RunDir(tmp_path)
+    for step in (4, 8, 12):
+        folder = run.checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"w": torch.ones(64, 64)}, str(folder / "adapter_model.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    # A kill during a save: a truncated trainer state, and weights cut short.
+    state = run.checkpoints / "checkpoint-12" / "trainer_state.json"
+    state.write_text(state.read_text()[:20])
+    weights = run.checkpoints / "checkpoint-8" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    console = Console(record=True, width=300)
+    assert run.last_checkpoint(console).name == "checkpoint-4"
+    report = console.export_text()
+    assert "checkpoint-12" in report and "trainer_state.json" in report
+    assert "checkpoint-8" in report and "adapter_model.safetensors" in report

@@ -85,14 +85,15 @@ def synthesize(recipe: RecipeLike, overrides: list[str] | None = None, console: 
 
 
 def train(recipe_or_run: RecipeLike, resume: bool = False, overrides: list[str] | None = None, callbacks: list | None = None,
-          console: Console | None = None, processes: int | None = None, machine_rank: int | None = None) -> RunDir:
+          console: Console | None = None, processes: int | None = None, machine_rank: int | None = None,
+          force: bool = False) -> RunDir:
     """Train a recipe in a new run directory, or with resume=True continue the latest run of that recipe
-    (or the given run directory) from its last checkpoint; `processes` > 1 launches that many processes
-    (workflows/pipeline.py's `train` says how)."""
+    (or the given run directory) from its last checkpoint; a run made from another recipe or data is
+    refused unless `force`. `processes` > 1 launches that many processes (workflows/pipeline.py's `train` says how)."""
     from domaintune.workflows import pipeline
 
     return pipeline.train(recipe_or_run, resume=resume, overrides=overrides, callbacks=callbacks,
-                          console=_console(console), processes=processes, machine_rank=machine_rank)
+                          console=_console(console), processes=processes, machine_rank=machine_rank, force=force)
 
 
 def evaluate(run_dir: str | Path | RunDir, console: Console | None = None, harness: bool | None = None) -> dict:

@@ -90,6 +90,7 @@ def run_recipe(recipe: Path, overrides: SetOption = None):
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe file, or a run directory (prepared, or to resume).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this recipe from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if the recipe or data changed since the run was made (it continues with the recipe as it is now).")] = False,
     overrides: SetOption = None,
     processes: Annotated[
         Optional[int], typer.Option("--processes", min=1, help="Train in N processes (overrides distributed.processes).")
@@ -101,7 +102,8 @@ def train(
 ):
     """Prepare data and train (or resume training)."""
     run = api.train(
-        recipe, resume=resume, overrides=overrides, processes=processes, machine_rank=machine_rank, console=console
+        recipe, resume=resume, overrides=overrides, processes=processes, machine_rank=machine_rank, console=console,
+        force=force,
     )
     if not launched_worker():  # the launching process reports once, after all its processes finished
         typer.echo(f"Model: {run.model}")

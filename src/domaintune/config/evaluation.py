@@ -18,7 +18,14 @@ class JudgeConfig(Section):
         None, description="Or the base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1 (domaintune serve)."
     )
     endpoint_model: str = Field("default", description="Model name sent to the endpoint.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key; it is sent only to this "
+        "machine (localhost, 127.0.0.1, ::1) or to a host listed in allowed_hosts.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names besides this machine that may receive the API key, e.g. "
+        "[api.openai.com]; to any other host the endpoint is called without it.",
+    )
     rubric: str = Field(
         "You compare two answers to the same question. The better answer is correct, complete, follows the "
         "format of the reference answer and adds nothing that is not asked for.",

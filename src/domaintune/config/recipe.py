@@ -142,7 +142,8 @@ def as_recipe(recipe: RecipeLike, overrides: list[str] | None = None) -> Recipe:
             return recipe
         recipe = recipe.model_dump(mode="json")
     if isinstance(recipe, dict):
-        return validate_recipe(apply_overrides(dict(recipe), overrides or []))
+        # A deep copy: overrides set nested keys, which must not change the caller's dict.
+        return validate_recipe(apply_overrides(copy.deepcopy(recipe), overrides or []))
     return load_recipe(recipe, overrides)
 
 

@@ -230,8 +230,11 @@ def _error_analysis(config, metrics: list[str], rows: list[dict], samples: list[
 
 def _judge(config, samples: list[dict], run: RunDir, bf16: bool, console: Console) -> dict:
     settings = config.judge
+    key_note = None
     if settings.endpoint:
-        ask, name = judge.endpoint_judge(settings.endpoint, settings.endpoint_model, settings.api_key_env,
+        key, key_note = judge.endpoint_api_key(settings.endpoint, settings.api_key_env, settings.allowed_hosts)
+        console.print(f"Judge endpoint: {key_note}", highlight=False)
+        ask, name = judge.endpoint_judge(settings.endpoint, settings.endpoint_model, key,
                                          settings.max_new_tokens), f"{settings.endpoint_model} at {settings.endpoint}"
     else:
         ask, name = judge.local_judge(settings.model, settings.max_new_tokens, config.batch_size, bf16), settings.model
@@ -240,5 +243,5 @@ def _judge(config, samples: list[dict], run: RunDir, bf16: bool, console: Consol
     verdicts = judge.judge_pairs(ask, judged, settings.rubric)
     for sample, verdict in zip(judged, verdicts):
         sample["judge"] = verdict["winner"]
-    return {"judge": name, "rubric": settings.rubric,
+    return {"judge": name, "rubric": settings.rubric, **({"api_key": key_note} if key_note else {}),
             **judge.summarise(verdicts, judge.read_feedback(run.eval / "feedback.jsonl"))}

@@ -25,6 +25,7 @@ from fastapi import Request  # at module level: FastAPI resolves the handler's (
 from domaintune.config import ModelConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.net import LOOPBACK_HOSTS
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.inference import generate
@@ -234,34 +235,78 @@ def export_pairs(db: Path, out: Path) -> dict:
     return {"pairs": len(pairs), "ties": ties, "out": str(out)}
 
 
-def create_app(db: Path):
-    """The FastAPI app of one session."""
+def parse_choice_form(body: bytes) -> dict[str, str]:
+    """The posted form's fields (the last value of each); ValueError for a body that is not a plain
+    UTF-8 urlencoded form of a few fields."""
+    # Parsed here rather than by FastAPI's Form, which would need python-multipart.
+    fields = parse_qs(body.decode("utf-8"), errors="strict", max_num_fields=32)
+    return {key: values[-1] for key, values in fields.items()}
+
+
+def read_choice(form: dict[str, str]) -> tuple[int, int | None, dict[int, int]]:
+    """(item, answer slot or None for a tie, ratings 1-5 by slot) from the form; ValueError or
+    KeyError names a field that is missing or not what the page sends."""
+    ratings = {}
+    for key, value in form.items():
+        if key.startswith("rating-"):
+            slot, rating = int(key.removeprefix("rating-")), int(value)
+            if not 1 <= rating <= 5:
+                raise ValueError(f"{key}: a rating is 1 to 5, not {value}")
+            ratings[slot] = rating
+    choice = form["choice"]
+    return int(form["item"]), None if choice == TIE else int(choice), ratings
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8765" -> "[::1]")."""
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rsplit(":", 1)[0]
+
+
+def create_app(db: Path, host: str = "127.0.0.1"):
+    """The FastAPI app of one session, served on `host`. Only requests naming this machine or `host`
+    are answered, and a choice is taken only with the token of a page this app served: any web page
+    the annotator visits could otherwise post choices (CSRF), or read the page through DNS rebinding."""
+    import hmac
+    import secrets
+
     import jinja2
     from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, RedirectResponse
+    from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 
     db = Path(db)
     source = resources.files("domaintune.evaluation").joinpath("feedback.html.j2").read_text(encoding="utf-8")
     # Autoescape: prompts and answers are untrusted text and must not become markup.
     template = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(source)
     app = FastAPI(title="domaintune feedback", docs_url=None, redoc_url=None, openapi_url=None)
+    allowed_hosts = {*LOOPBACK_HOSTS, host, f"[{host}]"}
+    token = secrets.token_urlsafe(32)
+
+    @app.middleware("http")
+    async def known_hosts_only(request: Request, call_next):
+        if host_name(request.headers.get("host", "")) not in allowed_hosts:
+            return PlainTextResponse("unknown Host: open the page at the address `feedback serve` printed", 403)
+        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
     def page(item: int | None = None):
         view = item_view(db, item)
         if item is not None and view is None:
             raise HTTPException(404, f"no item {item}")
-        return template.render(view=view, summary=session_summary(db))
+        return template.render(view=view, summary=session_summary(db), csrf=token)
 
     @app.post("/choose")
     async def choose(request: Request):
-        # The page posts a plain urlencoded form; parsing it here spares the python-multipart dependency.
-        form = {key: values[-1] for key, values in parse_qs((await request.body()).decode("utf-8")).items()}
-        ratings = {int(key.removeprefix("rating-")): int(value) for key, value in form.items()
-                   if key.startswith("rating-") and value.isdigit()}
         try:
-            choice = form["choice"]
-            record_choice(db, int(form["item"]), None if choice == TIE else int(choice), ratings)
+            form = parse_choice_form(await request.body())
+        except ValueError as error:
+            raise HTTPException(400, f"bad form: {error}") from None
+        if not hmac.compare_digest(form.get("csrf", "").encode(), token.encode()):
+            raise HTTPException(403, "missing or stale page token: reload the page and choose again")
+        try:
+            item, slot, ratings = read_choice(form)
+            record_choice(db, item, slot, ratings)
         except (DomaintuneError, KeyError, ValueError) as error:
             raise HTTPException(400, f"bad choice: {error}") from None
         return RedirectResponse("/", status_code=303)  # after a POST, a reload must not send it again
@@ -272,4 +317,4 @@ def create_app(db: Path):
 def serve(db: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(db, host), host=host, port=port, log_level="warning")

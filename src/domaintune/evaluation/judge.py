@@ -12,10 +12,12 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from domaintune.config import ModelConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.net import is_loopback
 from domaintune.evaluation.win_rate import tuned_win_rate
 from domaintune.models.inference import generate
 from domaintune.models.loading import load_causal_lm, load_tokenizer
@@ -104,11 +106,25 @@ def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool) -> 
     return ask
 
 
-def endpoint_judge(base_url: str, model: str, api_key_env: str, max_new_tokens: int) -> Ask:
-    """A judge behind an OpenAI-compatible chat endpoint (OpenAI, vLLM, `domaintune serve`, ...)."""
+def endpoint_api_key(base_url: str, api_key_env: str, allowed_hosts: list[str]) -> tuple[str | None, str]:
+    """The key to send the judge endpoint, and a sentence saying whether it is sent. A recipe names the
+    variable, so a shared recipe could otherwise carry any secret of the environment (GITHUB_TOKEN, ...) to
+    any server: the key goes only to this machine or to a host the recipe lists in `allowed_hosts`."""
+    host = urlsplit(base_url).hostname or ""
+    if not os.environ.get(api_key_env):
+        return None, f"no API key sent ({api_key_env} is not set)"
+    if is_loopback(host) or host in {name.lower() for name in allowed_hosts}:
+        return os.environ[api_key_env], f"API key from {api_key_env} sent to {host}"
+    return None, (f"API key from {api_key_env} not sent: {host} is neither this machine nor listed in "
+                  "evaluation.judge.allowed_hosts")
+
+
+def endpoint_judge(base_url: str, model: str, api_key: str | None, max_new_tokens: int) -> Ask:
+    """A judge behind an OpenAI-compatible chat endpoint (OpenAI, vLLM, `domaintune serve`, ...);
+    `api_key` from endpoint_api_key."""
     from openai import OpenAI, OpenAIError
 
-    client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed")
+    client = OpenAI(base_url=base_url, api_key=api_key or "not-needed")
 
     def ask(prompts: list[str]) -> list[str]:
         replies = []

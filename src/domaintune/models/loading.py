@@ -1,22 +1,21 @@
 """Load tokenizers and causal LMs safely (safetensors only, remote code off unless asked)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from domaintune.config import ModelConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.methods import own_artifact_method
 from domaintune.models.registry import resolve_model_path
 
 
-def from_pretrained(model_class, config: ModelConfig, path: str | None = None, **kwargs):
-    """`model_class.from_pretrained` on the recipe's model (or `path`), with its revision and
-    trust_remote_code setting; a model that can't be found is a user error naming model.name."""
+@contextmanager
+def loading_errors(config: ModelConfig):
+    """A model that can't be found becomes a user error naming model.name."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return model_class.from_pretrained(
-            path or resolve_model_path(config.name), revision=config.revision,
-            trust_remote_code=config.trust_remote_code, **kwargs,
-        )
+        yield
     except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as error:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DomaintuneError(
@@ -25,6 +24,26 @@ def from_pretrained(model_class, config: ModelConfig, path: str | None = None, *
             "download the model elsewhere and point model.name at the local folder, "
             "or use a bundled model (`domaintune models list`)."
         ) from None
+
+
+def from_pretrained(model_class, config: ModelConfig, path: str | None = None, **kwargs):
+    """`model_class.from_pretrained` on the recipe's model (or `path`), with its revision and
+    trust_remote_code setting."""
+    with loading_errors(config):
+        return model_class.from_pretrained(
+            path or resolve_model_path(config.name), revision=config.revision,
+            trust_remote_code=config.trust_remote_code, **kwargs,
+        )
+
+
+def load_sentence_transformer(config: ModelConfig, path: str | None = None):
+    """A sentence-transformers encoder of the recipe's model (or `path`) on the CPU, with its revision
+    and trust_remote_code setting."""
+    from sentence_transformers import SentenceTransformer
+
+    with loading_errors(config):
+        return SentenceTransformer(path or resolve_model_path(config.name), device="cpu", revision=config.revision,
+                                   trust_remote_code=config.trust_remote_code)
 
 
 def load_tokenizer(config: ModelConfig, path: str | None = None):

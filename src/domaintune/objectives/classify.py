@@ -196,7 +196,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
         callbacks=trainer_callbacks(run, recipe, args, has_validation, console, callbacks),
     )
     trainer.remove_callback(PrinterCallback)
-    checkpoint = run.last_checkpoint() if resume else None
+    checkpoint = run.last_checkpoint(console) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(run.model))
     tokenizer.save_pretrained(str(run.model))

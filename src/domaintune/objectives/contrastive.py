@@ -20,7 +20,7 @@ from domaintune.core.chat import final_answer, last_user_turn
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.base_vs_tuned import write_results
 from domaintune.evaluation.bootstrap import item_scores, mean_item_stats, paired_comparison
-from domaintune.models.registry import resolve_model_path
+from domaintune.models.loading import load_sentence_transformer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
@@ -44,10 +44,7 @@ def pairs(rows: list[dict], pairs_from: str) -> list[tuple[str, str]]:
 
 
 def load_encoder(recipe, path: str | None = None):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path or resolve_model_path(recipe.model.name), device="cpu",
-                               trust_remote_code=recipe.model.trust_remote_code)
+    return load_sentence_transformer(recipe.model, path)
 
 
 def split_pairs(run: RunDir, split: str, recipe) -> list[tuple[str, str]]:
@@ -89,7 +86,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
         callbacks=trainer_callbacks(run, recipe, args, has_validation, console, callbacks),
     )
     trainer.remove_callback(PrinterCallback)
-    checkpoint = run.last_checkpoint() if resume else None
+    checkpoint = run.last_checkpoint(console) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.save_pretrained(str(run.model), safe_serialization=True)
     return run.write_training_summary({

@@ -32,7 +32,7 @@ from domaintune.evaluation.errors_analysis import label_confusion
 from domaintune.evaluation.metrics import accuracy, answer_label
 from domaintune.export.exporter import export_causal_lm
 from domaintune.models.inference import generate
-from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.models.loading import load_causal_lm, load_sentence_transformer, load_tokenizer, load_trained_model
 from domaintune.models.registry import resolve_model_path
 from domaintune.storage.jsonl import read_jsonl, write_jsonl
 from domaintune.storage.rundir import RunDir
@@ -42,6 +42,7 @@ SUMMARY = "a few labelled examples per class: SetFit on an encoder or regularise
 Config = FewshotConfig  # the registry and the recipe know an objective by its Config
 HEAD_FILE = "setfit_head.safetensors"
 LABELS_FILE = "labels.json"
+PICKLED_HEAD = "model_head.pkl"  # how SetFit itself saves a head
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -117,9 +118,26 @@ def load_setfit(folder: Path):
     return SetFitModel(model_body=SentenceTransformer(str(folder), device="cpu"), model_head=head, labels=labels)
 
 
+def setfit_model(config: ModelConfig, labels: list[str]):
+    """SetFit from the recipe's encoder and a fresh logistic-regression head. Not SetFitModel.from_pretrained:
+    it unpickles a model_head.pkl found with the model (running whatever code the pickle names) and
+    drops model.revision and trust_remote_code."""
+    from setfit import SetFitModel
+    from sklearn.linear_model import LogisticRegression
+
+    path = resolve_model_path(config.name)
+    if (Path(path) / PICKLED_HEAD).exists():
+        raise DomaintuneError(
+            f"model.name: {path} holds {PICKLED_HEAD}, a pickled SetFit head; loading a pickle runs any code it "
+            f"carries, so domaintune refuses it. fewshot trains a fresh head anyway: delete {PICKLED_HEAD} or point "
+            "model.name at the encoder alone."
+        )
+    return SetFitModel(model_body=load_sentence_transformer(config, path), model_head=LogisticRegression(), labels=labels)
+
+
 def train_setfit(run: RunDir, recipe, console: Console, callbacks: list | None = None) -> dict:
     from datasets import Dataset
-    from setfit import SetFitModel, Trainer, TrainingArguments
+    from setfit import Trainer, TrainingArguments
 
     if recipe.method.name != "full":
         raise DomaintuneError(f"objective fewshot (setfit): SetFit fine-tunes the whole encoder; set method.name: full, "
@@ -129,7 +147,7 @@ def train_setfit(run: RunDir, recipe, console: Console, callbacks: list | None =
     labels = sorted({row["label"] for row in train_rows})
     index = {label: i for i, label in enumerate(labels)}
     as_set = lambda rows: Dataset.from_dict({"text": [last_user_turn(r["messages"]) for r in rows], "label": [index[r["label"]] for r in rows]})  # noqa: E731
-    model = SetFitModel.from_pretrained(resolve_model_path(recipe.model.name), labels=labels, device="cpu")
+    model = setfit_model(recipe.model, labels)
     training = recipe.training
     args = TrainingArguments(
         output_dir=str(run.checkpoints), batch_size=training.batch_size, num_epochs=max(1, round(training.epochs)),

@@ -5,12 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, HTTPException, Request
 from starlette.routing import Match
 
+from domaintune.core.net import LOOPBACK_HOSTS, is_loopback
 from domaintune.serving.accounting import Record, finish
 from domaintune.serving.errors import ApiError, overloaded
-from domaintune.serving.settings import is_loopback
 from domaintune.serving.state import State
-
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def add_middleware(app: FastAPI, state: State) -> None:
@@ -23,7 +21,7 @@ def add_middleware(app: FastAPI, state: State) -> None:
     if is_loopback(settings.host) and not state.keys.required:
         # Keyless is safe only for this machine's own clients: refusing other Host names stops a web
         # page from reaching the server through DNS rebinding.
-        app.add_middleware(HostAllowList, allowed=LOOPBACK_NAMES)
+        app.add_middleware(HostAllowList, allowed=LOOPBACK_HOSTS)
     # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -1,12 +1,12 @@
 """The server's settings, shared by the built-in server and the vLLM hand-over."""
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import get_args
 
 from domaintune.config.inference import ComputeType
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.net import is_loopback
 
 
 @dataclass
@@ -46,15 +46,6 @@ class ServeSettings:
             raise DomaintuneError(f"--compute-type: one of {', '.join(get_args(ComputeType))}; got {self.compute_type!r}")
         if self.dtype not in ("auto", "bfloat16", "float32"):
             raise DomaintuneError(f"--dtype: one of auto, bfloat16, float32 (fp16 is slow on CPUs), got {self.dtype!r}")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def require_keys_off_loopback(host: str, has_keys: bool) -> None:

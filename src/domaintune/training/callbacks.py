@@ -3,6 +3,7 @@ plain lines in a log file or pipe), and the thread count re-decided as the machi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -12,15 +13,26 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import TrainerCallback
 
 from domaintune.config.runtime import configure_threads
+from domaintune.storage.jsonl import read_jsonl, write_jsonl
 from domaintune.storage.rundir import RunDir
 from domaintune.training.forecast import duration
 
 
 class MetricsLogCallback(TrainerCallback):
-    """Appends every Trainer log (train loss, eval loss, learning rate, ...) as one JSON line."""
+    """Appends every Trainer log (train loss, eval loss, learning rate, ...) as one JSON line. Training
+    that resumes from a checkpoint first drops the lines logged after it (and a line cut short by a
+    kill): those steps run again and log again, so each step is in the file once."""
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = [record for record in read_jsonl(self.path) if record.get("step", 0) <= state.global_step]
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        write_jsonl(partial, kept)
+        os.replace(partial, self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:

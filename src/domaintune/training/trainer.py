@@ -19,6 +19,7 @@ from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import run_callbacks
+from domaintune.training.checkpoints import atomic_trainer, save_final
 from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
 from domaintune.training.packing import batching
 
@@ -154,7 +155,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     collator, compute_loss = batching(
         model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only, recipe.training.pack_tokens
     )
-    trainer = Trainer(
+    trainer = atomic_trainer(Trainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -165,7 +166,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
         callbacks=trainer_callbacks(run, recipe, args, has_validation, console, callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
-    checkpoint = run.last_checkpoint() if resume else None
+    checkpoint = run.last_checkpoint(console) if resume else None
     if resume and checkpoint is None:
         console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
     elif checkpoint is not None:
@@ -177,11 +178,6 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     if domain_loss:
         domain_loss["after"] = block_loss(trainer.model, validation_set)
 
-    if hasattr(method, "save_trained"):  # a method with its own artifact format (not peft, not full weights)
-        if args.should_save:
-            method.save_trained(trainer.model, run.model)
-    else:
-        trainer.save_model(str(run.model))  # on every rank: FSDP and DeepSpeed gather the weights together
     summary = {
         "method": recipe.method.name,
         "global_step": trainer.state.global_step,
@@ -201,13 +197,21 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
             f"Domain perplexity on the validation blocks: {summary['domain_perplexity']['before']:.2f} before, "
             f"{summary['domain_perplexity']['after']:.2f} after training"
         )
-    if args.should_save:
-        if checkpoint is None and summary["runtime_seconds"]:
-            # Remember this setup's speed so the next `train` of it can say how long it will take.
-            record_throughput(speed_key, {
-                "tokens_per_second": real_tokens_per_step(recipe, lengths) * trainer.state.global_step / summary["runtime_seconds"],
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            })
-        tokenizer.save_pretrained(str(run.model))
-        run.write_training_summary(summary)
+    def save(folder):
+        if hasattr(method, "save_trained"):  # a method with its own artifact format (not peft, not full weights)
+            if args.should_save:
+                method.save_trained(trainer.model, folder)
+        else:
+            trainer.save_model(str(folder))
+        if args.should_save:
+            tokenizer.save_pretrained(str(folder))
+            run.write_training_summary(summary, folder)
+
+    save_final(trainer, run, save)
+    if args.should_save and checkpoint is None and summary["runtime_seconds"]:
+        # Remember this setup's speed so the next `train` of it can say how long it will take.
+        record_throughput(speed_key, {
+            "tokens_per_second": real_tokens_per_step(recipe, lengths) * trainer.state.global_step / summary["runtime_seconds"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        })
     return summary

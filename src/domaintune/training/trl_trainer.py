@@ -13,6 +13,7 @@ from domaintune.methods import get_method, load_kwargs
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import run_callbacks
+from domaintune.training.checkpoints import atomic_trainer, save_final
 from domaintune.training.trainer import count_parameters, training_arguments
 
 
@@ -56,15 +57,13 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dict prints
-    checkpoint = run.last_checkpoint() if resume else None
+    checkpoint = run.last_checkpoint(console) if resume else None
     if resume and checkpoint is None:
         console.print(f"[yellow]No checkpoint in {run.checkpoints}; starting from step 0.")
     parameters = count_parameters(trainer.model)
     console.print(f"[bold]{recipe.objective.name}[/] with {recipe.method.name} on {recipe.model.name}: "
                   f"{parameters['trainable']:,} trainable parameters · {train_rows} training examples")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    (save or trainer.save_model)(str(run.model))
-    trainer.processing_class.save_pretrained(str(run.model))
     summary = {
         "objective": recipe.objective.name,
         "method": recipe.method.name,
@@ -74,7 +73,15 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
         "parameters": parameters,
         "runtime_seconds": output.metrics.get("train_runtime"),
     }
-    return run.write_training_summary(summary)
+
+    def save_all(folder):
+        (save or trainer.save_model)(str(folder))
+        if trainer.args.should_save:
+            trainer.processing_class.save_pretrained(str(folder))
+            run.write_training_summary(summary, folder)
+
+    save_final(trainer, run, save_all)
+    return summary
 
 
 def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Console | None, callbacks: list | None,
@@ -86,7 +93,7 @@ def run_trl(trainer_class, args, run: RunDir, recipe, resume: bool, console: Con
     console = console or Console(stderr=True)
     configure_threads(recipe.training)
     set_seed(recipe.seed)
-    trainer = trainer_class(
+    trainer = atomic_trainer(trainer_class)(
         model=load_policy(recipe),
         args=args,
         train_dataset=Dataset.from_list(train_rows),

@@ -45,6 +45,7 @@ def prepare(recipe: RecipeLike, run: RunDir | None = None, console: Console | No
     rewrite = hook(recipe.objective, "after_prepare")  # objective-specific rewriting of the splits (instruct)
     if rewrite:
         rewrite(run.data, recipe.objective)
+    run.write_fingerprint(recipe)
     return run, card
 
 
@@ -73,9 +74,11 @@ def train(
     console: Console | None = None,
     processes: int | None = None,
     machine_rank: int | None = None,
+    force: bool = False,
 ) -> RunDir:
     """Train a recipe in a new run directory, or with resume=True continue the latest run of that
-    recipe (or the given run directory) from its last checkpoint.
+    recipe (or the given run directory) from its last checkpoint. Resuming a run made from another
+    recipe (`overrides` included) or data is refused unless `force`, which continues it with the recipe as given.
 
     With distributed.processes > 1 the data is prepared here once, then that many processes started
     by `accelerate launch` train it. `processes` and `machine_rank` override the recipe's distributed
@@ -85,8 +88,12 @@ def train(
     launch_overrides = [f"distributed.{key}={value}" for key, value in launch_settings.items() if value is not None]
     if isinstance(recipe_or_run, (str, Path)) and Path(recipe_or_run).is_dir():
         run = RunDir.open(recipe_or_run)
+        if resume or overrides:
+            run.check_resume(as_recipe(run.recipe(), overrides), force, console)
     elif resume:
-        run = RunDir.latest(as_recipe(recipe_or_run, overrides))
+        recipe = as_recipe(recipe_or_run, overrides)
+        run = RunDir.latest(recipe)
+        run.check_resume(recipe, force, console)
     else:
         run, _ = prepare(as_recipe(recipe_or_run, [*(overrides or []), *launch_overrides]), console=console)
     worker = launched_worker()

@@ -1,0 +1,71 @@
+"""Atomic checkpoints and final models for transformers' Trainer (and TRL's trainers, its subclasses).
+
+The Trainer writes checkpoint-N in place, file by file, so a kill mid-save leaves a folder that looks
+like the latest checkpoint but holds a truncated trainer_state.json or weights. Here its own
+`_save_checkpoint` writes into <checkpoints>/.partial/ (through `_get_output_dir`, the one place it takes
+the folder from); the folder is then flushed to disk and renamed into place, and old ones are rotated
+after that, so the last complete checkpoint is never deleted before the new one is whole."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from domaintune.storage.atomic import commit_folder, staging_folder
+from domaintune.storage.rundir import RunDir
+
+STAGING = ".partial"
+
+
+class AtomicCheckpoints:
+    """Mixed in before a Trainer class (`atomic_trainer`)."""
+
+    _staging_root: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer import TRAINER_STATE_NAME
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = super()._get_output_dir(trial)
+        staging_root = os.path.join(run_dir, STAGING)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # what a killed save left
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        # The library looked for the best checkpoint in the staging folder; it is in run_dir (or is this one).
+        best = self.state.best_global_step and os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+        self.state.best_model_checkpoint = best if best and (os.path.exists(best) or self.state.best_global_step == self.state.global_step) else None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self.state.save_to_json(os.path.join(staging_root, name, TRAINER_STATE_NAME))
+            commit_folder(Path(staging_root, name), Path(run_dir, name))
+            os.rmdir(staging_root)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+def atomic_trainer(trainer_class):
+    """`trainer_class` with atomic checkpoints."""
+    return type(trainer_class.__name__, (AtomicCheckpoints, trainer_class), {})
+
+
+def save_final(trainer, run: RunDir, save) -> None:
+    """`save(folder)` on every process (FSDP and DeepSpeed gather the weights together) into a staging
+    folder that then replaces run.model whole; `save` writes only where a process should."""
+    staging = staging_folder(run.model)
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    save(staging)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        commit_folder(staging, run.model)
