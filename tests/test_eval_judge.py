@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from domaintune.config.inference import InferenceConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.judge import judge_pairs, local_judge, parse_choice, read_feedback, summarise
 
@@ -63,7 +64,7 @@ def test_agreement_with_human_choices(tmp_path):
 
 
 def test_a_loadable_model_can_judge(tiny_model_dir):
-    ask = local_judge(str(tiny_model_dir), max_new_tokens=3, batch_size=2, bf16=False)
+    ask = local_judge(str(tiny_model_dir), max_new_tokens=3, batch_size=2, bf16=False, inference=InferenceConfig())
     verdicts = judge_pairs(ask, SAMPLES[:2], "r")
     assert len(verdicts) == 2 and all(v["winner"] in {"base", "tuned", "tie"} for v in verdicts)
 

@@ -237,7 +237,8 @@ def _judge(config, samples: list[dict], run: RunDir, bf16: bool, console: Consol
         ask, name = judge.endpoint_judge(settings.endpoint, settings.endpoint_model, key,
                                          settings.max_new_tokens), f"{settings.endpoint_model} at {settings.endpoint}"
     else:
-        ask, name = judge.local_judge(settings.model, settings.max_new_tokens, config.batch_size, bf16), settings.model
+        ask, name = judge.local_judge(settings.model, settings.max_new_tokens, config.batch_size, bf16,
+                                     run.recipe().inference), settings.model
     judged = samples[: settings.max_items]
     console.print(f"Judging {len(judged)} answer pairs with {name}, both orders...")
     verdicts = judge.judge_pairs(ask, judged, settings.rubric)

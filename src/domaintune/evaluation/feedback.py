@@ -23,13 +23,13 @@ from urllib.parse import parse_qs
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
 from domaintune.config import ModelConfig
+from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
 from domaintune.core.net import LOOPBACK_HOSTS
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
-from domaintune.models.inference import generate
-from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.models.generation import open_generator
 from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
 
@@ -130,24 +130,21 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
 def _sample_answers(source: str, is_run: bool, prompts, samples: int, max_new_tokens: int, batch_size: int,
                     temperature: float, seed: int, console) -> dict[str, list[str]]:
     """`samples` sampled answers per prompt from the model (a run's tuned model, or any model)."""
-    import torch
-
     if samples < 2:
         raise DomaintuneError("--samples must be at least 2: the page compares answers")
     if is_run:
         run = RunDir.open(source)
         recipe = run.recipe()
-        model, tokenizer = load_trained_model(recipe.model, run.model), load_tokenizer(recipe.model, path=str(run.model))
+        generator = open_generator(recipe.model, recipe.inference, model_dir=run.model, exact=False, console=console)
     else:
-        config = ModelConfig(name=source)
-        model, tokenizer = load_causal_lm(config), load_tokenizer(config)
-    rendered = [render(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
+        generator = open_generator(ModelConfig(name=source), InferenceConfig(), exact=False, console=console)
+    rendered = [render(generator.tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
     answers = {}
     for number in range(1, samples + 1):
         if console is not None:
             console.print(f"Sampling answer {number}/{samples} for {len(prompts)} prompts...")
-        torch.manual_seed(seed + number)
-        answers[f"sample-{number}"] = generate(model, tokenizer, rendered, max_new_tokens, batch_size, False, temperature)
+        generator.seed(seed + number)
+        answers[f"sample-{number}"] = generator.generate(rendered, max_new_tokens, batch_size, temperature)
     return answers
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from domaintune.config import ModelConfig
+from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
 from domaintune.core.net import is_loopback
 from domaintune.evaluation.win_rate import tuned_win_rate
-from domaintune.models.inference import generate
-from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.models.generation import open_generator
 
 Ask = Callable[[list[str]], list[str]]  # judge prompts -> replies
 TEMPLATE = """{rubric}
@@ -94,14 +94,15 @@ def read_feedback(path: Path) -> dict[int, str]:
     return choices
 
 
-def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool) -> Ask:
-    """A judge from any model domaintune can load, answering greedily through its chat template."""
-    config = ModelConfig(name=name)
-    model, tokenizer = load_causal_lm(config), load_tokenizer(config)
+def local_judge(name: str, max_new_tokens: int, batch_size: int, bf16: bool, inference: InferenceConfig) -> Ask:
+    """A judge from any model domaintune can load, answering greedily through its chat template on the
+    recipe's generation engine."""
+    generator = open_generator(ModelConfig(name=name), inference, bf16=bf16, exact=True)
+    tokenizer = generator.tokenizer
 
     def ask(prompts: list[str]) -> list[str]:
         rendered = [render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
-        return generate(model, tokenizer, rendered, max_new_tokens, batch_size, bf16)
+        return generator.generate(rendered, max_new_tokens, batch_size)
 
     return ask
 

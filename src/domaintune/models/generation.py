@@ -51,6 +51,11 @@ class TorchGenerator:
     def compute_type(self) -> str:
         return "bfloat16" if self.bf16 else "float32"
 
+    def seed(self, value: int) -> None:
+        import torch
+
+        torch.manual_seed(value)
+
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float | None = None) -> list[str]:
         return torch_generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, self.bf16, temperature)
@@ -73,6 +78,11 @@ class CTranslate2Generator:
         self.compute_type = compute_type
         self.model_dir = model_dir
         self.threads = threads
+
+    def seed(self, value: int) -> None:
+        import ctranslate2
+
+        ctranslate2.set_random_seed(value)
 
     def tokens(self, prompt: str) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -31,8 +31,8 @@ from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
 from domaintune.evaluation.errors_analysis import label_confusion
 from domaintune.evaluation.metrics import accuracy, answer_label
 from domaintune.export.exporter import export_causal_lm
-from domaintune.models.inference import generate
-from domaintune.models.loading import load_causal_lm, load_sentence_transformer, load_tokenizer, load_trained_model
+from domaintune.models.generation import open_generator
+from domaintune.models.loading import load_sentence_transformer
 from domaintune.models.registry import resolve_model_path
 from domaintune.storage.jsonl import read_jsonl, write_jsonl
 from domaintune.storage.rundir import RunDir
@@ -231,17 +231,18 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
         tuned = [str(label) for label in load_setfit(run.model).predict([last_user_turn(row["messages"]) for row in rows])]
         prompt_name = recipe.objective.prompt_model or "smollm2-135m-instruct"
     else:
-        tokenizer = load_tokenizer(recipe.model, path=str(run.model))
-        tuned = generate(load_trained_model(recipe.model, run.model), tokenizer,
-                         [prompt_text(tokenizer, row["messages"]) for row in rows], answer_tokens, settings.batch_size, bf16)
+        generator = open_generator(recipe.model, recipe.inference, model_dir=run.model, bf16=bf16, exact=True,
+                                   console=console)
+        tuned = generator.generate([prompt_text(generator.tokenizer, row["messages"]) for row in rows], answer_tokens,
+                                   settings.batch_size)
         prompt_name = recipe.objective.prompt_model or recipe.model.name
     tuned_seconds = round(time.perf_counter() - started, 1)
     prompt_model = ModelConfig(name=prompt_name)
     console.print(f"In-context baseline: {len(shots)}-shot prompts to {prompt_name} on {len(rows)} test rows...")
-    tokenizer = load_tokenizer(prompt_model)
+    generator = open_generator(prompt_model, recipe.inference, bf16=bf16, exact=True, console=console)
     started = time.perf_counter()
-    prompted = generate(load_causal_lm(prompt_model), tokenizer, kshot_prompts(tokenizer, shots, rows, labels),
-                        answer_tokens, settings.batch_size, bf16)
+    prompted = generator.generate(kshot_prompts(generator.tokenizer, shots, rows, labels), answer_tokens,
+                                  settings.batch_size)
     prompted_seconds = round(time.perf_counter() - started, 1)
 
     results: dict = {"mode": mode(recipe), "shots": len(shots), "labels": labels, "n_test": len(rows), "models": {}}
