@@ -3,16 +3,16 @@
     .venv/bin/python bench/serve_throughput.py              # bundled smollm2-135m-instruct, 8 clients, 32 requests, 128 tokens
     .venv/bin/python bench/serve_throughput.py --requests 8 --max-tokens 16   # a quick check that it works
 
-Starts the server on loopback (bf16 where the CPU has it, dynamic batching), drives it with the official
-`openai` client, and prints aggregate generated tokens/s, time to first token and latency p50/p95 for
-both phases. Bounded: --requests per phase and --timeout seconds per phase (no new request after it).
+Starts the server on loopback once per engine in --engines (default: torch, today's continuous batching
+on transformers, then auto, the default: CTranslate2), drives it with the official `openai` client, and
+prints aggregate generated tokens/s, time to first token and latency p50/p95 for both phases, and each
+engine's concurrent tok/s as a multiple of the first's. Bounded: --requests per phase and --timeout seconds per phase (no new request after it).
 Writes bench/results/serve_throughput.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,29 +72,34 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=32, help="Requests per phase.")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--engines", default="torch,auto", help="Servers to run one after the other (first: the baseline).")
     parser.add_argument("--timeout", type=float, default=300, help="Seconds per phase after which no request starts.")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "serve_throughput.json"))
     args = parser.parse_args()
 
-    with started_server(["smollm2-135m-instruct"], ["--max-tokens", str(args.max_tokens)]) as (url, key, _):
-        phase(url, key, 1, 1, 4, args.timeout)  # warm-up: first-call allocations stay out of the figures
-        batched = phase(url, key, args.concurrency, args.requests, args.max_tokens, args.timeout)
-        sequential = phase(url, key, 1, max(1, args.requests // args.concurrency), args.max_tokens, args.timeout)
-    report = {
-        "model": "smollm2-135m-instruct",
-        "machine": platform.processor() or platform.machine(),
-        "max_tokens": args.max_tokens,
-        "concurrent": batched,
-        "one_at_a_time": sequential,
-        "speedup": round(batched["tokens_per_s"] / sequential["tokens_per_s"], 2) if sequential["tokens_per_s"] else None,
-    }
+    from domaintune.config.runtime import cpu_description
+
+    report = {"model": "smollm2-135m-instruct", "machine": cpu_description(), "max_tokens": args.max_tokens,
+              "engines": {}}
+    for engine in args.engines.split(","):
+        extra = ["--max-tokens", str(args.max_tokens), "--engine", engine]
+        with started_server(["smollm2-135m-instruct"], extra) as (url, key, _):
+            phase(url, key, 1, 1, 4, args.timeout)  # warm-up: first-call allocations stay out of the figures
+            batched = phase(url, key, args.concurrency, args.requests, args.max_tokens, args.timeout)
+            sequential = phase(url, key, 1, max(1, args.requests // args.concurrency), args.max_tokens, args.timeout)
+        report["engines"][engine] = {"concurrent": batched, "one_at_a_time": sequential}
+        for name, result in (("concurrent", batched), ("one at a time", sequential)):
+            print(f"{engine:>6} {name:>14}: {result['tokens_per_s']:7.1f} generated tok/s over {result['requests']} "
+                  f"requests (concurrency {result['concurrency']}); TTFT p50 {result['ttft_s']['p50']:.3f} s p95 "
+                  f"{result['ttft_s']['p95']:.3f} s; latency p50 {result['latency_s']['p50']:.2f} s "
+                  f"p95 {result['latency_s']['p95']:.2f} s", flush=True)
+    baseline = next(iter(report["engines"].values()))["concurrent"]["tokens_per_s"]
+    for engine, result in report["engines"].items():
+        result["x_baseline_concurrent"] = round(result["concurrent"]["tokens_per_s"] / baseline, 2) if baseline else None
+        print(f"{engine}: {result['x_baseline_concurrent']}x the first engine's concurrent tok/s")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    for name, result in (("concurrent", batched), ("one at a time", sequential)):
-        print(f"{name:>14}: {result['tokens_per_s']:7.1f} generated tok/s over {result['requests']} requests "
-              f"(concurrency {result['concurrency']}); TTFT p50 {result['ttft_s']['p50']:.3f} s p95 "
-              f"{result['ttft_s']['p95']:.3f} s; latency p50 {result['latency_s']['p50']:.2f} s p95 {result['latency_s']['p95']:.2f} s")
-    print(f"speedup: {report['speedup']}x; written {args.output}")
+    print(f"written {args.output} ({report['machine']})")
 
 
 if __name__ == "__main__":

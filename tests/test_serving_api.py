@@ -269,3 +269,28 @@ def test_log_content_puts_prompt_and_completion_in_the_audit_line(client, server
         settings.log_content = False
     line = json.loads(next(r.getMessage() for r in caplog.records if r.name == "domaintune.audit"))
     assert "an auditable question" in line["prompt"] and line["completion"] == answer
+
+
+def test_the_default_engine_is_ctranslate2_and_torch_remains_on_request(server, tiny_model_dir):
+    from domaintune.serving.ctranslate2_engine import CTranslate2Engine, text_engine
+    from domaintune.serving.engine import Generator
+    from domaintune.serving.settings import ServeSettings
+
+    assert isinstance(server["app"].state.domaintune.generator, CTranslate2Engine)
+    torch_engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="torch", dtype="float32"))
+    try:
+        assert isinstance(torch_engine, Generator) and torch_engine.engine["engine"] == "torch"
+    finally:
+        torch_engine.close()
+
+
+def test_sampled_requests_batch_apart_from_greedy_ones():
+    from domaintune.serving.ctranslate2_engine import CTranslate2Engine
+    from domaintune.serving.engine import GenerationRequest
+
+    def request(temperature, top_p=1.0):
+        return GenerationRequest(model="base", prompt_ids=[1, 2], max_tokens=4, temperature=temperature, top_p=top_p)
+
+    key = CTranslate2Engine.batch_key
+    assert key(request(0.0)) == key(request(0.0, top_p=0.5))  # top_p means nothing to greedy decoding
+    assert key(request(0.7)) != key(request(0.0)) and key(request(0.7)) != key(request(0.7, top_p=0.9))
