@@ -1,15 +1,20 @@
 """OpenAI chat files as OpenAI's fine-tuning guide writes them: several system messages, `name` fields,
-`weight: 0` turns, function calling (`tools`, `tool_calls`, `tool` messages, and the older `functions`)."""
+`weight: 0` turns, function calling (`tools`, `tool_calls`, `tool` messages, and the older `functions`),
+and the console's one-line summary when most of a file is rejected for one reason."""
+import io
 import json
 
 import pytest
+from rich.console import Console
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from domaintune.cli import app
 from domaintune.config import DataConfig
 from domaintune.core.chat import IGNORE_INDEX, count_tokens, encode_row, final_answer, prompt_text, render
+from domaintune.core.errors import DomaintuneError
 from domaintune.data.formats import RowError, to_canonical
+from domaintune.data.prepare import prepare_dataset
 
 MARV = "Marv is a factual chatbot that is also sarcastic."
 WEATHER_TOOL = {
@@ -271,3 +276,53 @@ def test_templates_with_tool_support_render_tools_and_calls_themselves(tiny_mode
     supervised = supervised_text(tokenizer, encode_row(tokenizer, row, max_length=512))
     assert supervised == ('CALL get_current_weather {"location": "San Francisco, USA", "format": "celsius"}<|im_end|>\n'
                           "It is 21 degrees celsius in San Francisco, CA<|im_end|>\n")
+
+
+# --- a file mostly rejected for one reason ----------------------------------------------
+
+
+def prepare(tmp_path, rows: list[dict], out: io.StringIO) -> dict:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    console = Console(file=out, width=300)
+    return prepare_dataset(DataConfig(train=[str(path)], split={"validation": 0.0, "test": 0.0}), tmp_path / "out", seed=0, console=console)
+
+
+def two_questions(i: int, at: int) -> dict:
+    """A row with two user messages in a row, at position `at` (1 or 3)."""
+    turns = [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}] * 3
+    turns.insert(at, {"role": "user", "content": f"again {i}"})
+    return {"messages": turns}
+
+
+def test_a_file_mostly_rejected_for_one_reason_says_it_once_with_a_hint(tmp_path):
+    good = [{"messages": [{"role": "user", "content": f"Question {i}"}, {"role": "assistant", "content": f"Answer {i}"}]} for i in range(4)]
+    bad = [two_questions(i, 1 if i % 2 else 3) for i in range(8)]
+    out = io.StringIO()
+    card = prepare(tmp_path, good + bad + [{"messages": "x"}], out)
+    printed = out.getvalue()
+    assert printed.count("rejected for one reason") == 1, printed
+    assert "rows.jsonl: 8 of 13 rows rejected for one reason: messages[3].role: expected 'assistant' here, got 'user' (line 5, and 7 more like it)" in printed
+    assert "hint: user and assistant turns must alternate" in printed
+    assert printed.count("expected 'assistant' here") == 1
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 9 and card["totals"]["rejected"] == 9
+    assert [r["reason"] for r in rejected[:2]] == ["messages[3].role: expected 'assistant' here, got 'user'",
+                                                   "messages[1].role: expected 'assistant' here, got 'user'"]
+
+
+def test_few_rejections_are_not_summarised(tmp_path):
+    good = [{"messages": [{"role": "user", "content": f"Question {i}"}, {"role": "assistant", "content": f"Answer {i}"}]} for i in range(3)]
+    out = io.StringIO()
+    prepare(tmp_path, good + [two_questions(i, 1) for i in range(4)], out)  # 4 of 7: under 5 rows
+    assert "rejected for one reason" not in out.getvalue()
+
+
+def test_a_file_rejected_entirely_names_the_reason_and_the_fix_in_the_error(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"}]} for i in range(6)]
+    with pytest.raises(DomaintuneError) as caught:
+        prepare(tmp_path, rows, io.StringIO())
+    message = str(caught.value)
+    assert message.startswith("no usable rows: 6 read, 6 rejected")
+    assert "rows.jsonl: 6 of 6 rows rejected for one reason: messages[0].role: the last message must be the assistant's" in message
+    assert "hint: each row ends with the answer the model learns" in message
