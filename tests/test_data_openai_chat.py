@@ -257,6 +257,15 @@ def test_tool_calls_render_as_text_and_are_supervised_where_the_template_has_no_
     assert "get_current_weather" in prompt_text(tokenizer, row["messages"], tools=row["tools"])
 
 
+def test_evaluation_prompts_offer_the_tools_and_expect_the_call(tiny_model_dir):
+    from domaintune.evaluation.harness import _chat_docs
+
+    row = chat(GUIDE_ROWS[2])
+    [doc] = _chat_docs(tokenizer_of(tiny_model_dir), [row])
+    assert "<tools>" in doc["prompt"] and doc["prompt"].endswith("<|im_start|>assistant\n")
+    assert doc["target"] == final_answer(row) and doc["target"].startswith("<tool_call>")
+
+
 # A small template with tool support, written the way Qwen's and Hermes' are.
 TOOL_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nTOOLS:{% for tool in tools %} {{ tool.function.name }}{% endfor %}<|im_end|>\n{% endif %}"
