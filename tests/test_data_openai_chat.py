@@ -126,6 +126,8 @@ def test_system_messages_merge_in_order_into_one_leading_message_with_their_name
                               {"role": "assistant", "content": "b"}]})
     assert late["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
                                 {"role": "assistant", "content": "b"}]
+    developer = chat({"messages": [{"role": "developer", "content": "Be brief."}, *late["messages"][1:]]})
+    assert developer["messages"] == late["messages"]  # OpenAI's newer name for the system role
 
 
 def test_name_fields_are_kept_as_a_prefix_of_the_content():
