@@ -221,6 +221,8 @@ def call(arguments) -> dict:
          "messages[1].tool_calls[0].function.arguments: expected a JSON object, got list"),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [{"type": "function"}]}]},
          "messages[1].tool_calls[0]: expected {'type': 'function', 'function': {'name', 'arguments'}}"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "function_call": {"name": "f", "arguments": "{"}}]},
+         "messages[1].function_call.arguments: not valid JSON (Expecting property name enclosed in double quotes)"),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": []}]},
          "messages[1].tool_calls: expected a list of tool calls, got an empty list"),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "1"}, {"role": "assistant", "content": "b"}]},

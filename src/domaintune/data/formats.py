@@ -318,7 +318,8 @@ def _weight(weight, role: str, where: str) -> int:
 def _tool_calls(turn: dict, where: str) -> list[dict] | None:
     """An assistant turn's calls, each {"type": "function", "function": {"name", "arguments": object}}
     (with its "id" when given); the older `function_call` is one call."""
-    if isinstance(turn.get("function_call"), dict):
+    legacy = isinstance(turn.get("function_call"), dict)
+    if legacy:
         calls, where = [{"type": "function", "function": turn["function_call"]}], f"{where}.function_call"
     elif turn.get("tool_calls") is None:
         return None
@@ -329,7 +330,8 @@ def _tool_calls(turn: dict, where: str) -> list[dict] | None:
             raise RowError(f"{where}: expected a list of tool calls, got {got}")
     parsed = []
     for index, call in enumerate(calls):
-        at = f"{where}[{index}]" if where.endswith(".tool_calls") else where
+        at = where if legacy else f"{where}[{index}]"
+        function_at = where if legacy else f"{at}.function"  # the older function_call is the function itself
         function = call.get("function") if isinstance(call, dict) else None
         if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]):
             raise RowError(f"{at}: expected {{'type': 'function', 'function': {{'name', 'arguments'}}}}")
@@ -338,9 +340,9 @@ def _tool_calls(turn: dict, where: str) -> list[dict] | None:
             try:
                 arguments = json.loads(arguments)
             except json.JSONDecodeError as error:
-                raise RowError(f"{at}.function.arguments: not valid JSON ({error.msg})") from None
+                raise RowError(f"{function_at}.arguments: not valid JSON ({error.msg})") from None
         if not isinstance(arguments, dict):
-            raise RowError(f"{at}.function.arguments: expected a JSON object, got {json_type(arguments)}")
+            raise RowError(f"{function_at}.arguments: expected a JSON object, got {json_type(arguments)}")
         identity = {"id": call["id"]} if isinstance(call.get("id"), str) else {}
         parsed.append({**identity, "type": "function", "function": {"name": function["name"], "arguments": arguments}})
     return parsed
