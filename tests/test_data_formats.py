@@ -18,7 +18,7 @@ def chat(*turns: tuple[str, str]) -> list[dict]:
         (
             "chat",
             {"messages": [{"role": "user", "content": "Hi", "name": "ann"}, {"role": "assistant", "content": "Hello"}]},
-            chat(("user", "Hi"), ("assistant", "Hello")),
+            chat(("user", "ann: Hi"), ("assistant", "Hello")),
         ),
         (
             "sharegpt",
@@ -76,7 +76,7 @@ def test_system_prompt_is_added_only_where_missing():
         ("chat", {"messages": chat(("user", "a"), ("assistant", "b"), ("bot", "c"))}, "messages[2].role: unknown role 'bot'"),
         ("chat", {"messages": chat(("user", "a"))}, "messages[0].role: the last message must be the assistant's, got 'user'"),
         ("chat", {"messages": chat(("user", "a"), ("user", "b"), ("assistant", "c"))}, "messages[1].role: expected 'assistant' here, got 'user'"),
-        ("chat", {"messages": chat(("user", "a"), ("system", "b"), ("assistant", "c"))}, "messages[1].role: expected 'assistant' here, got 'system'"),
+        ("chat", {"messages": chat(("system", "a"), ("assistant", "b"))}, "messages[1].role: expected 'user' here, got 'assistant'"),
         ("chat", {"messages": chat(("system", "a"))}, "no user message"),
         ("chat", {"messages": [{"role": "user"}]}, "messages[0]: missing 'content'"),
         ("chat", {"messages": [{"role": "user", "content": None}]}, "messages[0].content: expected text, got null"),

@@ -10,6 +10,8 @@ import unicodedata
 from collections import defaultdict
 from typing import Callable, NamedTuple
 
+from domaintune.core.chat import message_text
+
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace run except newlines (tabs, NBSP, ...)
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -45,20 +47,20 @@ def normalise_row(row: dict) -> dict:
 
 
 def answer_text(row: dict) -> str:
-    """What the model learns to produce: the final assistant message, or a raw text row's text."""
-    return row["messages"][-1]["content"] if "messages" in row else row["text"]
+    """What the model learns to produce: the final assistant message (with its tool calls), or a raw text row's text."""
+    return message_text(row["messages"][-1]) if "messages" in row else row["text"]
 
 
 def row_text(row: dict) -> str:
     """The row's own words: its turns without the system prompt (which every row may share), or its text."""
     if "messages" not in row:
         return row["text"]
-    turns = [message["content"] for message in row["messages"] if message["role"] != "system"]
+    turns = [message_text(message) for message in row["messages"] if message["role"] != "system"]
     return "\n".join(turns + row.get("worse", []))
 
 
 def char_length(row: dict) -> int:
-    return sum(len(message["content"]) for message in row["messages"]) if "messages" in row else len(row["text"])
+    return sum(len(message_text(message)) for message in row["messages"]) if "messages" in row else len(row["text"])
 
 
 def prompt_key(row: dict) -> tuple | str:
@@ -78,7 +80,7 @@ def content_key(row: dict) -> tuple | str:
 
 
 def _messages_key(messages: list[dict]) -> tuple:
-    return tuple((message["role"], normalise_text(message["content"])) for message in messages)
+    return tuple((message["role"], normalise_text(message_text(message))) for message in messages)
 
 
 def filter_row(

@@ -23,7 +23,7 @@ from domaintune.data.cleaning import Removed, char_length, count_conflicts, dedu
 from domaintune.data.contamination import check_contamination
 from domaintune.data.data_report import funnel, write_data_report
 from domaintune.data.documents import Tokenize, is_document, read_document_rows
-from domaintune.data.formats import RowError, resolve_format, to_canonical
+from domaintune.data.formats import RowError, fix_hint, reason_kind, resolve_format, to_canonical
 from domaintune.data.near_dedup import near_dedup_rows
 from domaintune.data.pii import scrub_rows
 from domaintune.data.quality import quality_filter
@@ -33,6 +33,8 @@ from domaintune.data.text_generator import Generate
 from domaintune.storage.jsonl import write_jsonl
 
 SPLITS = ("train", "validation", "test")
+# A file is "mostly rejected for one reason" (said once, with a hint) from this share of its rows and this many.
+MOSTLY_REJECTED_SHARE, MOSTLY_REJECTED_ROWS = 0.5, 5
 
 
 def prepare_dataset(
@@ -63,11 +65,13 @@ def prepare_dataset(
     read = sum(file["rows"] for file in files)
     stages = [{"stage": "read", "rows": read}, {"stage": "rejected", "removed": len(rejected)}]
     removed, counts, pii_found, near_pairs = _clean_parts(parts, config, count_tokens, stages)
+    mostly_rejected = _mostly_rejected(files, rejected)
     if not any(parts.values()):
         _write_set_aside(out_dir, rejected, removed)  # so the user can see why
         raise DomaintuneError(
             f"no usable rows: {read} read, {len(rejected)} rejected (see {out_dir / 'rejected.jsonl'}), "
             f"{len(removed)} removed (see {out_dir / 'removed.jsonl'}), {len(skipped)} documents skipped"
+            + "".join(f"\n{_mostly_rejected_text(item)}" for item in mostly_rejected)
         )
 
     # Explicit validation/test files replace that share of the split.
@@ -112,6 +116,8 @@ def prepare_dataset(
         "pii": {"mode": config.pii.mode, "found": pii_found},
         "near_duplicates": {"threshold": config.near_dedup.threshold, "examples": near_pairs[:5]},
     }
+    if mostly_rejected:
+        card["mostly_rejected"] = mostly_rejected
     if skipped or any(file["format"] == "document" for file in files):
         card["documents_skipped"] = skipped
     if contamination is not None:
@@ -236,6 +242,29 @@ def _remove_leaks(splits: dict[str, list[dict]], removed: list[Removed]) -> int:
     return leaked
 
 
+def _mostly_rejected(files: list[dict], rejected: list[dict]) -> list[dict]:
+    """Files most of whose rows were rejected for one reason: the reason once (its first row and how many
+    share it) and how to fix it, instead of the same line a hundred times."""
+    found = []
+    for file in files:
+        records = [record for record in rejected if record["file"] == file["file"]]
+        kinds = Counter(reason_kind(record["reason"]) for record in records)
+        if not kinds:
+            continue
+        kind, count = kinds.most_common(1)[0]
+        if count >= MOSTLY_REJECTED_ROWS and count >= MOSTLY_REJECTED_SHARE * file["rows"]:
+            first = next(record for record in records if reason_kind(record["reason"]) == kind)
+            found.append({"file": file["file"], "rows": file["rows"], "rejected": count, "reason": first["reason"],
+                          "line": first["line"], "hint": fix_hint(first["reason"])})
+    return found
+
+
+def _mostly_rejected_text(item: dict) -> str:
+    text = (f"{item['file']}: {item['rejected']} of {item['rows']} rows rejected for one reason: {item['reason']} "
+            f"(line {item['line']}, and {item['rejected'] - 1} more like it)")
+    return text + (f"; hint: {item['hint']}" if item["hint"] else "")
+
+
 def _convert(raw_rows: list[RawRow], fmt: str, config: DataConfig) -> tuple[list[dict], list[dict]]:
     """Canonical rows (with their source) and rejected records."""
     rows, rejected = [], []
@@ -313,6 +342,7 @@ def _print_summary(console: Console, card: dict, out_dir: Path) -> None:
         lines.append(f"  {stage['stage']:<22}{stage['change']:>7}  -> {stage['after']}")
     if totals["rejected"]:
         lines.append(f"  {totals['rejected']} rows rejected, see {out_dir / 'rejected.jsonl'}")
+        lines += [f"  warning: {_mostly_rejected_text(item)}" for item in card.get("mostly_rejected", [])]
     if totals["removed"]:
         reasons = ", ".join(f"{kind} {n}" for kind, n in totals["removed_by_reason"].items())
         lines.append(f"  {totals['removed']} rows removed ({reasons}), see {out_dir / 'removed.jsonl'}")

@@ -42,7 +42,7 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
     predictions: list[str] = []
     values: dict[str, float] = {}
     if generation_rows:
-        prompts = [prompt_text(tokenizer, row["messages"]) for row in generation_rows]
+        prompts = [prompt_text(tokenizer, row["messages"], row.get("tools")) for row in generation_rows]
         predictions = generator.generate(prompts, config.max_new_tokens, config.batch_size)
         values, metric_stats = baselines.scored(metrics, predictions, [final_answer(row) for row in generation_rows])
         stats.update(metric_stats)
@@ -132,7 +132,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     samples = [
         {
             "prompt": row["messages"][-2]["content"] if len(row["messages"]) > 1 else "",
-            "reference": row["messages"][-1]["content"],
+            "reference": final_answer(row),
             "base": outputs["base"][index] if "base" in outputs else None,
             "tuned": outputs["tuned"][index],
         }

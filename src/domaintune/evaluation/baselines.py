@@ -113,7 +113,7 @@ def strongest_baseline(metric: str, stats: dict[str, dict[str, bootstrap.ItemSta
 
 
 def kshot_prompts(tokenizer, rows: list[dict], examples: list[dict]) -> list[str]:
-    return [prompt_text(tokenizer, with_examples(row, examples)["messages"]) for row in rows]
+    return [prompt_text(tokenizer, with_examples(row, examples)["messages"], row.get("tools")) for row in rows]
 
 
 def majority_scores(answer: str, rows: list[dict], metrics: list[str]) -> tuple[dict[str, float], dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from domaintune.config import Recipe
-from domaintune.core.chat import prompt_text
+from domaintune.core.chat import final_answer, prompt_text
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.prepare import read_table
 from domaintune.data.readers import read_files
@@ -63,7 +63,7 @@ def _choice_docs(tokenizer, probes: list[Probe]) -> list[dict]:
 
 
 def _chat_docs(tokenizer, rows: list[dict]) -> list[dict]:
-    return [{"prompt": prompt_text(tokenizer, row["messages"]), "target": row["messages"][-1]["content"]}
+    return [{"prompt": prompt_text(tokenizer, row["messages"], row.get("tools")), "target": final_answer(row)}
             for row in rows if "messages" in row]
 
 
@@ -89,7 +89,7 @@ def write_tasks(folder: Path, recipe: Recipe, tokenizer, test_rows: list[dict], 
     if labelled:
         # Classification: the label set is the choice list, scored by likelihood instead of generation.
         labels = sorted({row["label"] for row in labelled})
-        docs = [{"query": prompt_text(tokenizer, row["messages"]), "choices": labels, "gold": labels.index(row["label"])}
+        docs = [{"query": prompt_text(tokenizer, row["messages"], row.get("tools")), "choices": labels, "gold": labels.index(row["label"])}
                 for row in labelled]
         tasks.append(_write_task(folder, f"{PREFIX}labels", docs, MULTIPLE_CHOICE))
     if probes:

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from domaintune.config import Recipe
 from domaintune.config.runtime import configure_threads, use_bf16
-from domaintune.core.chat import prompt_text, with_examples
+from domaintune.core.chat import final_answer, prompt_text, with_examples
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.evaluation.metrics import compute_metrics
@@ -41,14 +41,14 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], m
     generator = load_generator(lambda: model, tokenizer, recipe.inference, folders=weights_folders(config), bf16=bf16,
                                exact=True, console=console)
     loaded = time.perf_counter() - started
-    references = [row["messages"][-1]["content"] for row in rows]
+    references = [final_answer(row) for row in rows]
     result = {"model": name, "load_seconds": round(loaded, 2),
               "parameters": sum(p.numel() for p in model.parameters()),
               "memory_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1)}
     for label, shots in [("zero_shot", [])] + ([("few_shot", examples)] if examples else []):
         prompted = [with_examples(row, shots) for row in rows]
         started = time.perf_counter()
-        answers = generator.generate([prompt_text(tokenizer, row["messages"]) for row in prompted],
+        answers = generator.generate([prompt_text(tokenizer, row["messages"], row.get("tools")) for row in prompted],
                                      evaluation.max_new_tokens, evaluation.batch_size)
         seconds = time.perf_counter() - started
         result[label] = compute_metrics(metrics, answers, references)

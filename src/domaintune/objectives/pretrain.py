@@ -21,7 +21,7 @@ def document_text(tokenizer, row: dict) -> str:
     if "text" in row:
         return row["text"]
 
-    return render(tokenizer, row["messages"])
+    return render(tokenizer, row["messages"], tools=row.get("tools"))
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int, config: Config) -> list[dict]:

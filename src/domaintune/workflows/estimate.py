@@ -150,7 +150,7 @@ def probe_in_this_process(root: Path) -> dict:
     if clock.evaluate_seconds and validation_tokens:
         result["eval_tokens_per_second"] = validation_tokens / clock.evaluate_seconds
     # An encoder (classification head, embeddings) does not generate: there is no generation to time.
-    prompts = [prompt_text(tokenizer, row["messages"]) for row in run.read_split("test")
+    prompts = [prompt_text(tokenizer, row["messages"], row.get("tools")) for row in run.read_split("test")
                if "messages" in row and tokenizer.chat_template is not None]
     if prompts:
         threads = configure_threads(recipe.training)
