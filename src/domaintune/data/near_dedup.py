@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from domaintune.config import NearDedupConfig
-from domaintune.data.cleaning import Removed, answer_text, row_text
+from domaintune.data.cleaning import Removed, answer_text, row_text, where
 
 SHINGLE = 3  # words
 _WORD = re.compile(r"\w+")
@@ -64,8 +64,7 @@ def near_dedup_rows(rows: list[dict], config: NearDedupConfig, seed: int = 1) ->
             kept.append(row)
             continue
         original = rows[best]
-        where = f"{original['source']['file']}:{original['source']['line']}"
-        removed.append(Removed(row, "near-duplicate", f"near-duplicate of {where} (similarity {similarity:.2f})"))
+        removed.append(Removed(row, "near-duplicate", f"near-duplicate of {where(original)} (similarity {similarity:.2f})"))
         pairs.append({"kept": _preview(original), "removed": _preview(row), "similarity": round(similarity, 3)})
     return kept, removed, pairs
 
