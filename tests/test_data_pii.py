@@ -1,8 +1,12 @@
-"""A small recall/precision set: every PII type is found and redacted, its look-alikes are kept."""
+"""Every PII type is found and redacted, its look-alikes are kept; recall and precision per type
+are measured on the labelled set tests/data/pii_cases.jsonl."""
+import json
+from pathlib import Path
+
 import pytest
 
 from domaintune.config import PiiConfig
-from domaintune.data.pii import PiiScanner, scrub_rows
+from domaintune.data.pii import PLACEHOLDERS, PiiScanner, scrub_rows
 
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
 
@@ -138,3 +142,57 @@ def test_private_key_search_is_linear_in_the_text(scanner):
     redacted, findings = secrets_only.redact(text)
     assert redacted == "[SECRET]" * 20_000 and len(findings) == 20_000
     assert time.perf_counter() - started < 60
+
+
+# --- the labelled set: recall and precision per type -----------------------------------------
+
+CASES = Path(__file__).parent / "data" / "pii_cases.jsonl"
+
+
+def measure(scanner: PiiScanner, cases: list[dict]) -> dict[str, dict]:
+    """Per type: an expected span is found when findings of its type cover all of it (a key's body
+    left behind is a miss); a finding is right when it overlaps an expected span of its type."""
+    table = {kind: {"expected": 0, "found": 0, "findings": 0, "right": 0, "misses": [], "false": []} for kind in PLACEHOLDERS}
+    for case in cases:
+        text, spans = case["text"], case["spans"]
+        findings = scanner.find(text)
+        for span in spans:
+            row = table[span["type"]]
+            row["expected"] += 1
+            covered = set()
+            for f in findings:
+                if f.kind == span["type"]:
+                    covered.update(range(max(f.start, span["start"]), min(f.end, span["end"])))
+            if len(covered) == span["end"] - span["start"]:
+                row["found"] += 1
+            else:
+                row["misses"].append(text[span["start"]:span["end"]])
+        for f in findings:
+            row = table[f.kind]
+            row["findings"] += 1
+            if any(s["type"] == f.kind and f.start < s["end"] and s["start"] < f.end for s in spans):
+                row["right"] += 1
+            else:
+                row["false"].append(text[f.start:f.end])
+    return table
+
+
+def format_table(table: dict[str, dict]) -> str:
+    lines = [f"{'type':<16}{'expected':>9}{'recall':>8}{'findings':>9}{'precision':>10}"]
+    for kind, row in table.items():
+        recall = row["found"] / row["expected"] if row["expected"] else 1.0
+        precision = row["right"] / row["findings"] if row["findings"] else 1.0
+        lines.append(f"{kind:<16}{row['expected']:>9}{recall:>8.3f}{row['findings']:>9}{precision:>10.3f}")
+    return "\n".join(lines)
+
+
+def test_recall_and_precision_per_type_on_the_labelled_set(scanner, capsys):
+    cases = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines()]
+    assert len(cases) >= 300 and sum(not case["spans"] for case in cases) >= 100  # near misses that must be kept
+    table = measure(scanner, cases)
+    with capsys.disabled():
+        print(f"\nPII detection on {CASES.name} ({len(cases)} texts):\n{format_table(table)}")
+    for kind, row in table.items():
+        assert row["expected"] >= 20, kind
+        assert row["found"] / row["expected"] >= 0.98, (kind, row["misses"])
+        assert row["right"] / max(row["findings"], 1) >= 0.95, (kind, row["false"])

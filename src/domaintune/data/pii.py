@@ -44,12 +44,13 @@ class Finding(NamedTuple):
 # Letters, digits and marks of any script: an address may be written jürgen@müller.de.
 _EMAIL_LOCAL = r"[\w%+-]+(?:\.[\w%+-]+)*"
 _EMAIL_LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
+# An SSH remote (git@github.com:org/repo) is not an address, hence the lookahead below.
 # "(at)" and "[dot]" are how people hide an address from harvesters; a bare "at" is left alone
 # (too many sentences say "meet at noon dot com").
 _AT = r"(?:@|\s?[(\[{]\s?at\s?[)\]}]\s?)"
 _DOT = r"(?:\.|\s?[(\[{]\s?dot\s?[)\]}]\s?)"
 _EMAIL = re.compile(
-    rf"(?<![\w.%+-]){_EMAIL_LOCAL}{_AT}(?:{_EMAIL_LABEL}{_DOT})+[^\W\d_]{{2,63}}(?![\w-])", re.IGNORECASE
+    rf"(?<![\w.%+-]){_EMAIL_LOCAL}{_AT}(?:{_EMAIL_LABEL}{_DOT})+[^\W\d_]{{2,63}}(?![\w-]|:[\w~/])", re.IGNORECASE
 )
 # 12-19 digits, optionally grouped by spaces (one or two), dashes or dots, not inside a longer number;
 # _cards checks the grouping, the issuer prefix and length, and the Luhn digit.
@@ -80,20 +81,24 @@ _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 # Without dashes nine digits are as likely an order or phone number: only next to a keyword.
 _SSN_WITH_KEYWORD = re.compile(
-    r"(?i)\b(?:ssn|ss#|ss no|social security(?: number| no| #)?|soc\.? ?sec\.?(?: no| #)?)\b\.?"
+    r"(?i)(?<!\w)(?:ssn|ss#|ss no|social security(?: number| no| #)?|soc\.? ?sec\.?(?: no| #)?)(?!\w)\.?"
     r"(?:\s{0,3}(?:is|was|:|#|=|-|number|no\.?)){0,2}\s{0,3}(\d{3} ?\d{2} ?\d{4})(?![\d-])"
 )
-_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])")
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-# A dotted quad after one of these words, or with a v in front or a pre-release after, is a version.
+# A dotted quad after one of these words, or with a v in front or a pre-release after, is a version
+# or a numbered clause, not an address.
 _VERSION_BEFORE = re.compile(
     r"(?i)(?:\b(?:version|ver|v|release|rel|build|firmware|fw|patch|update|upgraded?|sdk|kernel|driver|package"
-    r"|python|java|node|chrome|firefox|windows|android|ios)\b[\s.:=#-]{0,3}(?:to\s|is\s|of\s)?\s?|\bv)$"
+    r"|python|java|node|chrome|firefox|windows|android|ios|section|sec|clause|article|art|chapter|paragraph|para"
+    r"|rule|item|step|table|figure|fig|appendix|schedule|exhibit)\b[\s.:=#-]{0,3}(?:to\s|is\s|of\s)?\s?|\bv|§\s?)$"
 )
+_CIDR = re.compile(r"/\d{1,2}\b")  # 10.0.0.0/8 is a network range, not someone's address
 _VERSION_AFTER = re.compile(r"^(?:-(?:alpha|beta|rc|dev|snapshot|final|release)|\+\w)", re.IGNORECASE)
-# scheme://user:password@host: only the user:password part is secret. The password may hold an
-# unescaped "@"; the host is what follows the last one.
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^\s:/?#@]+:[^\s/?#]+(?=@[^\s@/?#]+)")
+# scheme://user:password@host: only the user:password part is secret. The user may be empty
+# (redis://:password@host) and the password may hold an unescaped "@" or "#"; the host is what
+# follows the last "@".
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^\s:/?#@]*:[^\s/?]+(?=@[^\s@/?#]+)")
 # Private keys: PEM (RSA, EC, OpenSSH, PKCS#8, ...) and PGP blocks, with their body, whether or not
 # the END line survived. Every repetition is bounded and nothing after the body can fail the
 # match, so a text of BEGIN lines without END is scanned once (a lazy `.*?END` was quadratic).
@@ -111,6 +116,9 @@ _EXTRA_SECRETS = [
     re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),  # Google API key
     re.compile(r"\bhf_[A-Za-z]{34}\b"),  # Hugging Face
     re.compile(r"\bBearer [A-Za-z0-9._~+/-]{20,}=*"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWT with its signature
+    # detect-secrets' npm pattern starts with `//.+/`, quadratic on a text of many "//"; bounded here.
+    re.compile(r"//[^\s/]{1,200}(?:/[^\s/]{0,200}){0,20}/:_authToken=[ \t]*(?:npm_\S{1,200}|[A-Fa-f0-9-]{36})"),
 ]
 # detect-secrets' keyword detector, for prose and config files alike: a password-like key, a colon
 # or equals sign (or "is"), and the value, of which only the value is secret.
@@ -120,18 +128,22 @@ _SECRET_KEYWORD = (
     r"|contrase[ñn]a|passwort|mot de passe)[\w-]{0,30})"
 )
 _KEYWORD_SECRET = re.compile(
-    rf"(?i)(?<![\w-]){_SECRET_KEYWORD}[\]'\"]{{0,2}}[ \t]{{0,3}}(?:(:=|={{1,3}}|:)|[ \t](is|was)[ \t])[ \t]{{0,3}}"
-    r"(?:([\"'`])([^\n\"'`]{1,200})\3|([^\s\"'`,;]{1,200}))"
+    rf"(?i)(?<![\w-])(?P<key>{_SECRET_KEYWORD})[\]'\"]{{0,2}}[ \t]{{0,3}}"
+    r"(?:(?P<sign>:=|={1,3}|:)|(?<=[ \t])(?:is|was)[ \t]|(?<=[ \t]))[ \t]{0,3}"
+    r"(?:(?P<quote>[\"'`])(?P<quoted>[^\n\"'`]{1,200})(?P=quote)|(?P<bare>[^\s\"'`,;]{1,200}))"
 )
-# Values that say there is no secret here: placeholders, variables, form words.
+# Values that say there is no secret here: placeholders, variables, code, and the words that follow
+# "password:" in instructions and forms.
 _NOT_A_SECRET = re.compile(
-    r"(?i)^(?:\**|x+|\.+|-+|<[^>]*>|\$\{?[\w.]+\}?|\{\{.*\}\}|%\(?\w*\)?s|\[\w+\]|none|null|nil|true|false|empty"
-    r"|required|optional|hidden|redacted|masked|unknown|n/a|tbd|reset|expired|changed|incorrect"
-    r"|invalid|wrong|forgotten|protected|enabled|disabled|yes|no|same|below|above|the|a|an|your|my|not)$"
+    r"(?i)^(?:\**|x+|\.+|-+|[<$%{\[].*|[\w.]+[(\[].*|none|null|nil|true|false|empty|required|optional|hidden"
+    r"|redacted|masked|unknown|n/a|tbd|reset|expired|changed|change|incorrect|invalid|wrong|forgotten|protected"
+    r"|enabled|disabled|yes|no|same|below|above|the|a|an|your|my|our|their|this|that|it|not|see|click|enter|use"
+    r"|contact|ask|call|type|choose|set|follow|visit|check|send|must|should|will|can|please|as|is|was|are)$"
 )
-_NEXT_WORD = re.compile(r"[ \t]+[^\W\d_]")
-# detect-secrets plugins whose patterns match ordinary words or are covered above.
-_SKIPPED_PLUGINS = {"ArtifactoryDetector", "BasicAuthDetector", "IPPublicDetector"}
+_IDENTIFIER_BEFORE = re.compile(r"[A-Za-z0-9][-/#]$")
+_COUNTRY_CODE = re.compile(r"\+\d{1,3}[ .-]?$")
+# detect-secrets plugins whose patterns match ordinary words, or are covered (or bounded) above.
+_SKIPPED_PLUGINS = {"ArtifactoryDetector", "BasicAuthDetector", "IPPublicDetector", "NpmDetector"}
 
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
@@ -188,7 +200,7 @@ def _ssns(text: str) -> Iterator[tuple[int, int]]:
 
 def _ips(text: str) -> Iterator[tuple[int, int]]:
     for match in _IPV4.finditer(text):
-        if _is_address(match.group()) and not _is_version(text, *match.span()):
+        if _is_address(match.group()) and not _is_version(text, *match.span()) and not _CIDR.match(text, match.end()):
             yield match.span()
     for match in _IPV6.finditer(text):
         groups = [group for group in match.group().split(":") if group]
@@ -216,22 +228,23 @@ def _url_credentials(text: str) -> Iterator[tuple[int, int]]:
 
 def _keyword_secrets(text: str) -> Iterator[tuple[int, int]]:
     for match in _KEYWORD_SECRET.finditer(text):
-        quoted = match.group(4) is not None
-        value_group = 4 if quoted else 5
-        value = match.group(value_group).rstrip(".)")  # the end of the sentence, not of the value
+        group = "quoted" if match.group("quoted") is not None else "bare"
+        value = match.group(group).rstrip(".)")  # the end of the sentence, not of the value
         if not value or _NOT_A_SECRET.match(value):
             continue
-        # "the password is required" is prose: after "is", or unquoted and followed by more words,
-        # the value must look like a password (a digit or a symbol in it).
-        prose = match.group(2) is not None or (not quoted and _more_words(text, match.end(value_group)))
-        if prose and value.isalpha():
+        # After "is" ("the password is required"), or after the plain English word "secret" ("the
+        # secret: practice daily"), prose is likelier: the value must then look like a password.
+        if group == "bare" and match.group("sign") is None and not (_has_letter_and_digit(value) and len(value) >= 6):
+            continue  # "password 2 times", "API key policy: ...": a bare space needs a password-like value
+        prose = match.group("sign") is None or match.group("key").lower() in ("secret", "secrets")
+        if prose and group == "bare" and (value.isalpha() or value.isdigit() or len(value) < 6):
             continue
-        start = match.start(value_group)
+        start = match.start(group)
         yield start, start + len(value)
 
 
-def _more_words(text: str, end: int) -> bool:
-    return bool(_NEXT_WORD.match(text, end))
+def _has_letter_and_digit(value: str) -> bool:
+    return any(char.isalpha() for char in value) and any(char.isdigit() for char in value)
 
 
 def _secret_patterns() -> list[re.Pattern]:
@@ -254,7 +267,11 @@ def _phones(region: str) -> Callable[[str], Iterator[tuple[int, int]]]:
     def find(text: str) -> Iterator[tuple[int, int]]:
         # VALID: the number must exist in the region's numbering plan, not merely look like one.
         for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            yield match.start, match.end
+            # The matcher drops a "+1 " before "(617) ..." when the text goes on with brackets.
+            if _IDENTIFIER_BEFORE.search(text, max(0, match.start - 2), match.start):
+                continue  # INV-2024-000123 is an invoice number that happens to dial
+            prefix = _COUNTRY_CODE.search(text, max(0, match.start - 6), match.start)
+            yield (prefix.start() if prefix else match.start), match.end
 
     return find
 
