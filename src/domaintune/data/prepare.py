@@ -149,7 +149,8 @@ def _read_parts(
         documents = [p for p in patterns if is_document(p)]
         if documents:
             rows, skipped_here = read_document_rows(
-                documents, config.documents.chunk_tokens, config.documents.overlap, tokenize
+                documents, config.documents.chunk_tokens, config.documents.overlap, tokenize,
+                config.documents.max_member_mb,
             )
             for file, chunks in Counter(row["source"]["file"] for row in rows).items():
                 files.append({"file": file, "part": part, "format": "document", "rows": chunks, "rejected": 0})
