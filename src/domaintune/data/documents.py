@@ -11,6 +11,7 @@ and footers; HTML text is every text outside scripts, styles and page chrome (na
 from __future__ import annotations
 
 import glob
+import logging
 import re
 import zipfile
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ def _decode(path: Path) -> str:
 def _read_pdf(path: Path) -> list[Section]:
     from pypdf import PdfReader
 
+    # pypdf logs each repair it tries on a broken file ("EOF marker not found", ...); the skip
+    # notice says it once, in words the user can act on.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     reader = PdfReader(path)
     if reader.is_encrypted:
         raise UnreadableDocument("encrypted PDF; decrypt it first")
