@@ -198,7 +198,7 @@ def _mutate_docx_xml(data: bytes, position: float) -> bytes:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as source:
             parts = {item.filename: source.read(item.filename) for item in source.infolist()}
-    except zipfile.BadZipFile:
+    except Exception:  # noqa: BLE001 - an earlier mutation broke the zip (BadZipFile, ValueError, zlib.error, ...)
         return data
     xml = parts.get("word/document.xml", b"")
     choice = int(position * 3)
