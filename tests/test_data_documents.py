@@ -109,3 +109,79 @@ def test_prepare_reads_documents_next_to_tables_and_goes_on(library):
     assert {file["format"] for file in card["files"]} == {"prompt_completion", "document"}
     assert len(card["documents_skipped"]) == 4
     assert f"skipped {library / 'docs' / 'locked.pdf'}: encrypted PDF; decrypt it first" in out.getvalue()
+
+
+def test_a_docx_zip_bomb_is_skipped_before_it_is_unpacked(tmp_path):
+    import zipfile
+
+    import docx
+
+    good = tmp_path / "good.docx"
+    document = docx.Document()
+    document.add_paragraph("Fees are listed below.")
+    document.save(good)
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            target.writestr(item, source.read(item.filename))
+        # 3 MB of zeros compress to a few KB: over a 1 MB cap, the document is skipped unread.
+        target.writestr("word/media/padding.bin", b"\0" * 3_000_000)
+    assert bomb.stat().st_size < 100_000
+    rows, skipped = read_document_rows([str(good), str(bomb)], size=64, overlap=8, max_member_mb=1)
+    assert [Path(row["source"]["file"]).name for row in rows] == ["good.docx"]
+    assert skipped == [{"file": str(bomb), "reason": "word/media/padding.bin unpacks to 3.0 MB, over documents.max_member_mb (1 MB)"}]
+    assert DataConfig().documents.max_member_mb == 50
+
+
+def test_docx_tables_headers_and_footers_are_read(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.sections[0].header.paragraphs[0].text = "Acme Bank confidential"
+    document.sections[0].footer.paragraphs[0].text = "Page footer: version 7"
+    document.add_paragraph("Fees:")
+    table = document.add_table(rows=2, cols=2)
+    for row, (name, fee) in zip(table.rows, [("Card replacement", "10 dollars"), ("Wire transfer", "25 dollars")]):
+        row.cells[0].text, row.cells[1].text = name, fee
+    document.add_paragraph("End of schedule.")
+    document.save(tmp_path / "fees.docx")
+    rows, skipped = read_document_rows([str(tmp_path / "fees.docx")], size=200, overlap=8)
+    text = "\n".join(row["text"] for row in rows)
+    assert not skipped
+    assert text.index("Fees:") < text.index("Card replacement | 10 dollars") < text.index("End of schedule.")
+    assert "Wire transfer | 25 dollars" in text
+    assert "Acme Bank confidential" in text and "Page footer: version 7" in text
+
+
+def test_html_text_outside_paragraphs_is_read():
+    from domaintune.data.documents import _read_html
+
+    html = (
+        "<html><body><nav>Menu</nav><h1>Rates</h1><div>Savings pay 2 percent.</div>"
+        "<div><span>Checking pays</span> <span>nothing.</span></div>"
+        "<table><tr><th>Term</th><th>Rate</th></tr><tr><td>1 year</td><td>3 percent</td></tr></table>"
+        "<dl><dt>APR</dt><dd>Annual percentage rate.</dd></dl><p>A <b>bold</b> claim.</p></body></html>"
+    )
+    sections = _read_html(html)
+    text = "\n".join(section.text for section in sections)
+    assert sections[-1].where == {"section": "Rates"}
+    for expected in ["Savings pay 2 percent.", "Checking pays nothing.", "Term", "3 percent", "APR", "Annual percentage rate.", "A bold claim."]:
+        assert expected in text
+    assert "Menu" not in text
+
+
+def test_files_a_documents_folder_cannot_read_are_listed_with_the_reason(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Hours\n\nOpen at 9.\n")
+    (folder / "faq.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (folder / "rates.csv").write_text("text\nx\n")
+    (folder / "scan.png").write_bytes(b"\x89PNG")
+    rows, skipped = read_document_rows([str(folder)], size=64, overlap=8)
+    assert [Path(row["source"]["file"]).name for row in rows] == ["notes.md"]
+    reasons = {Path(item["file"]).name: item["reason"] for item in skipped}
+    assert reasons == {
+        "faq.jsonl": "a data file inside a documents folder is not read as documents; list it in data.train to read its rows",
+        "rates.csv": "a data file inside a documents folder is not read as documents; list it in data.train to read its rows",
+        "scan.png": "not a document type (.pdf, .docx, .html, .htm, .md, .markdown, .txt)",
+    }

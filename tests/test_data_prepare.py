@@ -239,3 +239,25 @@ def test_pipeline_errors_say_what_happened(tmp_path):
     latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DomaintuneError, match=r"latin\.jsonl line 2: not UTF-8"):
         prepare(tmp_path, train=[str(latin)])
+
+
+def test_rows_of_a_minified_json_array_are_told_apart(tmp_path):
+    rows = [{"text": "short row"}, {"text": "a much longer row " * 20}, {"text": "x"}, {"text": "short row"}]
+    path = tmp_path / "min.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")  # one line: every row starts on line 1
+
+    def count_tokens(row):
+        return len(row["text"].split())
+
+    card = prepare_dataset(
+        DataConfig(train=[str(path)], max_tokens=10, min_chars=2, split=SplitConfig(validation=0.0, test=0.0)),
+        tmp_path / "out", seed=0, count_tokens=count_tokens, console=Console(file=io.StringIO()),
+    )
+    removed = read_jsonl(tmp_path / "out" / "removed.jsonl")
+    assert sorted((r["line"], r["item"], r["reason"]) for r in removed) == [
+        (1, 1, "too long: 80 tokens > 10"),
+        (1, 2, "too short: 1 chars < 2"),
+        (1, 3, f"duplicate of {path}:1 item 0"),
+    ]
+    assert [row["source"] for row in read_jsonl(tmp_path / "out" / "train.jsonl")] == [{"file": str(path), "line": 1, "item": 0}]
+    assert card["lengths"]["train"]["tokens"]["max"] == 2

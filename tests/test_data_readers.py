@@ -113,3 +113,40 @@ def test_read_files_expands_globs_once_per_file_and_rejects_empty_patterns(tmp_p
     assert files[1][1][0].data == {"text": "b.jsonl"}
     with pytest.raises(DomaintuneError, match=r"\*\.csv: no files match"):
         read_files([str(tmp_path / "*.csv")])
+
+
+def test_a_jsonl_line_nested_too_deep_is_a_rejected_row(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write(tmp_path / "d.jsonl", '{"text": "a"}\n{"text": ' + deep + '}\n{"text": "b"}\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [(1, {"text": "a"}), (2, None), (3, {"text": "b"})]
+    assert rows[1].error.startswith("nested too deeply")
+    moderately_deep = '{"text": "c", "extra": ' + "[" * 500 + "]" * 500 + "}"
+    row = next(read_rows(write(tmp_path / "e.jsonl", moderately_deep + "\n")))
+    assert row.data is None and row.error.startswith("nested too deeply")
+
+
+def test_a_json_file_nested_too_deep_names_the_file(tmp_path):
+    path = write(tmp_path / "d.json", "[" + "[" * 100_000 + "]" * 100_000 + "]")
+    with pytest.raises(DomaintuneError, match=r"d\.json: .*nested too deeply"):
+        list(read_rows(path))
+
+
+def test_one_huge_csv_field_rejects_only_its_row(tmp_path):
+    path = write(tmp_path / "d.csv", f'text,label\nfirst,a\n"{"x" * 200_000}",b\nlast,c\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [
+        (2, {"text": "first", "label": "a"}),
+        (3, None),
+        (4, {"text": "last", "label": "c"}),
+    ]
+    assert rows[1].error == "field 'text' has 200,000 characters, more than 131,072 (an unclosed quote?)"
+    assert len(rows[1].raw[0]) < 1000  # rejected.jsonl gets a preview, not another copy of the field
+
+
+def test_rows_of_a_one_line_json_array_carry_their_index(tmp_path):
+    path = write(tmp_path / "d.json", json.dumps([{"text": "a"}, {"text": "b"}, 3]))
+    rows = list(read_rows(path))
+    assert [(row.line, row.item) for row in rows] == [(1, 0), (1, 1), (1, 2)]
+    jsonl = list(read_rows(write(tmp_path / "d.jsonl", '{"text": "a"}\n')))
+    assert jsonl[0].item is None  # a JSONL line is its own address

@@ -25,6 +25,9 @@ class DocumentsConfig(Section):
         384, ge=16, description="Documents (PDF, DOCX, HTML, Markdown, text) are cut into chunks of this many tokens."
     )
     overlap: int = Field(48, ge=0, description="Tokens each chunk repeats from the end of the one before.")
+    max_member_mb: float = Field(
+        50, gt=0, description="A DOCX whose parts unpack to more than this (a zip bomb) is skipped, with the reason."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> "DocumentsConfig":

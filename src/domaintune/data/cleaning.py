@@ -1,6 +1,7 @@
 """Normalise text, set aside unusable rows, remove exact duplicates.
 
-Rows are canonical rows (see formats.py) carrying `source: {"file", "line"}`. Rows that are
+Rows are canonical rows (see formats.py) carrying `source: {"file", "line"}` (and `item`, the
+index of a JSON array's element). Rows that are
 set aside come back as `Removed` so prepare can write them to removed.jsonl with a reason.
 """
 from __future__ import annotations
@@ -57,6 +58,13 @@ def row_text(row: dict) -> str:
         return row["text"]
     turns = [message_text(message) for message in row["messages"] if message["role"] != "system"]
     return "\n".join(turns + row.get("worse", []))
+
+
+def where(row: dict) -> str:
+    """`file:line` of a row, with the item of a JSON array's element (several can share a line)."""
+    source = row["source"]
+    item = f" item {source['item']}" if source.get("item") is not None else ""
+    return f"{source['file']}:{source['line']}{item}"
 
 
 def char_length(row: dict) -> int:
@@ -123,8 +131,7 @@ def dedup_rows(rows: list[dict]) -> tuple[list[dict], list[Removed]]:
         if original is row:
             kept.append(row)
         else:
-            where = f"{original['source']['file']}:{original['source']['line']}"
-            removed.append(Removed(row, "duplicate", f"duplicate of {where}"))
+            removed.append(Removed(row, "duplicate", f"duplicate of {where(original)}"))
     return kept, removed
 
 

@@ -3,19 +3,26 @@
 Each chunk becomes a raw-text row whose source names the file, the chunk number (as `line`)
 and the page (PDF) or section heading (DOCX, HTML, Markdown) it starts in. A document that
 cannot be read (malformed or encrypted PDF, binary file named .txt, no text at all) is
-reported as skipped with the reason, and the run goes on with the rest.
+reported as skipped with the reason, and the run goes on with the rest; so is every file in a
+documents folder that is not a document (a data file, an image), and a DOCX whose parts would
+unpack to more than `documents.max_member_mb` (a zip bomb). DOCX text includes tables, headers
+and footers; HTML text is every text outside scripts, styles and page chrome (nav, header, footer).
 """
 from __future__ import annotations
 
 import glob
+import logging
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from domaintune.config import DocumentsConfig
 from domaintune.core.errors import DomaintuneError
 
 DOCUMENT_SUFFIXES = (".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # readers.SUFFIXES; data files, not documents
 _WORDS = re.compile(r"\S+")
 _MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
 # Token offsets of a text: (start, end) character spans, one per token.
@@ -48,9 +55,11 @@ def expand_documents(patterns: list[str]) -> tuple[list[Path], list[dict]]:
             raise DomaintuneError(f"{pattern}: no files match this pattern")
         for match in map(Path, matches):
             if match.is_dir():
-                found = sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+                files = sorted(p for p in match.rglob("*") if p.is_file())
+                found = [p for p in files if p.suffix.lower() in DOCUMENT_SUFFIXES]
                 if not found:
                     skipped.append({"file": str(match), "reason": f"folder has no documents ({', '.join(DOCUMENT_SUFFIXES)})"})
+                skipped += [{"file": str(p), "reason": _not_a_document(p)} for p in files if p not in found]
                 paths += [p for p in found if p not in paths]
             elif not match.exists():
                 raise DomaintuneError(f"{match}: file not found")
@@ -59,13 +68,20 @@ def expand_documents(patterns: list[str]) -> tuple[list[Path], list[dict]]:
     return paths, skipped
 
 
-def read_document(path: Path) -> list[Section]:
+def _not_a_document(path: Path) -> str:
+    if path.suffix.lower() in DATA_SUFFIXES:
+        return "a data file inside a documents folder is not read as documents; list it in data.train to read its rows"
+    return f"not a document type ({', '.join(DOCUMENT_SUFFIXES)})"
+
+
+def read_document(path: Path, max_member_mb: float) -> list[Section]:
     """The document's text in sections, or UnreadableDocument saying why it can't be read."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".pdf":
             sections = _read_pdf(path)
         elif suffix == ".docx":
+            _check_unpacked_sizes(path, max_member_mb)
             sections = _read_docx(path)
         elif suffix in (".html", ".htm"):
             sections = _read_html(_decode(path))
@@ -94,40 +110,96 @@ def _decode(path: Path) -> str:
 def _read_pdf(path: Path) -> list[Section]:
     from pypdf import PdfReader
 
+    # pypdf logs each repair it tries on a broken file ("EOF marker not found", ...); the skip
+    # notice says it once, in words the user can act on.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     reader = PdfReader(path)
     if reader.is_encrypted:
         raise UnreadableDocument("encrypted PDF; decrypt it first")
     return [Section(page.extract_text() or "", {"page": number}) for number, page in enumerate(reader.pages, start=1)]
 
 
+def _check_unpacked_sizes(path: Path, max_member_mb: float) -> None:
+    """A DOCX is a zip; refuse one whose parts declare more than the cap before anything is unpacked.
+    Reading stops at a part's declared size, so a part that lies about it cannot grow past the cap."""
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.file_size > max_member_mb * 1_000_000:
+                raise UnreadableDocument(
+                    f"{member.filename} unpacks to {member.file_size / 1_000_000:.1f} MB, "
+                    f"over documents.max_member_mb ({max_member_mb:g} MB)"
+                )
+
+
 def _read_docx(path: Path) -> list[Section]:
     import docx
+    from docx.table import Table
 
+    document = docx.Document(str(path))
     sections: list[Section] = []
     heading, lines = None, []
-    for paragraph in docx.Document(str(path)).paragraphs:
-        if paragraph.style is not None and paragraph.style.name.startswith("Heading") and paragraph.text.strip():
+    for block in document.iter_inner_content():  # paragraphs and tables, in reading order
+        if isinstance(block, Table):
+            lines += _table_lines(block)
+            continue
+        if block.style is not None and block.style.name.startswith("Heading") and block.text.strip():
             sections.append(Section("\n".join(lines), {"section": heading}))
-            heading, lines = paragraph.text.strip(), []
-        lines.append(paragraph.text)
+            heading, lines = block.text.strip(), []
+        lines.append(block.text)
     sections.append(Section("\n".join(lines), {"section": heading}))
+    # Headers and footers repeat on every page; each distinct one is read once.
+    for part in ("header", "footer"):
+        texts = dict.fromkeys(
+            "\n".join(paragraph.text for paragraph in getattr(section, part).paragraphs) + "\n"
+            + "\n".join(line for table in getattr(section, part).tables for line in _table_lines(table))
+            for section in document.sections
+        )
+        sections += [Section(text, {"section": part}) for text in texts]
     return sections
+
+
+def _table_lines(table) -> list[str]:
+    """One line per row, cells joined by ' | ' (a merged cell, repeated by python-docx, once)."""
+    lines = []
+    for row in table.rows:
+        cells = [cell.text.strip() for cell in row.cells]
+        lines.append(" | ".join(dict.fromkeys(cell for cell in cells if cell)))
+    return lines
+
+
+_BLOCKS = [
+    "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "pre", "blockquote", "section", "article", "main",
+    "aside", "figure", "figcaption", "caption", "address", "form", "fieldset", "details", "summary", "br", "hr",
+]
+_HEADINGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+_HEADING_MARK = "\x00heading\x00"  # cannot occur in parsed HTML text (the parser drops NUL)
 
 
 def _read_html(html: str) -> list[Section]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "noscript", "nav", "header", "footer"]):
-        tag.decompose()  # page chrome, not content
+    for tag in soup(["script", "style", "noscript", "template", "nav", "header", "footer"]):
+        tag.decompose()  # code and page chrome, not content
+    # Every text counts, wherever it sits (div, span, th, dd, ...): block elements become line
+    # breaks, table cells spaces, headings marked lines that start a section.
+    for tag in soup(_BLOCKS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    for tag in soup(["td", "th"]):
+        tag.insert_after(" ")
+    for tag in soup(_HEADINGS):
+        tag.insert_before("\n" + _HEADING_MARK)
+        tag.insert_after("\n")
     sections: list[Section] = []
     heading, lines = None, []
-    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "pre", "blockquote"]):
-        text = element.get_text(" ", strip=True)
-        if element.name.startswith("h"):
+    for line in soup.get_text().split("\n"):
+        text = " ".join(line.split())
+        if line.startswith(_HEADING_MARK):
+            text = " ".join(line[len(_HEADING_MARK):].split())
             sections.append(Section("\n".join(lines), {"section": heading}))
             heading, lines = text, []
-        if text and not element.find_parent(["p", "li", "td", "pre", "blockquote"]):
+        if text:
             lines.append(text)
     sections.append(Section("\n".join(lines), {"section": heading}))
     return sections
@@ -166,7 +238,11 @@ def chunk_sections(sections: list[Section], size: int, overlap: int, tokenize: T
 
 
 def read_document_rows(
-    patterns: list[str], size: int, overlap: int, tokenize: Tokenize | None = None
+    patterns: list[str],
+    size: int,
+    overlap: int,
+    tokenize: Tokenize | None = None,
+    max_member_mb: float = DocumentsConfig.model_fields["max_member_mb"].default,
 ) -> tuple[list[dict], list[dict]]:
     """Raw-text rows, one per chunk, and the documents skipped with their reason."""
     tokenize = tokenize or word_spans
@@ -174,7 +250,7 @@ def read_document_rows(
     rows: list[dict] = []
     for path in paths:
         try:
-            sections = read_document(path)
+            sections = read_document(path, max_member_mb)
         except UnreadableDocument as error:
             skipped.append({"file": str(path), "reason": str(error)})
             continue

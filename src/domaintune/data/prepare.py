@@ -155,7 +155,8 @@ def _read_parts(
         documents = [p for p in patterns if is_document(p)]
         if documents:
             rows, skipped_here = read_document_rows(
-                documents, config.documents.chunk_tokens, config.documents.overlap, tokenize
+                documents, config.documents.chunk_tokens, config.documents.overlap, tokenize,
+                config.documents.max_member_mb,
             )
             for file, chunks in Counter(row["source"]["file"] for row in rows).items():
                 files.append({"file": file, "part": part, "format": "document", "rows": chunks, "rejected": 0})
@@ -269,15 +270,16 @@ def _convert(raw_rows: list[RawRow], fmt: str, config: DataConfig) -> tuple[list
     """Canonical rows (with their source) and rejected records."""
     rows, rejected = [], []
     for raw in raw_rows:
+        source = {"file": raw.file, "line": raw.line} if raw.item is None else {"file": raw.file, "line": raw.line, "item": raw.item}
         if raw.data is None:
-            rejected.append({"file": raw.file, "line": raw.line, "reason": raw.error, "row": raw.raw})
+            rejected.append({**source, "reason": raw.error, "row": raw.raw})
             continue
         try:
             row = to_canonical(raw.data, fmt, config)
         except RowError as error:
-            rejected.append({"file": raw.file, "line": raw.line, "reason": error.reason, "row": raw.data})
+            rejected.append({**source, "reason": error.reason, "row": raw.data})
             continue
-        row["source"] = {"file": raw.file, "line": raw.line}
+        row["source"] = source
         rows.append(row)
     return rows, rejected
 
@@ -286,10 +288,12 @@ def _remembered(count_tokens: Callable[[dict], int] | None) -> Callable[[dict], 
     """Tokenise each row once: the length filter and the card's statistics both need the count."""
     if count_tokens is None:
         return None
-    counts: dict[tuple[str, int], int] = {}
+    counts: dict[tuple | str, int] = {}
 
     def count(row: dict) -> int:
-        key = tuple(row["source"].values())  # a row's source identifies it (augmented rows say so in it)
+        # Keyed by what is tokenised, not by where the row came from: a source can be shared
+        # (a file listed twice) and two equal texts have one length anyway.
+        key = tuple((m["role"], m["content"]) for m in row["messages"]) if "messages" in row else row["text"]
         if key not in counts:
             counts[key] = count_tokens(row)
         return counts[key]

@@ -1,7 +1,8 @@
 """Read data files into raw rows that remember where they came from.
 
 Every row carries its file and line so a rejected row can be found in the user's editor.
-A broken row becomes a `RawRow` with `error` set and reading goes on; a broken file
+A broken row (not JSON, nested deeper than MAX_DEPTH, a CSV field longer than
+MAX_CSV_FIELD, ...) becomes a `RawRow` with `error` set and reading goes on; a broken file
 (missing, not UTF-8, truncated JSON, empty, ...) raises `DomaintuneError` naming the file.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import glob
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +22,12 @@ from domaintune.core.errors import DomaintuneError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Rows are a few levels deep (a row, its messages, a message); deeper ones are hostile or broken,
+# and deep enough ones crash the JSON parser or writer with RecursionError.
+MAX_DEPTH = 64
+# The csv module's own default limit: a longer field is almost always an unclosed quote.
+MAX_CSV_FIELD = 131_072
+PREVIEW_CHARS = 200  # how much of a huge rejected value rejected.jsonl keeps
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class RawRow:
     data: dict | None  # the row's columns, or None when the row could not be parsed
     error: str | None = None  # why the row could not be parsed
     raw: Any = None  # the unparsable text or value, kept for rejected.jsonl
+    # JSON files only: the element's index in the array, from 0 (as `jq '.[N]'` names it), since
+    # several elements can start on one line (a minified file is all line 1).
+    item: int | None = None
 
 
 def read_files(patterns: list[str]) -> list[tuple[Path, list[RawRow]]]:
@@ -94,10 +105,34 @@ def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
         except json.JSONDecodeError as error:
             yield RawRow(str(path), number, None, f"not valid JSON: {error.msg}", line)
             continue
-        if isinstance(value, dict):
+        except RecursionError:
+            yield RawRow(str(path), number, None, _TOO_DEEP, preview(line))
+            continue
+        if _too_deep(value):
+            yield RawRow(str(path), number, None, _TOO_DEEP, preview(line))
+        elif isinstance(value, dict):
             yield RawRow(str(path), number, value)
         else:
             yield RawRow(str(path), number, None, f"line is not a JSON object (got {json_type(value)})", value)
+
+
+_TOO_DEEP = f"nested too deeply (more than {MAX_DEPTH} levels of lists and objects)"
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether lists and objects nest more than MAX_DEPTH levels (checked without recursion)."""
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [child for item in level if isinstance(item, (list, dict))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
+
+
+def preview(text: str) -> str:
+    """The start of a huge value, for rejected.jsonl: enough to find it, not another copy of it."""
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + f"... ({len(text):,} characters)"
 
 
 def _read_json(path: Path, text: str) -> Iterator[RawRow]:
@@ -109,6 +144,8 @@ def _read_json(path: Path, text: str) -> Iterator[RawRow]:
         ends_early = not text[error.pos:].strip()
         detail = "the file ends too early; is it truncated?" if ends_early else error.msg
         raise DomaintuneError(f"{path} line {error.lineno} column {error.colno}: not valid JSON ({detail})") from None
+    except RecursionError:
+        raise DomaintuneError(f"{path}: {_TOO_DEEP}") from None
     # json.loads validated the whole document; walk it again with raw_decode to learn
     # where each element starts, which json.loads does not tell.
     start = _skip_whitespace(text, 0)
@@ -123,13 +160,15 @@ def _read_json(path: Path, text: str) -> Iterator[RawRow]:
     elif not isinstance(document, list):
         raise DomaintuneError(f"{path}: expected a JSON array of rows, got {json_type(document)}")
     line, counted_to = 1, 0
-    for offset, value in _array_items(text, start):
+    for item, (offset, end, value) in enumerate(_array_items(text, start)):
         line += text.count("\n", counted_to, offset)
         counted_to = offset
-        if isinstance(value, dict):
-            yield RawRow(str(path), line, value)
+        if _too_deep(value):
+            yield RawRow(str(path), line, None, _TOO_DEEP, preview(text[offset:end]), item)
+        elif isinstance(value, dict):
+            yield RawRow(str(path), line, value, item=item)
         else:
-            yield RawRow(str(path), line, None, f"element is not a JSON object (got {json_type(value)})", value)
+            yield RawRow(str(path), line, None, f"element is not a JSON object (got {json_type(value)})", value, item)
 
 
 _decoder = json.JSONDecoder()
@@ -139,12 +178,12 @@ def _skip_whitespace(text: str, pos: int) -> int:
     return _WHITESPACE.match(text, pos).end()
 
 
-def _array_items(text: str, pos: int) -> Iterator[tuple[int, Any]]:
-    """Yield (offset, value) for each element of the valid JSON array starting at `pos`."""
+def _array_items(text: str, pos: int) -> Iterator[tuple[int, int, Any]]:
+    """Yield (start offset, end offset, value) for each element of the valid JSON array starting at `pos`."""
     pos = _skip_whitespace(text, pos + 1)
     while text[pos] != "]":
         value, end = _decoder.raw_decode(text, pos)
-        yield pos, value
+        yield pos, end, value
         pos = _skip_whitespace(text, end)
         if text[pos] == ",":
             pos = _skip_whitespace(text, pos + 1)
@@ -165,6 +204,9 @@ def _member_offset(text: str, pos: int, wanted: str) -> int:
 def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
     # newline="" hands line endings to the csv module, so quoted fields may span lines.
     reader = csv.reader(io.StringIO(text, newline=""))
+    # The csv module fails the whole file on a field over its limit; lift the limit while reading
+    # and reject just the row with the long field.
+    limit = csv.field_size_limit(sys.maxsize)
     try:
         header = next(reader, None)
         if header is None:
@@ -175,13 +217,21 @@ def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
             start, row_start = row_start, reader.line_num + 1
             if not fields:
                 continue  # blank line
-            if len(fields) != len(header):
+            longest = max(range(len(fields)), key=lambda index: len(fields[index]))
+            if len(fields[longest]) > MAX_CSV_FIELD:
+                name = header[longest] if longest < len(header) else f"number {longest + 1}"
+                error = (f"field {name!r} has {len(fields[longest]):,} characters, more than {MAX_CSV_FIELD:,} "
+                         "(an unclosed quote?)")
+                yield RawRow(str(path), start, None, error, [preview(field) for field in fields])
+            elif len(fields) != len(header):
                 error = f"row has {len(fields)} fields, the header has {len(header)}"
                 yield RawRow(str(path), start, None, error, fields)
             else:
                 yield RawRow(str(path), start, dict(zip(header, fields)))
     except csv.Error as error:
         raise DomaintuneError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:

@@ -120,6 +120,7 @@ def synthesize(recipe: Recipe, generate: Generate | None = None, console: Consol
         recipe.data.documents.chunk_tokens,
         recipe.data.documents.overlap,
         lambda text: tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"],
+        recipe.data.documents.max_member_mb,
     )
     for item in skipped:
         console.print(f"skipped {item['file']}: {item['reason']}", markup=False, highlight=False)
