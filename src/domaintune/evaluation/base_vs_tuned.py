@@ -41,9 +41,12 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
     generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
     predictions: list[str] = []
     values: dict[str, float] = {}
+    generation_seconds = 0.0
     if generation_rows:
         prompts = [prompt_text(tokenizer, row["messages"], row.get("tools")) for row in generation_rows]
+        generation_started = time.perf_counter()
         predictions = generator.generate(prompts, config.max_new_tokens, config.batch_size)
+        generation_seconds = round(time.perf_counter() - generation_started, 1)
         values, metric_stats = baselines.scored(metrics, predictions, [final_answer(row) for row in generation_rows])
         stats.update(metric_stats)
     loss = {name: mean_loss(rows) for name, rows in losses.items()}
@@ -52,7 +55,7 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
         "perplexity": {name: perplexity(value) for name, value in loss.items()},
         "metrics": values,
         "seconds": round(time.perf_counter() - started, 1),
-        "generation": generator.describe(),
+        "generation": {**generator.describe(), "seconds": generation_seconds},
     }
     return result, predictions, stats
 
