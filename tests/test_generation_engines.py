@@ -57,6 +57,21 @@ def test_a_one_token_prompt_does_not_leak_its_batch_mates_prompts(tiny):
     assert fast.generate(prompts, 6, 2) == [fast.generate([prompt], 6, 1)[0] for prompt in prompts]
 
 
+def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny):
+    from domaintune.models.generation import MIN_SHARED_PREFIX, shared_prefix_length
+
+    config, model, tokenizer, _ = tiny
+    examples = [turn for i in range(3) for turn in ({"role": "user", "content": f"Example {i}: who lends?"},
+                                                    {"role": "assistant", "content": f"[Bank {i} - ORGANIZATION]"})]
+    prompts = [tokenizer.apply_chat_template([*examples, {"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in QUESTIONS]
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    assert shared_prefix_length([fast.tokens(p) for p in prompts]) >= MIN_SHARED_PREFIX
+    assert fast.generate(prompts, 10, 4) == engine(tiny, InferenceConfig(engine="torch")).generate(prompts, 10, 4)
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0 and shared_prefix_length([[1] * 40]) == 0
+    assert shared_prefix_length([[7] * 40 + [1, 2], [7] * 40 + [3]]) == 39  # each keeps two tokens of its own
+
+
 def test_streamed_tokens_spell_the_batch_answer(tiny):
     fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
     prompt = tiny[3][0]

@@ -102,8 +102,10 @@ class CTranslate2Generator:
         for group in one_token_prompts_apart(tokens):
             # Similar lengths batch together, as with torch; CTranslate2 pads each batch itself.
             order = sorted(group, key=lambda i: len(tokens[i]))
+            shared = shared_prefix_length([tokens[i] for i in order])
             results = self.generator.generate_batch(
-                [tokens[i] for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
+                [tokens[i][shared:] for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
+                **({"static_prompt": tokens[order[0]][:shared]} if shared else {}),
                 **self.options(max_new_tokens, temperature),
             )
             for i, result in zip(order, results):
@@ -122,6 +124,24 @@ class CTranslate2Generator:
 
 
 TextGenerator = TorchGenerator | CTranslate2Generator
+
+
+# Below this many shared tokens, computing the prefix once saves less than it costs.
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix_length(prompts: list[list]) -> int:
+    """How many leading tokens every prompt shares (a k-shot prompt's examples, a system prompt), for
+    CTranslate2 to compute once and cache; 0 when not worth it. Each prompt keeps at least two tokens
+    of its own, as the one-token rule below needs."""
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(prompt) for prompt in prompts)
+    shared = 0
+    while shared < shortest and all(prompt[shared] == prompts[0][shared] for prompt in prompts):
+        shared += 1
+    shared = min(shared, shortest - 2)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def one_token_prompts_apart(tokens: list[list]) -> list[list[int]]:
