@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 from rich.console import Console
 
@@ -38,6 +39,7 @@ from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.methods import get_method
 from domaintune.models.loading import PEFT_ADAPTER_FILES, from_pretrained, is_adapter_folder, load_tokenizer
 from domaintune.storage.rundir import RunDir
+from domaintune.training.checkpoints import atomic_trainer, save_final
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "a classification, regression or entity-tagging head (method head): fast, exact labels, no generation"
@@ -190,7 +192,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     # Rows are not packed here: each text is one example; padding to the batch's longest is all it costs.
     args = training_arguments(recipe, run, has_validation, bf16, include_num_input_tokens_seen="no",
                               train_sampling_strategy="group_by_length" if recipe.training.group_by_length else "random")
-    trainer = Trainer(
+    trainer = atomic_trainer(Trainer)(
         model=model, args=args, train_dataset=train_set, eval_dataset=validation_set if has_validation else None,
         data_collator=collator(tokenizer, task), processing_class=tokenizer,
         callbacks=trainer_callbacks(run, recipe, args, has_validation, console, callbacks),
@@ -198,9 +200,12 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     trainer.remove_callback(PrinterCallback)
     checkpoint = run.last_checkpoint(console) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(run.model))
-    tokenizer.save_pretrained(str(run.model))
-    (run.model / LABELS_FILE).write_text(json.dumps({"task": task, "labels": labels}, indent=2), encoding="utf-8")
+    def save(folder: Path) -> None:
+        trainer.save_model(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        (folder / LABELS_FILE).write_text(json.dumps({"task": task, "labels": labels}, indent=2), encoding="utf-8")
+
+    save_final(trainer, run, save)
     return run.write_training_summary({
         "method": recipe.method.name,
         "head_training": recipe.method.train,

@@ -22,6 +22,7 @@ from domaintune.evaluation.base_vs_tuned import write_results
 from domaintune.evaluation.bootstrap import item_scores, mean_item_stats, paired_comparison
 from domaintune.models.loading import load_sentence_transformer
 from domaintune.storage.rundir import RunDir
+from domaintune.training.checkpoints import atomic_trainer, save_final
 from domaintune.training.trainer import count_parameters, trainer_callbacks, training_arguments
 
 SUMMARY = "sentence embeddings (sentence-transformers, in-batch negatives) for search and retrieval; recall@k and MRR"
@@ -79,7 +80,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     parameters = count_parameters(model)
     console.print(f"[bold]contrastive[/] on {recipe.model.name}: {parameters['trainable']:,} parameters · "
                   f"{len(train_pairs)} train pairs · {threads} thread(s)")
-    trainer = SentenceTransformerTrainer(
+    trainer = atomic_trainer(SentenceTransformerTrainer)(
         model=model, args=args, train_dataset=as_set(train_pairs),
         eval_dataset=as_set(validation_pairs) if has_validation else None,
         loss=MultipleNegativesRankingLoss(model),
@@ -88,7 +89,7 @@ def train(run: RunDir, resume: bool = False, callbacks: list | None = None, cons
     trainer.remove_callback(PrinterCallback)
     checkpoint = run.last_checkpoint(console) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    model.save_pretrained(str(run.model), safe_serialization=True)
+    save_final(trainer, run, lambda folder: model.save_pretrained(str(folder), safe_serialization=True))
     return run.write_training_summary({
         "method": recipe.method.name, "objective": "contrastive", "global_step": trainer.state.global_step,
         "train_loss": output.training_loss, "best_eval_loss": trainer.state.best_metric,

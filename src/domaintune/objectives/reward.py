@@ -20,6 +20,7 @@ from domaintune.models.loading import load_tokenizer
 from domaintune.models.registry import resolve_model_path
 from domaintune.training import trl_trainer
 from domaintune.training.callbacks import run_callbacks
+from domaintune.training.checkpoints import atomic_trainer
 
 SUMMARY = "preference pairs → a reward model scoring answers (pairwise accuracy); feeds PPO, GRPO and evaluation."
 Config = RewardConfig  # the registry and the recipe know an objective by its Config
@@ -61,7 +62,7 @@ def train(run, resume=False, callbacks=None, console=None) -> dict:
     model, tokenizer, peft_config = load_scorer(recipe)
     args = trl_trainer.trl_config(RewardConfig, recipe, run, bool(validation_pairs), max_length=recipe.data.max_tokens,
                                  center_rewards_coefficient=recipe.objective.center_rewards)
-    trainer = RewardTrainer(
+    trainer = atomic_trainer(RewardTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(train_pairs),
         eval_dataset=Dataset.from_list(validation_pairs) if validation_pairs else None,
         processing_class=tokenizer, peft_config=peft_config,
