@@ -113,6 +113,17 @@ def test_modes_redact_drop_and_report():
     assert scrub_rows(text_rows, PiiConfig())[0][0]["text"] == "ip [IP_ADDRESS]"
 
 
+def test_tool_call_arguments_are_scrubbed_too():
+    call = {"type": "function", "function": {"name": "send_mail",
+                                             "arguments": {"to": "bob@corp.com", "cc": ["ann@corp.com"], "n": 2}}}
+    row = {"messages": [{"role": "user", "content": "Mail Bob"},
+                        {"role": "assistant", "content": "", "tool_calls": [call]}]}
+    kept, removed, counts = scrub_rows([row], PiiConfig(mode="redact"))
+    assert counts == {"email": 2} and not removed
+    arguments = kept[0]["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert arguments == {"to": "[EMAIL]", "cc": ["[EMAIL]"], "n": 2}
+
+
 def test_yaml_off_means_the_word_off():
     import yaml
 

@@ -319,6 +319,19 @@ class PiiScanner:
         return "".join(pieces) + text[position:], findings
 
 
+def _redact_values(value, redact, found: Counter):
+    """`value` (a tool call's arguments: objects, lists, strings) with every string redacted."""
+    if isinstance(value, str):
+        text, findings = redact(value)
+        found.update(finding.kind for finding in findings)
+        return text
+    if isinstance(value, dict):
+        return {key: _redact_values(item, redact, found) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_values(item, redact, found) for item in value]
+    return value
+
+
 def scrub_rows(rows: list[dict], config: PiiConfig) -> tuple[list[dict], list[Removed], dict[str, int]]:
     """(rows to keep, rows set aside in `drop` mode, findings per type). In `redact` mode the kept
     rows carry placeholders; in `report` mode they are unchanged."""
@@ -332,7 +345,14 @@ def scrub_rows(rows: list[dict], config: PiiConfig) -> tuple[list[dict], list[Re
             for message in row["messages"]:
                 content, findings = redact(message["content"])
                 found.update(finding.kind for finding in findings)
-                messages.append({**message, "content": content})
+                message = {**message, "content": content}
+                if message.get("tool_calls"):  # a call's arguments are text the model learns to write too
+                    message["tool_calls"] = [
+                        {**call, "function": {**call["function"],
+                                              "arguments": _redact_values(call["function"].get("arguments", {}),
+                                                                          redact, found)}}
+                        for call in message["tool_calls"]]
+                messages.append(message)
             redacted = {**row, "messages": messages}
             if "worse" in row:  # a preference row's worse answers are text too
                 worse = [redact(answer) for answer in row["worse"]]
