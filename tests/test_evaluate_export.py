@@ -57,7 +57,7 @@ def test_evaluate_compares_base_and_tuned_and_writes_report(trained_run):
     # The default engine wrote both models' answers (the adapter merged and converted), and the report says so.
     for model in results["models"].values():
         assert model["generation"]["engine"] == "ctranslate2" and model["generation"]["compute_type"] == "float32"
-        assert 0 < model["generation"]["seconds"] <= model["seconds"]
+        assert 0 <= model["generation"]["seconds"] <= model["seconds"]  # tiny answers can round to 0.0 s
     assert "tuned answers by" in html and "ctranslate2 (float32)" in html
 
 
