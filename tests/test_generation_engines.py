@@ -72,13 +72,6 @@ def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny):
     assert shared_prefix_length([[7] * 40 + [1, 2], [7] * 40 + [3]]) == 39  # each keeps two tokens of its own
 
 
-def test_streamed_tokens_spell_the_batch_answer(tiny):
-    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
-    prompt = tiny[3][0]
-    ids = list(fast.stream(prompt, 12))
-    assert tiny[2].decode(ids, skip_special_tokens=True).strip() == fast.generate([prompt], 12, 1)[0]
-
-
 def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):
     first = engine(tiny, InferenceConfig(engine="ctranslate2"))
     calls = []

@@ -58,8 +58,9 @@ def server(tmp_path_factory, tiny_model_dir):
     ]}))
     served = resolve_sources([f"base={tiny_model_dir}", "minilm-l6", f"sentiment={_classifier(tmp / 'clf')}"],
                              adapters=[f"{name}={path}" for name, path in adapters.items()])
-    settings = ServeSettings(port=free_port(), keys_file=str(keys_file), dtype="float32", max_tokens=64,
-                             max_body_bytes=20_000, batch_wait_ms=100, max_loaded_adapters=1)
+    # float32: these tests compare answers with torch's greedy output; `auto` would pick int8 on a VNNI CPU.
+    settings = ServeSettings(port=free_port(), keys_file=str(keys_file), dtype="float32", compute_type="float32",
+                             max_tokens=64, max_body_bytes=20_000, batch_wait_ms=100, max_loaded_adapters=1)
     app = build_app(served, settings)
     with live_server(app, settings.port) as url:
         yield {"url": url, "adapters": adapters, "app": app}
@@ -276,7 +277,9 @@ def test_the_default_engine_is_ctranslate2_and_torch_remains_on_request(server, 
     from domaintune.serving.engine import Generator
     from domaintune.serving.settings import ServeSettings
 
-    assert isinstance(server["app"].state.domaintune.generator, CTranslate2Engine)
+    generator = server["app"].state.domaintune.generator
+    assert isinstance(generator, CTranslate2Engine)
+    assert generator.engine == {"engine": "ctranslate2", "compute_type": "float32"}
     torch_engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="torch", dtype="float32"))
     try:
         assert isinstance(torch_engine, Generator) and torch_engine.engine["engine"] == "torch"
@@ -285,8 +288,8 @@ def test_the_default_engine_is_ctranslate2_and_torch_remains_on_request(server, 
 
 
 def test_sampled_requests_batch_apart_from_greedy_ones():
+    from domaintune.serving.batching import GenerationRequest
     from domaintune.serving.ctranslate2_engine import CTranslate2Engine
-    from domaintune.serving.engine import GenerationRequest
 
     def request(temperature, top_p=1.0):
         return GenerationRequest(model="base", prompt_ids=[1, 2], max_tokens=4, temperature=temperature, top_p=top_p)

@@ -148,7 +148,7 @@ def test_pii_redaction_covers_whole_and_streamed_answers():
     from domaintune.data.pii import PiiScanner
     from domaintune.serving import generation_replies
     from domaintune.serving.accounting import Record
-    from domaintune.serving.engine import Event
+    from domaintune.serving.batching import Event
     from domaintune.serving.prometheus import Metrics
     from domaintune.serving.schemas import ChatRequest
 
@@ -184,7 +184,8 @@ def test_rows_joining_a_running_batch_keep_their_greedy_output(tiny_model_dir):
 
     import torch
 
-    from domaintune.serving.engine import Batch, GenerationRequest, Generator, Row
+    from domaintune.serving.batching import GenerationRequest, Row
+    from domaintune.serving.engine import Batch, Generator
 
     generator = Generator("base", str(tiny_model_dir), {}, dtype="float32")
     loop = asyncio.new_event_loop()
@@ -227,7 +228,8 @@ def test_rows_joining_a_running_batch_keep_their_greedy_output(tiny_model_dir):
 def test_sampling_with_tiny_top_p_is_the_most_likely_token():
     import torch
 
-    from domaintune.serving.engine import GenerationRequest, choose_tokens
+    from domaintune.serving.batching import GenerationRequest
+    from domaintune.serving.engine import choose_tokens
 
     logits = torch.tensor([[0.1, 3.0, 0.2], [2.0, 0.1, 0.3]])
     requests = [GenerationRequest(model="m", prompt_ids=[1], max_tokens=1, temperature=0.7, top_p=1e-6),
@@ -251,7 +253,8 @@ def test_a_keyless_loopback_server_refuses_other_host_names():
 def test_a_broken_adapter_fails_its_requests_not_the_worker(tiny_model_dir, tmp_path):
     import asyncio
 
-    from domaintune.serving.engine import GenerationRequest, Generator
+    from domaintune.serving.batching import GenerationRequest
+    from domaintune.serving.engine import Generator
 
     (tmp_path / "adapter_config.json").write_text("{not json")
     generator = Generator("base", str(tiny_model_dir), {"broken": str(tmp_path)}, dtype="float32")

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from rich.console import Console
 
@@ -69,7 +69,7 @@ class CTranslate2Generator:
 
     engine = "ctranslate2"
 
-    def __init__(self, model_dir: Path, tokenizer, compute_type: str, threads: int):
+    def __init__(self, model_dir: Path, tokenizer, compute_type: str, threads: int, end_ids: list[int] | None = None):
         import ctranslate2
 
         self.generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=compute_type,
@@ -78,6 +78,9 @@ class CTranslate2Generator:
         self.compute_type = compute_type
         self.model_dir = model_dir
         self.threads = threads
+        # The tokenizer's end token, as torch's generate is given (the converted config may list others);
+        # the server passes the generation config's end tokens as its torch engine uses them.
+        self.end_ids = end_ids or [tokenizer.eos_token_id]
 
     def seed(self, value: int) -> None:
         import ctranslate2
@@ -90,8 +93,7 @@ class CTranslate2Generator:
     def options(self, max_new_tokens: int, temperature: float | None, top_p: float = 1.0) -> dict:
         sampling = ({"sampling_topk": 1} if temperature is None
                     else {"sampling_topk": 0, "sampling_temperature": temperature, "sampling_topp": top_p})
-        # The tokenizer's end token, as torch's generate is given: the converted config may list others.
-        return {"max_length": max_new_tokens, "end_token": [self.tokenizer.eos_token_id], **sampling}
+        return {"max_length": max_new_tokens, "end_token": self.end_ids, **sampling}
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float | None = None) -> list[str]:
@@ -111,13 +113,6 @@ class CTranslate2Generator:
             for i, result in zip(order, results):
                 outputs[i] = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
         return outputs
-
-    def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None,
-               top_p: float = 1.0) -> Iterator[int]:
-        """Token ids of one completion as they are decoded."""
-        for step in self.generator.generate_tokens(self.tokens(prompt), **self.options(max_new_tokens, temperature,
-                                                                                       top_p)):
-            yield step.token_id
 
     def describe(self) -> dict:
         return {"engine": self.engine, "compute_type": self.compute_type}
@@ -243,6 +238,31 @@ def is_plain_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists() and any(path.glob("*.safetensors"))
 
 
+class EngineUnavailable(Exception):
+    """CTranslate2 can't run this model; the message says why."""
+
+
+def ctranslate2_folder(load_model: Callable[[], object], tokenizer, setting: InferenceConfig, *,
+                       folders: list[Path | str], exact: bool, console: Console | None = None) -> tuple[Path, str]:
+    """(the converted model's folder, its compute type), converting once; EngineUnavailable where
+    CTranslate2 can't take the model. `load_model()` is called only to save a merged adapter."""
+    reason = _cannot_convert(folders)
+    if reason is not None:
+        raise EngineUnavailable(reason)
+    try:
+        compute_type = compute_type_for(setting, exact)
+        plain = len(folders) == 1 and isinstance(folders[0], Path) and is_plain_model_folder(folders[0])
+        return converted_model(folders, compute_type, None if plain else _merged_writer(load_model, tokenizer),
+                               console), compute_type
+    except Exception as error:  # the converter raises bare errors for architectures it does not know
+        raise EngineUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+
+
+def torch_notice(console: Console | None, error: EngineUnavailable) -> None:
+    if console is not None:
+        console.print(f"[yellow]Generating with torch: CTranslate2 can't load this model ({error}).[/yellow]")
+
+
 def load_generator(load_model: Callable[[], object], tokenizer, setting: InferenceConfig, *,
                    folders: list[Path | str], bf16: bool, exact: bool, threads: int | None = None,
                    console: Console | None = None) -> TextGenerator:
@@ -256,22 +276,22 @@ def load_generator(load_model: Callable[[], object], tokenizer, setting: Inferen
     import torch
 
     model = _once(load_model)
-    threads = threads or torch.get_num_threads()
     if setting.engine == "torch" or (setting.engine == "auto" and not ctranslate2_installed()):
         return TorchGenerator(model(), tokenizer, bf16)
-    reason = _cannot_convert(folders)
-    if reason is None:
-        try:
-            compute_type = compute_type_for(setting, exact)
-            plain = len(folders) == 1 and isinstance(folders[0], Path) and is_plain_model_folder(folders[0])
-            model_dir = converted_model(folders, compute_type, None if plain else _merged_writer(model, tokenizer),
-                                        console)
-            return CTranslate2Generator(model_dir, tokenizer, compute_type, threads)
-        except Exception as error:  # the converter raises bare errors for architectures it does not know
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if console is not None:
-        console.print(f"[yellow]Generating with torch: CTranslate2 can't load this model ({reason}).[/yellow]")
-    return TorchGenerator(model(), tokenizer, bf16)
+    try:
+        model_dir, compute_type = ctranslate2_folder(model, tokenizer, setting, folders=folders, exact=exact,
+                                                     console=console)
+    except EngineUnavailable as error:
+        torch_notice(console, error)
+        return TorchGenerator(model(), tokenizer, bf16)
+    return CTranslate2Generator(model_dir, tokenizer, compute_type, threads or torch.get_num_threads())
+
+
+def model_loader(config: ModelConfig, model_dir: Path | None = None) -> Callable[[], object]:
+    """How to load the base model, or a run's tuned `model_dir` (adapters merged), when it is needed."""
+    if model_dir is None:
+        return lambda: load_causal_lm(config)
+    return lambda: load_trained_model(config, model_dir)
 
 
 def open_generator(config: ModelConfig, setting: InferenceConfig, *, model_dir: Path | None = None, bf16: bool = False,
@@ -280,9 +300,8 @@ def open_generator(config: ModelConfig, setting: InferenceConfig, *, model_dir: 
     # A run's model folder has its tokenizer; a bare adapter folder uses the base model's.
     own = model_dir is not None and (Path(model_dir) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(config, path=str(model_dir) if own else None)
-    load = (lambda: load_trained_model(config, model_dir)) if model_dir is not None else (lambda: load_causal_lm(config))
-    return load_generator(load, tokenizer, setting, folders=weights_folders(config, model_dir), bf16=bf16, exact=exact,
-                          threads=threads, console=console)
+    return load_generator(model_loader(config, model_dir), tokenizer, setting, folders=weights_folders(config, model_dir),
+                          bf16=bf16, exact=exact, threads=threads, console=console)
 
 
 def _once(load: Callable[[], object]) -> Callable[[], object]:

@@ -16,35 +16,38 @@ from rich.console import Console
 
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
-from domaintune.models.generation import CTranslate2Generator, one_token_prompts_apart, open_generator
-from domaintune.serving.engine import (
-    BatchingWorker,
-    GenerationRequest,
-    Generator,
-    Row,
-    context_length,
-    end_token_ids,
-    load_serving_tokenizer,
+from domaintune.models.generation import (
+    CTranslate2Generator,
+    EngineUnavailable,
+    ctranslate2_folder,
+    model_loader,
+    one_token_prompts_apart,
+    torch_notice,
+    weights_folders,
 )
+from domaintune.models.loading import load_tokenizer
+from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
+from domaintune.serving.engine import Generator
 from domaintune.serving.settings import ServeSettings
 
 
 class CTranslate2Engine(BatchingWorker):
-    def __init__(self, name: str, base: CTranslate2Generator, adapters: dict[str, Path], tokenizer, context: int,
-                 end_ids: list[int], max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 metrics=None):
+    def __init__(self, name: str, base: CTranslate2Generator, adapters: dict[str, Path], context: int,
+                 max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0, metrics=None):
         super().__init__(max_batch_size, batch_wait_ms, metrics)
         self.name = name
+        self.base = base
         self.converted = {name: base.model_dir, **adapters}
         self.loaded: OrderedDict[str, CTranslate2Generator] = OrderedDict([(name, base)])
         self.capacity = max(1, max_loaded_adapters)
-        self.compute_type = base.compute_type
-        self.threads = base.threads
-        self.tokenizer = tokenizer
+        self.tokenizer = base.tokenizer
         self.context_length = context
-        self.eos_ids = end_ids
-        self.engine = {"engine": "ctranslate2", "compute_type": self.compute_type}
+        self.eos_ids = base.end_ids
         self.worker.start()
+
+    @property
+    def engine(self) -> dict:
+        return self.base.describe()
 
     @property
     def models(self) -> list[str]:
@@ -59,7 +62,9 @@ class CTranslate2Engine(BatchingWorker):
         if name in self.loaded:
             self.loaded.move_to_end(name)
             return self.loaded[name]
-        self.loaded[name] = CTranslate2Generator(self.converted[name], self.tokenizer, self.compute_type, self.threads)
+        base = self.base
+        self.loaded[name] = CTranslate2Generator(self.converted[name], self.tokenizer, base.compute_type, base.threads,
+                                                 base.end_ids)
         adapters = [model for model in self.loaded if model != self.name]
         for oldest in adapters[: max(0, len(adapters) - self.capacity)]:
             del self.loaded[oldest]  # the base stays loaded: it is every adapter's fallback and the default
@@ -91,12 +96,10 @@ class CTranslate2Engine(BatchingWorker):
                 row.add(step.token_id)
             return row.done  # True ends this row's decoding
 
-        options = model.options(max(request.max_tokens for request in requests), temperature or None,
-                                requests[0].top_p)
-        options["end_token"] = self.eos_ids
         model.generator.generate_batch(
             [self.tokenizer.convert_ids_to_tokens(request.prompt_ids) for request in requests],
-            include_prompt_in_result=False, callback=on_token, **options)
+            include_prompt_in_result=False, callback=on_token,
+            **model.options(max(request.max_tokens for request in requests), temperature or None, requests[0].top_p))
         for row in rows:  # an end token ends decoding without reaching the callback
             row.end()
 
@@ -112,26 +115,31 @@ def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings
                                      trust_remote_code=settings.trust_remote_code, **batching)
     if settings.engine == "torch":
         return torch_engine()
-    config = ModelConfig(name=path, trust_remote_code=settings.trust_remote_code)
-    setting = InferenceConfig(engine="ctranslate2", compute_type=settings.compute_type)
-    # Every model is converted now (once: the cache keeps them), so no request waits for a conversion.
-    base = open_generator(config, setting, exact=False, console=console)
-    converted: dict[str, Path] = {}
-    for adapter, folder in adapters.items():
-        merged = open_generator(config, setting, model_dir=Path(folder), exact=False, console=console)
-        if not isinstance(merged, CTranslate2Generator):
-            base = merged  # the notice says why
-            break
-        converted[adapter] = merged.model_dir  # loaded again on first use, within --max-loaded-adapters
-    if not isinstance(base, CTranslate2Generator):
-        return torch_engine()
-    tokenizer = load_serving_tokenizer(path, settings.trust_remote_code)
+    import torch
     from transformers import AutoConfig, GenerationConfig
 
-    model_config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    config = ModelConfig(name=path, trust_remote_code=settings.trust_remote_code)
+    setting = InferenceConfig(engine="ctranslate2", compute_type=settings.compute_type)
+    tokenizer = load_tokenizer(config)
+
+    def convert(adapter: str | None) -> tuple[Path, str]:
+        model_dir = Path(adapter) if adapter else None
+        return ctranslate2_folder(model_loader(config, model_dir), tokenizer, setting,
+                                  folders=weights_folders(config, model_dir), exact=False, console=console)
+
+    # Every model is converted now (once: the cache keeps them), so no request waits for a conversion;
+    # adapters are loaded on first use, within --max-loaded-adapters.
+    try:
+        base_dir, compute_type = convert(None)
+        converted = {adapter: convert(folder)[0] for adapter, folder in adapters.items()}
+    except EngineUnavailable as error:
+        torch_notice(console, error)
+        return torch_engine()
     try:
         generation_config = GenerationConfig.from_pretrained(path)
     except OSError:  # a folder without generation_config.json
         generation_config = None
-    return CTranslate2Engine(name, base, converted, tokenizer, context_length(model_config, tokenizer),
-                             end_token_ids(generation_config, tokenizer), **batching)
+    base = CTranslate2Generator(base_dir, tokenizer, compute_type, torch.get_num_threads(),
+                                end_token_ids(generation_config, tokenizer))
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+    return CTranslate2Engine(name, base, converted, context_length(model_config, tokenizer), **batching)

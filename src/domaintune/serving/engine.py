@@ -1,7 +1,7 @@
 """The causal LM behind the server on torch: one model with lazily loaded peft adapters (LRU-capped)
 and a background worker that batches concurrent requests. The default engine where it loads the
-model is CTranslate2 (ctranslate2_engine.py), which shares this module's queue, rows and events;
-embedding and classification models: encoders.py.
+model is CTranslate2 (ctranslate2_engine.py); both build on batching.py's queue, rows and events.
+Embedding and classification models: encoders.py.
 
 Batching on torch: the worker takes the oldest pending request, waits a few milliseconds for others for
 the same model (base or adapter), prefills them together, left-padded, and decodes them one token
@@ -12,42 +12,10 @@ the running batch has drained.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import queue
-import threading
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from domaintune.config.runtime import cpu_has_bf16
-
-
-@dataclass
-class Event:
-    """What the worker hands a request: a text delta, then a final event with finish_reason set."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    completion_tokens: int = 0  # generated so far (final: in all); a dropped stream is charged this
-    error: BaseException | None = None
-
-
-@dataclass(eq=False)  # requests are compared by identity
-class GenerationRequest:
-    model: str
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop | None = None
-    events: asyncio.Queue | None = None
-    created: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False  # the client went away: the row leaves the batch at the next step
-
-    def send(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
 
 
 def torch_dtype(name: str):
@@ -98,79 +66,20 @@ class AdapterPool:
         self.model.eval()
 
 
-class BatchingWorker:
-    """The queue of generation requests and the worker thread that answers them in batches of requests
-    with the same `batch_key` (subclasses: the torch Generator below, ctranslate2_engine.CTranslate2Engine)."""
-
-    def __init__(self, max_batch_size: int, batch_wait_ms: float, metrics=None):
-        self.max_batch_size = max_batch_size
-        self.batch_wait = batch_wait_ms / 1000
-        self.metrics = metrics
-        self.pending: queue.Queue[GenerationRequest | None] = queue.Queue()
-        self.held: list[GenerationRequest] = []  # taken from the queue but for another batch: next batches
-        self.worker = threading.Thread(target=self._run, name="domaintune-generate", daemon=True)
-
-    @staticmethod
-    def batch_key(request: GenerationRequest):
-        return request.model
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a place in a batch (the server refuses new ones beyond --max-pending)."""
-        return self.pending.qsize() + len(self.held)
-
-    def submit(self, request: GenerationRequest) -> None:
-        request.loop = asyncio.get_running_loop()
-        request.events = asyncio.Queue()
-        self.pending.put(request)
-
-    def close(self) -> None:
-        self.pending.put(None)
-        self.worker.join(timeout=30)
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def _next(self) -> GenerationRequest | None:
-        """The oldest request to start a batch with (None: stop)."""
-        return self.held.pop(0) if self.held else self.pending.get()
-
-    def _gather(self, key, limit: int, wait: float) -> list[GenerationRequest]:
-        """Up to `limit` pending requests with this batch key, waiting up to `wait` seconds for them; others are held."""
-        taken = [request for request in self.held if self.batch_key(request) == key][:limit]
-        self.held = [request for request in self.held if request not in taken]
-        deadline = time.perf_counter() + wait
-        while len(taken) < limit:
-            timeout = deadline - time.perf_counter()
-            try:
-                item = self.pending.get(timeout=timeout) if timeout > 0 else self.pending.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self.pending.put(None)  # stop once the running requests are answered
-                break
-            (taken if self.batch_key(item) == key else self.held).append(item)
-        return taken
-
-    @staticmethod
-    def _fail(requests: list[GenerationRequest], error: BaseException) -> None:
-        """A failing batch must not kill the worker: its requests get a 500."""
-        logging.getLogger("domaintune.serving").exception("generation failed")
-        for request in {id(request): request for request in requests}.values():
-            request.send(Event(finish_reason="error", error=error))
-
-
 class Generator(BatchingWorker):
     """The causal LM on torch, its adapters and the continuous-batching worker thread."""
 
     def __init__(self, name: str, path: str, adapters: dict[str, str], dtype: str = "auto",
                  max_loaded_adapters: int = 4, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
                  trust_remote_code: bool = False, metrics=None):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         super().__init__(max_batch_size, batch_wait_ms, metrics)
         self.name = name
-        self.tokenizer = load_serving_tokenizer(path, trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
         base = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
         ).eval()
@@ -211,16 +120,6 @@ class Generator(BatchingWorker):
             if batch is not None and not batch.rows:
                 batch.close()
                 batch = None
-
-
-def load_serving_tokenizer(path: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 class Batch:
@@ -341,75 +240,3 @@ def choose_tokens(logits, requests: list[GenerationRequest]):
     return tokens[:, None]
 
 
-class Row:
-    """One request in a batch: its tokens so far, the text already streamed, and whether it is finished."""
-
-    def __init__(self, request: GenerationRequest, tokenizer, eos_ids: list[int]):
-        self.request = request
-        self.tokenizer = tokenizer
-        self.eos_ids = set(eos_ids)
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.done = False
-
-    def add(self, token: int) -> None:
-        """Streams the new text, and finishes the row at an end token, a stop string or max_tokens."""
-        request = self.request
-        if request.cancelled:
-            self.done = True
-            return
-        if token in self.eos_ids:
-            return self._finish("stop", self._decode())
-        self.tokens.append(token)
-        text = self._decode()
-        cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
-        if cut >= 0:
-            self._finish("stop", text[:cut])
-        elif len(self.tokens) >= request.max_tokens:
-            self._finish("length", text)
-        else:
-            self._send(_safe_prefix(text, request.stop))
-
-    def end(self) -> None:
-        """The engine stopped decoding this row at an end token it did not pass on."""
-        if not self.done:
-            self._finish("stop", self._decode())
-
-    def _decode(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-
-    def _send(self, text: str) -> None:
-        if len(text) > len(self.sent):
-            self.request.send(Event(text=text[len(self.sent):], completion_tokens=len(self.tokens)))
-            self.sent = text
-
-    def _finish(self, reason: str, text: str) -> None:
-        self._send(text)
-        self.done = True
-        self.request.send(Event(finish_reason=reason, completion_tokens=len(self.tokens)))
-
-
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    """What can be streamed now: not a half-decoded character, nor the start of a stop string."""
-    end = len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for size in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:size]):
-                end -= size
-                break
-    return text[:end]
-
-
-def end_token_ids(generation_config, tokenizer) -> list[int]:
-    ids = generation_config.eos_token_id if generation_config is not None else None
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
-def context_length(config, tokenizer) -> int:
-    # Tokenizers without a limit report ~1e30.
-    limits = [limit for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length)
-              if limit and limit < 10**7]
-    return int(min(limits)) if limits else 2048

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from starlette.responses import StreamingResponse
 
 from domaintune.serving.accounting import Record, finish
-from domaintune.serving.engine import Event, GenerationRequest
+from domaintune.serving.batching import Event, GenerationRequest
 from domaintune.serving.errors import ApiError
 from domaintune.serving.schemas import Sampling
 from domaintune.serving.state import State

@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from domaintune.serving.auth import ApiKey
-from domaintune.serving.engine import BatchingWorker, GenerationRequest
+from domaintune.serving.batching import BatchingWorker, GenerationRequest
 from domaintune.serving.errors import ApiError, overloaded
 from domaintune.serving.generation_replies import collect, completion_body, completion_choice, respond
 from domaintune.serving.schemas import ChatRequest, CompletionRequest, Sampling

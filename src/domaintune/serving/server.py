@@ -38,8 +38,11 @@ def run_server(served: Served, settings: ServeSettings, console=None) -> None:
     app = build_app(served, settings)
     audit_to_stderr()
     if console is not None:
-        names = ", ".join(app.state.domaintune.names())
-        console.print(f"Serving {names} on http://{settings.host}:{settings.port}/v1", highlight=False)
+        state = app.state.domaintune
+        engine = f" (text generation on {state.generator.engine['engine']}, {state.generator.engine['compute_type']})" \
+            if state.generator else ""
+        console.print(f"Serving {', '.join(state.names())} on http://{settings.host}:{settings.port}/v1{engine}",
+                      highlight=False)
     # uvicorn's access log would duplicate the audit line (and show query strings); the audit log replaces it.
     # Its concurrency limit counts idle keep-alive connections too and answers in plain text: it is only a
     # backstop above the app's own limit (middleware.ConcurrencyLimit).
