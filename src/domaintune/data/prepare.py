@@ -23,11 +23,12 @@ from domaintune.data.cleaning import Removed, char_length, count_conflicts, dedu
 from domaintune.data.contamination import check_contamination
 from domaintune.data.data_report import funnel, write_data_report
 from domaintune.data.documents import Tokenize, is_document, read_document_rows
-from domaintune.data.formats import RowError, fix_hint, reason_kind, resolve_format, to_canonical
+from domaintune.data.formats import resolve_format, to_canonical
 from domaintune.data.near_dedup import near_dedup_rows
 from domaintune.data.pii import scrub_rows
 from domaintune.data.quality import quality_filter
 from domaintune.data.readers import RawRow, read_files
+from domaintune.data.row_errors import RowError, fix_hint, reason_kind
 from domaintune.data.split import check_leakage, split_rows
 from domaintune.data.text_generator import Generate
 from domaintune.storage.jsonl import write_jsonl
