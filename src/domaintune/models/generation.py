@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -191,11 +192,20 @@ def weights_digest(folders: list[Path | str], extra: str) -> str:
             digest.update(folder.encode())
             continue
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            digest.update(path.name.encode())
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
+            stat = path.stat()
+            digest.update(path.name.encode() + _file_digest(str(path), stat.st_size, stat.st_mtime_ns))
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, modified_ns: int) -> bytes:
+    """One file's digest; an evaluation asks for the base model's twice (base, then under the adapter),
+    so it is read once per process while its size and time stay the same."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def converted_model(folders: list[Path | str], compute_type: str, write_merged: Callable[[Path], None] | None = None,
