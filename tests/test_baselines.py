@@ -91,11 +91,12 @@ def sentiment_run(tmp_path_factory, tiny_model_dir):
         "model": {"name": str(tiny_model_dir)},
         "data": {"train": [str(data)], "format": "labelled", "columns": {"text": "review", "label": "sentiment"},
                  "label_prompt": "Sentiment of this review (positive, negative or neutral)?\n{text}", "max_tokens": 64,
-                 "split": {"validation": 0.1, "test": 0.3}},
+                 "split": {"validation": 0.1, "test": 0.3}, "balance_labels": True},
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"max_steps": 4, "batch_size": 4, "lr": 2e-2, "eval_every": 2, "save_every": 2,
                      "threads": 1, "precision": "fp32", "early_stopping": None},
-        "evaluation": {"max_samples": 30, "max_new_tokens": 6, "batch_size": 8, "shots": 2, "forgetting": False},
+        "evaluation": {"max_samples": 30, "max_new_tokens": 6, "batch_size": 8, "shots": 2, "forgetting": False,
+                       "answers": "constrained"},
         "export": {"dtype": "float32"},
     }
     run = domaintune.train(recipe)
@@ -104,8 +105,11 @@ def sentiment_run(tmp_path_factory, tiny_model_dir):
 
 def test_a_labelled_task_is_compared_with_every_baseline(sentiment_run):
     run, results = sentiment_run
-    assert results["metrics_chosen"]["metrics"] == ["accuracy", "macro_f1"]
+    # 65% positive: the verdict is on macro-F1, which always answering "positive" cannot win.
+    assert results["metrics_chosen"]["metrics"] == ["macro_f1", "accuracy"]
     assert results["labels"] == ["negative", "neutral", "positive"]
+    # balanced training: the rarer labels' rows were repeated
+    assert run.training_summary()["train_rows"] > len(run.read_split("train"))
     baselines = results["baselines"]
     assert set(baselines["models"]) == {"majority answer", "base k-shot"}
     assert baselines["models"]["majority answer"]["model"].endswith("'positive'")
@@ -120,11 +124,13 @@ def test_a_labelled_task_is_compared_with_every_baseline(sentiment_run):
     assert {("majority answer", "strict"), ("base", "strict"), ("base", "lenient"), ("base", "constrained"),
             ("base k-shot", "strict"), ("base k-shot", "lenient")} <= readings
     strongest = baselines["strongest"]
+    assert baselines["tuned_reading"] == "constrained" and baselines["metric"] == "macro_f1"
+    assert strongest["tuned"] == pytest.approx(results["models"]["tuned"]["metrics"]["macro_f1 (constrained)"])
     assert strongest["value"] == max(c["value"] for c in baselines["candidates"])
     assert strongest["low"] <= strongest["delta"] <= strongest["high"]
 
     html = (run.root / "report.html").read_text()
     assert "Against the cheapest alternatives" in html and "(strongest)" in html
-    assert "vs the strongest baseline" in html  # the headline
+    assert "tuned (constrained)" in html and "vs the strongest baseline" in html  # the headline
     assert "precision, recall and F1 per class" in html
     assert "the answers form a closed set of 3 labels" in html

@@ -45,13 +45,14 @@ def test_init_maps_awkward_columns_and_the_recipe_runs(awkward_csv, tmp_path, ti
     assert "Answer with one of: Negative, Neutral, Positive." in recipe["data"]["label_prompt"]
     assert recipe["evaluation"]["metrics"] == "auto"
     assert "3 labels (Positive 65%, Negative 25%, Neutral 10%)" in text  # the reasons are comments
-    assert "accuracy, macro_f1" in text
+    assert "macro_f1, accuracy" in text  # 65% one label: macro-F1 carries the verdict
+    assert recipe["data"]["balance_labels"] is True and recipe["evaluation"]["answers"] == "constrained"
     assert CliRunner().invoke(app, ["recipe", "check", str(out)]).exit_code == 0
     recipe["output_dir"] = str(tmp_path / "runs")
     out.write_text(yaml.safe_dump(recipe))
     run = domaintune.run(out, overrides=QUICK)
     results = run.results()
-    assert results["metrics_chosen"]["metrics"] == ["accuracy", "macro_f1"]
+    assert results["metrics_chosen"]["metrics"] == ["macro_f1", "accuracy"]
     assert "majority answer" in results["baselines"]["models"]
 
 

@@ -157,6 +157,11 @@ class DataConfig(Section):
     max_tokens: int = Field(1024, gt=0, description="Rows longer than this (in tokens, after templating) are set aside.")
     min_chars: int = Field(1, ge=0, description="Rows whose answer/text is shorter than this are set aside.")
     dedup: bool = Field(True, description="Remove exact duplicate rows (after normalisation).")
+    balance_labels: bool = Field(
+        False, description="With a closed set of answers, repeat the rarer answers' training rows (each answer's "
+        "count raised to the geometric mean of its own and the most frequent one's), so a skewed task does not "
+        "collapse to its majority answer. The prepared splits and evaluation are unchanged.",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)

@@ -52,6 +52,10 @@ class EvaluationConfig(Section):
         True, description="Score the cheapest alternatives on the same test rows: the most frequent train answer, "
         "the base model with k examples, and label scoring by likelihood where the answers form a closed set.",
     )
+    answers: Literal["free", "constrained"] = Field(
+        "free", description="Which of the tuned model's answers the verdict scores: its free generation, or, where the "
+        "answers form a closed set (labels, yes/no, option letters), the allowed answer it finds most likely.",
+    )
     shots: int = Field(4, ge=0, description="k of the base model's k-shot baseline (seeded train rows; 0: off).")
     compare_base: bool = Field(True, description="Evaluate the base model on the same test split, side by side.")
     max_samples: int = Field(100, ge=1, description="Test rows used for generation metrics.")

@@ -151,8 +151,10 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                                                 config.bootstrap_resamples, recipe.seed),
             }
         if config.baselines and metrics and (key := baselines.primary_key(metrics, stats["tuned"])):
+            reading = baselines.CONSTRAINED if config.answers == "constrained" and labels else None
             results["baselines"].update(baselines.strongest_baseline(key, stats, config.confidence,
-                                                                     config.bootstrap_resamples, recipe.seed) or {})
+                                                                     config.bootstrap_resamples, recipe.seed,
+                                                                     reading, labels) or {})
     if samples:
         results["errors"] = _error_analysis(config, metrics, generation_rows, samples, outputs, stats)
     if config.judge and samples and "base" in outputs:

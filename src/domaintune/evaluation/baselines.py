@@ -88,10 +88,13 @@ def primary_key(metrics: list[str], stats: dict[str, bootstrap.ItemStats]) -> st
 
 
 def strongest_baseline(metric: str, stats: dict[str, dict[str, bootstrap.ItemStats]], confidence: float,
-                       resamples: int, seed: int) -> dict | None:
-    """Tuned against every baseline on `metric` (each model's strict, lenient and constrained readings),
-    and which baseline was the strongest."""
-    tuned = stats.get("tuned", {}).get(metric)
+                       resamples: int, seed: int, tuned_reading: str | None = None,
+                       labels: list[str] | None = None) -> dict | None:
+    """Tuned (its free answers, or with `tuned_reading` constrained its likeliest allowed answers) against
+    every baseline on `metric` (each model's strict, lenient and constrained readings), which baseline was
+    the strongest, and where tuned did not clearly beat it, advice on what would help."""
+    tuned_key = f"{metric} ({tuned_reading})" if tuned_reading else metric
+    tuned = stats.get("tuned", {}).get(tuned_key)
     if tuned is None:
         return None
     candidates = []
@@ -109,7 +112,27 @@ def strongest_baseline(metric: str, stats: dict[str, dict[str, bootstrap.ItemSta
         return None
     lower_is_better = tuned.lower_is_better
     strongest = (min if lower_is_better else max)(candidates, key=lambda candidate: candidate["value"])
-    return {"metric": metric, "candidates": candidates, "strongest": strongest}
+    result = {"metric": metric, "tuned_reading": tuned_reading or "strict", "candidates": candidates,
+              "strongest": strongest}
+    if strongest["verdict"] != bootstrap.BETTER:
+        result["advice"] = advice(metric, strongest, labels)
+    return result
+
+
+def advice(metric: str, strongest: dict, labels: list[str] | None) -> str:
+    """Why tuning may not have won, and what would help, in words for the report."""
+    lead = (f"Tuned is not clearly better than the strongest baseline ({strongest['baseline']}, "
+            f"{strongest['reading']}) on {metric}.")
+    chance = 1 / len(labels) if labels and metric in ("accuracy", "choice_accuracy") else None
+    if chance is not None and strongest["low"] <= 0 and strongest["tuned"] <= chance + 0.1:
+        return (f"{lead} It scores {strongest['tuned']:.2f}, about chance ({chance:.2f} for {len(labels)} answers): the "
+                "answers likely need knowledge the base model lacks, which a few hundred rows cannot teach. What "
+                "would help: a larger base model (`domaintune select` compares candidates), continued pretraining on "
+                "domain text (objective pretrain, then this recipe), or the passages that hold the answers in the "
+                "prompt.")
+    return (f"{lead} What would help: more training rows or steps (`domaintune estimate` prices them), a larger base "
+            "model (`domaintune select`), or, for closed answer sets, evaluation.answers: constrained and "
+            "data.balance_labels; the error analysis below shows where tuned fails.")
 
 
 def kshot_prompts(tokenizer, rows: list[dict], examples: list[dict]) -> list[str]:

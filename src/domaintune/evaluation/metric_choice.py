@@ -12,6 +12,7 @@ from domaintune.evaluation.metrics import answer_label
 MAX_LABELS = 20  # more distinct answers than this is free text, not a label set
 MAX_LABEL_WORDS = 4
 SHORT_ANSWER_WORDS = 12  # median reference length up to which exact match is a fair test
+SKEWED_SHARE = 0.6  # from this share of one label, accuracy mostly measures how often a model says it
 _OPTION_LETTER = re.compile(r"^\(?[A-J]\)?\.?$")
 
 
@@ -35,6 +36,12 @@ def closed_label_set(train: list[dict], test: list[dict]) -> list[str] | None:
     return sorted(written.values())
 
 
+def majority_share(rows: list[dict]) -> float:
+    """The most frequent answer's share of the rows (answers read as `accuracy` reads them)."""
+    counts = Counter(answer_label(final_answer(row)) for row in rows)
+    return max(counts.values()) / len(rows) if rows else 0.0
+
+
 def is_entity_answer(answer: str) -> bool:
     answer = answer.strip()
     if answer == NO_ENTITIES:
@@ -55,6 +62,12 @@ def choose_metrics(requested: list[str] | str, train: list[dict], test: list[dic
         return ["choice_accuracy"], (f"the answers are option letters ({', '.join(labels)}): accuracy over the letter "
                                      "each answer picks")
     if labels:
+        share = majority_share(conversation_rows(train) or conversation_rows(test))
+        if share >= SKEWED_SHARE:
+            return ["macro_f1", "accuracy"], (
+                f"the answers form a closed set of {len(labels)} labels, {share:.0%} of them one label: macro-F1 first "
+                "(the verdict's metric), since always answering that label already scores "
+                f"{share:.0%} accuracy, then accuracy")
         return ["accuracy", "macro_f1"], (f"the answers form a closed set of {len(labels)} labels: accuracy, and "
                                           "macro-F1, which a model always giving the majority label cannot score well on")
     entity_share = sum(map(is_entity_answer, answers)) / len(answers)

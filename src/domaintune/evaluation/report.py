@@ -73,6 +73,7 @@ def write_report(run_dir: Path) -> Path:
         method=dig(recipe, "method", "name"),
         run_name=run_dir.name,
         headline=headline(models, results.get("baselines")),
+        baseline_advice=(results.get("baselines") or {}).get("advice"),
         metrics_reason=dig(results, "metrics_chosen", "reason"),
         baselines=baseline_rows(results.get("baselines")),
         baseline_models=(results.get("baselines") or {}).get("models") or {},

@@ -135,7 +135,9 @@ def headline(models: dict[str, dict], baselines: dict | None = None) -> str | No
     first registry metric (else test perplexity)."""
     strongest = (baselines or {}).get("strongest")
     if strongest:
-        return (f"{baselines['metric']}: tuned {_fmt(strongest['tuned'])} vs the strongest baseline, "
+        reading = baselines.get("tuned_reading", "strict")
+        tuned = "tuned" if reading == "strict" else f"tuned ({reading})"
+        return (f"{baselines['metric']}: {tuned} {_fmt(strongest['tuned'])} vs the strongest baseline, "
                 f"{baseline_name(strongest)} {_fmt(strongest['value'])}: {strongest['delta']:+.3f} "
                 f"[{strongest['low']:+.3f}, {strongest['high']:+.3f}], {strongest['verdict']}")
     names = metric_names(models)

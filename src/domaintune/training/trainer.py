@@ -14,6 +14,7 @@ from domaintune.config import Recipe
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core import chat
 from domaintune.core.errors import DomaintuneError
+from domaintune.data.balance import balanced_rows
 from domaintune.methods import get_method, load_kwargs, supports_packing
 from domaintune.models.inference import block_loss, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
@@ -107,6 +108,20 @@ def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, c
                          recipe.training.early_stopping if has_validation else None)
 
 
+def training_rows(run: RunDir, recipe: Recipe, console: Console) -> list[dict]:
+    """The prepared train split, with rare answers repeated when the recipe balances labels."""
+    rows = run.read_split("train")
+    if not recipe.data.balance_labels:
+        return rows
+    balanced, counts = balanced_rows(rows, recipe.seed)
+    if not counts:
+        console.print("[yellow]data.balance_labels: the answers are not a closed set of labels; rows used as they are.")
+        return rows
+    console.print("Balanced labels (training rows before → after): "
+                  + ", ".join(f"{answer} {before} → {after}" for answer, (before, after) in counts.items()))
+    return balanced
+
+
 def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = None, console: Console | None = None,
                     recipe: Recipe | None = None, encode_rows=None, domain_perplexity: bool = False) -> dict:
     """The default trainer: a causal LM on token labels (SFT, causal LM, pretrain blocks, instructions).
@@ -126,7 +141,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     set_seed(recipe.seed)
 
     tokenizer = load_tokenizer(recipe.model)
-    train_set = encode_split(run.read_split("train"), tokenizer, recipe.data.max_tokens, encode_rows)
+    train_set = encode_split(training_rows(run, recipe, console), tokenizer, recipe.data.max_tokens, encode_rows)
     validation_set = encode_split(run.read_split("validation"), tokenizer, recipe.data.max_tokens, encode_rows)
     if len(train_set) == 0:
         raise DomaintuneError(f"{run.data / 'train.jsonl'}: no trainable rows (run `domaintune data prepare` first?)")

@@ -24,7 +24,7 @@ from domaintune.data.documents import is_document
 from domaintune.data.formats import RowError, detect_format, to_canonical
 from domaintune.data.preferences import PREFERENCE_FORMATS
 from domaintune.data.readers import read_files
-from domaintune.evaluation.metric_choice import MAX_LABELS, choose_metrics, closed_label_set
+from domaintune.evaluation.metric_choice import MAX_LABELS, choose_metrics, closed_label_set, majority_share
 from domaintune.models.loading import load_tokenizer
 from domaintune.objectives.instruct import instruction
 
@@ -32,6 +32,8 @@ from domaintune.objectives.instruct import instruction
 TEXT_NAMES = ("text", "review", "sentence", "content", "body", "comment", "description", "document", "message", "input")
 LABEL_NAMES = ("label", "sentiment", "class", "category", "target", "tag", "intent", "topic")
 PROMPT_NAMES = ("question", "prompt", "query", "instruction", "input")
+# Balance labels when the majority answer is this many times its fair share (0.75 of yes/no, 0.5 of 3 labels).
+SKEWED_FOR_BALANCE = 1.5
 ANSWER_NAMES = ("answer", "response", "output", "completion", "reply")
 
 
@@ -200,8 +202,17 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     recipe["evaluation"] = {"metrics": "auto", "max_new_tokens": max(8, min(256, int(longest_answer * 1.5) + 4))}
     notes.append(f"metrics: auto, which on this data picks {', '.join(metrics) or 'none'} ({why}); "
                  f"max_new_tokens {recipe['evaluation']['max_new_tokens']} covers the longest answer")
-    if closed_label_set(rows, rows):
-        notes.append("the answers form a closed set: the report adds lenient and likelihood-scored readings of each model")
+    labels = closed_label_set(rows, rows)
+    if labels:
+        recipe["evaluation"]["answers"] = "constrained"
+        notes.append(f"the answers form a closed set of {len(labels)}: the verdict scores the tuned model's likeliest "
+                     "allowed answer (evaluation.answers: constrained), so an answer outside the set cannot happen; "
+                     "every baseline is read the same way too, and the report adds lenient readings")
+        share = majority_share(rows)
+        if share >= SKEWED_FOR_BALANCE / len(labels):
+            data["balance_labels"] = True
+            notes.append(f"one answer is {share:.0%} of the rows: data.balance_labels repeats the rarer answers' "
+                         "training rows, so the model does not learn to give the majority answer to everything")
     return recipe, _with_undecided(notes, undecided)
 
 

@@ -1,0 +1,107 @@
+"""Defaults that fit the data: skewed label sets are balanced and scored by macro-F1, closed answer sets
+are constrained to the allowed answers, and a verdict that is not a win comes with advice."""
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domaintune.core.chat import final_answer
+from domaintune.data.balance import balanced_rows
+from domaintune.evaluation import bootstrap
+from domaintune.evaluation.baselines import strongest_baseline
+from domaintune.evaluation.metric_choice import choose_metrics
+from domaintune.workflows.init_recipe import init_recipe
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_rare_answers_are_repeated_up_to_the_geometric_mean():
+    rows = [chat(f"event {i}", "Information") for i in range(600)] + [chat(f"fault {i}", "Error") for i in range(20)]
+    balanced, counts = balanced_rows(rows, seed=0)
+    assert counts == {"information": (600, 600), "error": (20, 110)}  # sqrt(600 * 20) = 109.5
+    answers = Counter(final_answer(row) for row in balanced)
+    assert answers == {"Information": 600, "Error": 110}
+    # every rare row is used, none invented: each appears 5 or 6 times
+    assert set(Counter(row["messages"][0]["content"] for row in balanced if final_answer(row) == "Error").values()) \
+        == {5, 6}
+
+
+def test_free_text_and_raw_text_are_left_alone():
+    free = [chat(f"q {i}", f"answer number {i}") for i in range(40)]
+    assert balanced_rows(free) == (free, {})
+    raw = [{"text": "a document"}] * 3
+    assert balanced_rows(raw) == (raw, {})
+
+
+def test_a_skewed_label_set_is_judged_by_macro_f1_first():
+    skewed = [chat(f"pair {i}", "No" if i % 10 else "Yes") for i in range(50)]
+    metrics, why = choose_metrics("auto", skewed, skewed)
+    assert metrics == ["macro_f1", "accuracy"] and "90% of them one label" in why
+    even = [chat(f"pair {i}", "No" if i % 2 else "Yes") for i in range(50)]
+    assert choose_metrics("auto", even, even)[0] == ["accuracy", "macro_f1"]
+
+
+def test_the_tuned_models_constrained_answers_can_carry_the_verdict():
+    stats = {
+        "tuned": {"accuracy": bootstrap.mean_item_stats(np.zeros(20)),
+                  "accuracy (constrained)": bootstrap.mean_item_stats(np.ones(20))},
+        "majority answer": {"accuracy": bootstrap.mean_item_stats([1, 0] * 10)},
+    }
+    free = strongest_baseline("accuracy", stats, 0.95, 500, 0, labels=["No", "Yes"])
+    assert free["tuned_reading"] == "strict" and free["strongest"]["verdict"] == "worse" and "advice" in free
+    constrained = strongest_baseline("accuracy", stats, 0.95, 500, 0, "constrained", ["No", "Yes"])
+    assert constrained["tuned_reading"] == "constrained"
+    assert constrained["strongest"]["tuned"] == 1.0 and constrained["strongest"]["verdict"] == "better"
+    assert "advice" not in constrained
+
+
+def test_a_chance_level_result_says_what_would_help():
+    guess = [1, 0, 0, 0] * 10  # 0.25 on four options
+    stats = {"tuned": {"choice_accuracy": bootstrap.mean_item_stats(guess)},
+             "majority answer": {"choice_accuracy": bootstrap.mean_item_stats([0, 1, 0, 0] * 10)}}
+    result = strongest_baseline("choice_accuracy", stats, 0.95, 500, 0, labels=list("ABCD"))
+    assert "about chance (0.25 for 4 answers)" in result["advice"]
+    assert "larger base model" in result["advice"] and "continued pretraining" in result["advice"]
+
+
+def test_init_balances_a_skewed_set_and_constrains_closed_answers(tmp_path, tiny_model_dir):
+    skewed = tmp_path / "matching.jsonl"
+    skewed.write_text("".join(
+        f'{{"prompt": "Are product {i} and product {i + 1} the same?", "completion": "{"Yes" if i % 8 == 0 else "No"}"}}\n'
+        for i in range(80)))
+    recipe, notes = init_recipe([str(skewed)], model=str(tiny_model_dir))
+    assert recipe["data"]["balance_labels"] is True and recipe["evaluation"]["answers"] == "constrained"
+    assert any("data.balance_labels" in note for note in notes)
+    even = tmp_path / "exam.jsonl"
+    even.write_text("".join(f'{{"prompt": "Question {i}: A, B, C or D?", "completion": "{"ABCD"[i % 4]}"}}\n'
+                            for i in range(80)))
+    recipe, _ = init_recipe([str(even)], model=str(tiny_model_dir))
+    assert "balance_labels" not in recipe["data"] and recipe["evaluation"]["answers"] == "constrained"
+    free = tmp_path / "free.jsonl"
+    free.write_text("".join(f'{{"prompt": "Where is office {i}?", "completion": "In building {i}, floor {i % 7}"}}\n'
+                            for i in range(80)))
+    recipe, _ = init_recipe([str(free)], model=str(tiny_model_dir))
+    assert "balance_labels" not in recipe["data"] and "answers" not in recipe["evaluation"]
+
+
+@pytest.fixture
+def suite_tasks():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from tasks import TASKS
+        yield TASKS
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_task_suite_has_six_shapes_in_five_file_kinds(suite_tasks):
+    assert len(suite_tasks) == 6 and len({task.name for task in suite_tasks}) == 6
+    assert {Path(task.filename).suffix for task in suite_tasks} == {".csv", ".json", ".jsonl", ".parquet"}
+    assert all(task.member.startswith("evals/registry/data/") and "ner_finance" not in task.member
+               for task in suite_tasks)
