@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +33,10 @@ from tasks.common import source_rows  # noqa: E402
 from domaintune import api  # noqa: E402
 from domaintune.config.recipe import ModelConfig  # noqa: E402
 from domaintune.config.runtime import cpu_description  # noqa: E402
+from domaintune.core.chat import count_tokens  # noqa: E402
+from domaintune.data.readers import read_files  # noqa: E402
 from domaintune.models.loading import load_tokenizer  # noqa: E402
+from domaintune.workflows.init_recipe import canonical_rows  # noqa: E402
 from domaintune.workflows.quickstart import download_evals_wheel  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "task_suite.json"
@@ -41,19 +45,12 @@ MIN_STEPS = 10
 EVAL_ROWS = 60
 
 
-def mean_tokens(tokenizer, rows: list[dict]) -> float:
-    """Tokens per row, counting every string value in it (prompt, answer, system text)."""
-    def strings(value):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from strings(item)
-        elif isinstance(value, list):
-            for item in value:
-                yield from strings(item)
-
-    return sum(len(tokenizer("\n".join(strings(row)))["input_ids"]) for row in rows) / max(1, len(rows))
+def mean_tokens(recipe_path: Path, tokenizer) -> float:
+    """Tokens per row as training sees them (chat template, label prompt, system text), read the way init reads."""
+    recipe = api.load(recipe_path)
+    parsed = [row.data for _, rows in read_files(recipe.data.train) for row in rows if row.data is not None]
+    rows = canonical_rows(parsed, recipe.data, recipe.data.format)
+    return sum(count_tokens(tokenizer, row) for row in rows) / max(1, len(rows))
 
 
 def capped_steps(recipe: dict, rows: int, tokens_per_row: float, train_tokens: int) -> int:
@@ -81,7 +78,33 @@ def verdict_row(task, results: dict, rows: dict, seconds: float, steps: int) -> 
     }
 
 
-def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console: Console) -> dict:
+def head_recipe(name: str, run, out: Path) -> dict:
+    """A MiniLM sequence-classification head trained and tested on the generative run's own split files,
+    so both answer the same test rows (as `quickstart --with-head` does for its token head)."""
+    return {
+        "name": f"{name}-head", "output_dir": str(out / "runs"), "model": {"name": "minilm-l6"},
+        "data": {"format": "chat", "max_tokens": 256,
+                 **{split: [str(run.data / f"{split}.jsonl")] for split in ("train", "validation", "test")}},
+        "method": {"name": "head", "train": "full"}, "objective": {"name": "classify", "task": "sequence"},
+        "training": {"epochs": 5, "batch_size": 16, "lr": 1e-4, "warmup_ratio": 0.1, "eval_every": 20,
+                     "save_every": 20, "keep_checkpoints": 1},
+        "export": {"merged": True},
+    }
+
+
+def head_score(task, run, out: Path, metric: str) -> dict:
+    """The head's score on `metric` and its time: the cheaper tool for a closed label set, measured."""
+    started = time.perf_counter()
+    folder = out / task.name
+    (folder / "head.yaml").write_text(yaml.safe_dump(head_recipe(task.name, run, out)), encoding="utf-8")
+    with (folder / "head.log").open("w", encoding="utf-8") as log:
+        head_run = api.run(folder / "head.yaml", console=Console(file=log, width=120))
+    metrics = head_run.results()["models"]["tuned"]["metrics"]
+    return {"score": metrics.get(metric.replace("choice_", "")), "seconds": round(time.perf_counter() - started),
+            "run_dir": str(head_run.root)}
+
+
+def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console: Console, heads: bool) -> dict:
     folder = out / task.name
     folder.mkdir(parents=True, exist_ok=True)
     rows = task.convert(source_rows(wheel, task.member), task.max_rows)
@@ -89,7 +112,7 @@ def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console
     task.write(data, rows)
     started = time.perf_counter()
     written = api.init([data], out=folder / "recipe.yaml", task=task.task, name=task.name)
-    steps = capped_steps(written["recipe"], len(rows), mean_tokens(tokenizer, rows), train_tokens)
+    steps = capped_steps(written["recipe"], len(rows), mean_tokens(folder / "recipe.yaml", tokenizer), train_tokens)
     overrides = [f"output_dir={out / 'runs'}", f"training.max_steps={steps}", "evaluation.forgetting=false",
                  f"evaluation.max_samples={EVAL_ROWS}", "export.merged=false"]
     with (folder / "run.log").open("w", encoding="utf-8") as log:
@@ -98,6 +121,8 @@ def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console
     counts = {split: len(run.read_split(split)) for split in ("train", "validation", "test")}
     row = verdict_row(task, run.results(), counts, seconds, steps)
     row["run_dir"] = str(run.root)
+    if heads and run.results().get("labels") and row["metric"] in ("accuracy", "macro_f1"):
+        row["head"] = head_score(task, run, out, row["metric"])
     console.print(f"{task.name}: {row['verdict']} ({row['seconds']} s)")
     return row
 
@@ -108,14 +133,15 @@ def table(rows: list[dict]) -> Table:
 
     out = Table(title="Task suite: tuned vs the strongest baseline")
     for column in ("task", "shape", "train/test rows", "steps", "time", "metric", "strongest baseline", "its score",
-                   "tuned", "tuned − baseline [interval]", "verdict"):
+                   "tuned", "tuned − baseline [interval]", "verdict", "MiniLM head"):
         out.add_column(column)
     for row in rows:
         interval = (f"{row['delta']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]" if row.get("delta") is not None
                     else "–")
         out.add_row(row["task"], row["shape"], f"{row['rows']['train']}/{row['rows']['test']}", str(row["steps"]),
                     f"{row['seconds']} s", str(row["metric"]), str(row["strongest_baseline"]),
-                    number(row["baseline_score"]), number(row["tuned"]), interval, str(row["verdict"]))
+                    number(row["baseline_score"]), number(row["tuned"]), interval, str(row["verdict"]),
+                    f"{number(row['head']['score'])} ({row['head']['seconds']} s)" if row.get("head") else "–")
     return out
 
 
@@ -123,6 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(task.name for task in TASKS), help="comma-separated task names")
     parser.add_argument("--train-tokens", type=int, default=TRAIN_TOKENS, help="training budget per task, in tokens")
+    parser.add_argument("--no-heads", action="store_true",
+                        help="skip the MiniLM sequence-classification head measured beside closed-label tasks")
     parser.add_argument("--out", type=Path, default=Path("runs") / "task_suite", help="where data, recipes and runs go")
     args = parser.parse_args()
     wanted = args.tasks.split(",")
@@ -134,7 +162,7 @@ def main() -> None:
     wheel = download_evals_wheel(console)
     tokenizer = load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
     started = time.perf_counter()
-    rows = [run_task(task, wheel, args.out, args.train_tokens, tokenizer, console)
+    rows = [run_task(task, wheel, args.out, args.train_tokens, tokenizer, console, not args.no_heads)
             for task in TASKS if task.name in wanted]
     total = time.perf_counter() - started
     console.print(table(rows))

@@ -130,9 +130,9 @@ def advice(metric: str, strongest: dict, labels: list[str] | None) -> str:
                 "would help: a larger base model (`domaintune select` compares candidates), continued pretraining on "
                 "domain text (objective pretrain, then this recipe), or the passages that hold the answers in the "
                 "prompt.")
-    return (f"{lead} What would help: more training rows or steps (`domaintune estimate` prices them), a larger base "
-            "model (`domaintune select`), or, for closed answer sets, evaluation.answers: constrained and "
-            "data.balance_labels; the error analysis below shows where tuned fails.")
+    return (f"{lead} What would help: more test rows (a narrow interval needs more items than a wide one), more "
+            "training rows or steps (`domaintune estimate` prices them), or a larger base model (`domaintune "
+            "select`); the error analysis below shows where tuned fails.")
 
 
 def kshot_prompts(tokenizer, rows: list[dict], examples: list[dict]) -> list[str]:
