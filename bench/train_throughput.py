@@ -13,7 +13,12 @@ for LoRA (r=8, all linear layers) and for full fine-tuning. Prints real (non-pad
 seconds/step, peak RSS, first/last loss, threads, model FLOPs utilisation against a matmul peak
 measured here, and the ratios to the baselines; writes bench/results/train_throughput.json.
 
-    python bench/train_throughput.py [--steps 24] [--batch 4] [--rows 400]
+With `--device cuda` the baselines run in bf16 on the GPU (hf-bf16 only: nobody trains there in fp32),
+the memory column is the peak GPU memory allocated (torch.cuda.max_memory_allocated) instead of RSS,
+the MFU is against the GPU's measured bf16 matmul peak, and the model has SmolLM2-135M's architecture
+with random weights (speed does not depend on the weights; nothing comes from the hub).
+
+    python bench/train_throughput.py [--device cpu|cuda] [--steps 24] [--batch 4] [--rows 400]
 """
 from __future__ import annotations
 
@@ -36,28 +41,44 @@ MAX_TOKENS = 512
 WARMUP_STEPS = 2  # first steps pay one-off costs (allocations, oneDNN kernel selection)
 
 
-def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds: float = 3.0) -> float:
+def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds: float = 3.0, device: str = "cpu") -> float:
     import torch
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    synchronize(device)
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         runs += 1
+        if runs % 50 == 0:
+            synchronize(device)  # a GPU queues matmuls far faster than it runs them
+    synchronize(device)
     return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
 
 
-class StepTimer(TrainerCallback):
-    """Records the wall time at every step end."""
+def synchronize(device: str) -> None:
+    import torch
 
-    def __init__(self):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(TrainerCallback):
+    """Records the wall time at every step end. On a GPU the host runs ahead of the device, so the two
+    marks the figures use (end of warm-up, last step) wait for it; the others do not, so the timer
+    adds no synchronisation of its own to the steps it measures."""
+
+    def __init__(self, device: str = "cpu"):
         self.marks: list[float] = []
+        self.device = device
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (WARMUP_STEPS, state.max_steps):
+            synchronize(self.device)
         self.marks.append(time.perf_counter())
 
 
@@ -74,8 +95,8 @@ def losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: float, bf16: bool) -> dict:
-    """What a user gets from the Hugging Face docs: Trainer + peft, default CPU settings."""
+def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: float, bf16: bool, device: str) -> dict:
+    """What a user gets from the Hugging Face docs: Trainer + peft, default settings for the device."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -89,11 +110,11 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
-    timer = StepTimer()
+    timer = StepTimer(device)
     args = TrainingArguments(
         output_dir=str(run_dir / "hf"), per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
-        logging_steps=1, save_strategy="no", report_to="none", bf16=bf16, use_cpu=True, seed=0, disable_tqdm=True,
-        lr_scheduler_type="constant",
+        logging_steps=log_every(device), save_strategy="no", report_to="none", bf16=bf16, use_cpu=device == "cpu",
+        seed=0, disable_tqdm=True, lr_scheduler_type="constant",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
@@ -102,7 +123,12 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
             "bf16": bf16}
 
 
-def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float) -> dict:
+def log_every(device: str) -> int:
+    # Every step on a CPU (the loss curve for free); on a GPU logging reads the loss back, a sync per log.
+    return 1 if device == "cpu" else 5
+
+
+def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float, device: str) -> dict:
     import torch
 
     import domaintune
@@ -110,9 +136,10 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
 
     recipe = RunDir(run_dir).recipe().model_dump(mode="json")
     recipe["method"] = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0} if method == "lora" else {"name": "full"}
-    recipe["training"].update(max_steps=steps, batch_size=batch, lr=lr, log_every=1, lr_scheduler="constant", warmup_ratio=0.0)
+    recipe["training"].update(max_steps=steps, batch_size=batch, lr=lr, log_every=log_every(device),
+                              lr_scheduler="constant", warmup_ratio=0.0)
     (run_dir / "recipe.yaml").write_text(json.dumps(recipe))  # YAML is a superset of JSON
-    timer = StepTimer()
+    timer = StepTimer(device)
     domaintune.train(run_dir, callbacks=[timer])
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # The precision it chose for this CPU (fp32 where there is no native bf16), for the MFU's peak.
@@ -135,20 +162,30 @@ def worker(args) -> None:
     """One configuration in this process; prints its result as JSON on the last line."""
     run_dir = Path(args.worker_dir)
     if args.config == "domaintune":
-        result = run_domaintune(run_dir, args.method, args.steps, args.batch, args.lr)
+        result = run_domaintune(run_dir, args.method, args.steps, args.batch, args.lr, args.device)
     else:
-        result = run_hf_baseline(run_dir, args.method, args.steps, args.batch, args.lr, bf16=args.config == "hf-bf16")
+        result = run_hf_baseline(run_dir, args.method, args.steps, args.batch, args.lr, bf16=args.config == "hf-bf16",
+                                 device=args.device)
     tokens_per_second, seconds_per_step = steady_state(result["marks"], mean_row_tokens(run_dir) * args.batch)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
-        "tokens_per_second": tokens_per_second, "seconds_per_step": seconds_per_step, "peak_rss_mb": peak_rss_mb,
+        "tokens_per_second": tokens_per_second, "seconds_per_step": seconds_per_step, **peak_memory(args.device),
         "first_loss": result["losses"][0], "last_loss": result["losses"][-1],
         "last_loss_mean5": statistics.mean(result["losses"][-5:]), "threads": result["threads"], "bf16": result["bf16"],
     }))
 
 
-def prepare(rows: int, workdir: Path) -> Path:
-    """A prepared run directory (data split and card) shared by every configuration."""
+def peak_memory(device: str) -> dict:
+    """This process's peak: GPU memory allocated on a GPU (host RSS says nothing there), else RSS."""
+    import torch
+
+    if device == "cuda":
+        return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def prepare(rows: int, workdir: Path, device: str) -> Path:
+    """A prepared run directory (data split and card) shared by every configuration: the bundled
+    model on a CPU; on a GPU its architecture with random weights (speed is what is measured)."""
     from rich.console import Console
 
     import domaintune
@@ -163,8 +200,13 @@ def prepare(rows: int, workdir: Path) -> Path:
         "data": {"train": [str(data)], "max_tokens": MAX_TOKENS, "split": {"validation": 0.0, "test": 0.0}},
         "training": {"early_stopping": None, "save_every": 10_000, "eval_every": 10_000},
     }
+    if device == "cuda":
+        from gpu_check import random_smollm2
+
+        recipe["model"] = {"name": str(random_smollm2(workdir / "model"))}
     run, _ = domaintune.prepare_data(recipe)
-    (run.root / "bench.json").write_text(json.dumps({"model_path": resolve_model_path("smollm2-135m-instruct")}))
+    model_path = recipe["model"]["name"] if device == "cuda" else resolve_model_path("smollm2-135m-instruct")
+    (run.root / "bench.json").write_text(json.dumps({"model_path": model_path}))
     return run.root
 
 
@@ -178,28 +220,34 @@ def copy_run(template: Path, name: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="default: 24 on cpu, 40 on cuda")
+    parser.add_argument("--batch", type=int, default=None, help="default: 4 on cpu, 16 on cuda")
+    parser.add_argument("--rows", type=int, default=None, help="default: 400 on cpu, 687 (all) on cuda")
     parser.add_argument("--methods", default="lora,full")
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--lr", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cuda = args.device == "cuda"
+    args.steps, args.batch, args.rows = (args.steps or (40 if cuda else 24), args.batch or (16 if cuda else 4),
+                                         args.rows or (687 if cuda else 400))
     if args.worker_dir:
         return worker(args)
 
     workdir = Path(tempfile.mkdtemp(prefix="dt-bench-"))
-    template = prepare(args.rows, workdir)
-    configs = {"lora": ["hf-fp32", "hf-bf16", "domaintune"], "full": ["hf-fp32", "domaintune"]}
+    template = prepare(args.rows, workdir, args.device)
+    configs = ({"lora": ["hf-bf16", "domaintune"], "full": ["hf-bf16", "domaintune"]} if cuda
+               else {"lora": ["hf-fp32", "hf-bf16", "domaintune"], "full": ["hf-fp32", "domaintune"]})
     learning_rates = {"lora": 1e-3, "full": 5e-5}
     results: dict = {}
     for method in args.methods.split(","):
         for config in configs[method]:
             run_dir = copy_run(template, f"{method}-{config}")
             command = [sys.executable, __file__, "--worker-dir", str(run_dir), "--config", config, "--method", method,
-                       "--steps", str(args.steps), "--batch", str(args.batch), "--lr", str(learning_rates[method])]
+                       "--steps", str(args.steps), "--batch", str(args.batch), "--lr", str(learning_rates[method]),
+                       "--device", args.device]
             print(f"· {method} / {config} ...", file=sys.stderr, flush=True)
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
@@ -207,7 +255,9 @@ def main() -> None:
             results[f"{method}/{config}"] = json.loads(done.stdout.strip().splitlines()[-1])
 
     threads = results[next(iter(results))]["threads"]
-    peaks = {name: matmul_peak_gflops(name, threads) for name in ("float32", "bfloat16")}
+    # A GPU needs large matmuls to reach its peak; 1024² is already a CPU's.
+    size = 8192 if cuda else 1024
+    peaks = {name: matmul_peak_gflops(name, threads, size=size, device=args.device) for name in ("float32", "bfloat16")}
     report(results, peaks, parameter_count(template), args)
 
 
@@ -226,34 +276,43 @@ def model_flops_utilisation(result: dict, method: str, n_parameters: int, peaks:
 
 
 def report(results: dict, peaks: dict, n_parameters: int, args) -> None:
+    # On a GPU the baselines are bf16 only and memory is the GPU's; on a CPU, fp32 and bf16 baselines and RSS.
+    memory = "peak_gpu_mb" if args.device == "cuda" else "peak_rss_mb"
+    first = "hf-bf16" if args.device == "cuda" else "hf-fp32"
     for name, result in results.items():
         method, _ = name.split("/")
         result["mfu"] = model_flops_utilisation(result, method, n_parameters, peaks)
-        baseline = results[f"{method}/hf-fp32"]
-        result["speedup_vs_hf_fp32"] = result["tokens_per_second"] / baseline["tokens_per_second"]
+        baseline = results[f"{method}/{first}"]
+        if f"{method}/hf-fp32" in results:
+            result["speedup_vs_hf_fp32"] = result["tokens_per_second"] / baseline["tokens_per_second"]
         if f"{method}/hf-bf16" in results:
             result["speedup_vs_hf_bf16"] = result["tokens_per_second"] / results[f"{method}/hf-bf16"]["tokens_per_second"]
-        result["rss_vs_hf_fp32"] = result["peak_rss_mb"] / baseline["peak_rss_mb"]
+        result[f"{memory.removeprefix('peak_').removesuffix('_mb')}_vs_{first.replace('-', '_')}"] = result[memory] / baseline[memory]
 
-    header = f"{'config':22} {'tok/s':>7} {'s/step':>7} {'RSS MB':>7} {'loss first→last5':>17} {'thr':>3} {'prec':>4} {'MFU':>6} {'×fp32':>6} {'×bf16':>6} {'RSS×':>5}"
+    label = "GPU MB" if args.device == "cuda" else "RSS MB"
+    header = f"{'config':22} {'tok/s':>7} {'s/step':>7} {label:>7} {'loss first→last5':>17} {'thr':>3} {'prec':>4} {'MFU':>6} {'×fp32':>6} {'×bf16':>6} {label[:3] + '×':>5}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
+        vs_fp32 = f"{r['speedup_vs_hf_fp32']:.2f}" if "speedup_vs_hf_fp32" in r else "-"
         vs_bf16 = f"{r['speedup_vs_hf_bf16']:.2f}" if "speedup_vs_hf_bf16" in r else "-"
-        print(f"{name:22} {r['tokens_per_second']:7.0f} {r['seconds_per_step']:7.2f} {r['peak_rss_mb']:7.0f} "
+        memory_ratio = r[memory] / results[f"{name.split('/')[0]}/{first}"][memory]
+        print(f"{name:22} {r['tokens_per_second']:7.0f} {r['seconds_per_step']:7.2f} {r[memory]:7.0f} "
               f"{r['first_loss']:7.3f}→{r['last_loss_mean5']:7.3f}  {r['threads']:3d} {'bf16' if r['bf16'] else 'fp32':>4} {r['mfu']:6.1%} "
-              f"{r['speedup_vs_hf_fp32']:6.2f} {vs_bf16:>6} {r['rss_vs_hf_fp32']:5.2f}")
+              f"{vs_fp32:>6} {vs_bf16:>6} {memory_ratio:5.2f}")
     print(f"matmul peak here: fp32 {peaks['float32']:.0f} GFLOPS, bf16 {peaks['bfloat16']:.0f} GFLOPS")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+    results_file = RESULTS.with_name(f"{RESULTS.stem}_cuda.json") if args.device == "cuda" else RESULTS
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
+                    "device": args.device},
         "settings": {"steps": args.steps, "batch": args.batch, "rows": args.rows, "max_tokens": MAX_TOKENS,
                      "warmup_steps_excluded": WARMUP_STEPS},
         "matmul_peak_gflops": peaks,
         "parameters": n_parameters,
         "results": results,
     }, indent=2))
-    print(f"written {RESULTS}")
+    print(f"written {results_file}")
 
 
 if __name__ == "__main__":

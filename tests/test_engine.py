@@ -133,3 +133,115 @@ def test_pack_rows_fills_rows_first_fit_decreasing():
 
     # 9 exceeds the cap and rides alone; 5 opens a row; 3 + 3 share one; 2 fits nowhere left.
     assert sorted(pack_rows([5, 3, 3, 2, 9], row_tokens=6)) == [[0], [1, 2], [3], [4]]
+
+
+def test_packed_attention_for_keeps_the_cpu_loop_and_gives_a_gpu_a_batched_kernel(monkeypatch):
+    import transformers.utils
+
+    from domaintune.training.packing import FLASH_ATTENTION, packed_attention_for
+
+    assert packed_attention_for("cpu", bf16=True) == PACKED_ATTENTION
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    assert packed_attention_for(torch.device("cuda", 0), bf16=True) == "sdpa"
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    assert packed_attention_for("cuda", bf16=True) == FLASH_ATTENTION
+    assert packed_attention_for("cuda", bf16=False) == "sdpa"  # flash-attn has no fp32 kernels
+
+
+def test_batching_on_a_gpu_skips_the_per_example_loop_and_on_a_cpu_keeps_it(tiny_model_dir):
+    from domaintune.training.packing import batching, ordered_supervised_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for device, attention, loss in (("cpu", PACKED_ATTENTION, supervised_positions_loss), ("cuda", "sdpa", ordered_supervised_loss)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        collator, compute_loss = batching(model, tokenizer, True, True, 64, device=device, bf16=False)
+        assert (model.config._attn_implementation, collator.attention, compute_loss) == (attention, attention, loss)
+
+
+class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """The ops that read a tensor's values back to the host (a device sync on a GPU): .item()/bool(),
+    nonzero, and boolean-mask indexing, which must count the mask before it can allocate."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        if boolean_index or func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                                     torch.ops.aten.masked_select.default):
+            self.found.append(str(func))
+        return func(*args, **kwargs)
+
+
+def gpu_layout_features(tokenizer):
+    rows = [
+        {"messages": [{"role": "user", "content": "Short?"}, {"role": "assistant", "content": "Yes."}]},
+        {"messages": [{"role": "user", "content": "A much longer question about the loan terms and the collateral?"}, {"role": "assistant", "content": "[Bank - ORGANIZATION, Borrower - PERSON]"}]},
+        {"messages": [{"role": "user", "content": "Mid length question here?"}, {"role": "assistant", "content": "No entities found"}]},
+        {"messages": [{"role": "user", "content": "Who signs?"}, {"role": "assistant", "content": "[Jane Roe - PERSON]"}]},
+    ]
+    return [encode_row(tokenizer, row, 256) for row in rows]
+
+
+def unpacked_loss_and_grads(model, tokenizer, features):
+    """The reference: each example alone, loss summed over supervised tokens and divided by their count."""
+    model.zero_grad()
+    total, count = 0.0, 0
+    for feature in features:
+        single = DataCollatorForSeq2Seq(tokenizer, padding=True)([feature])
+        supervised = int((single["labels"][0, 1:] != -100).sum())
+        total = total + model(input_ids=single["input_ids"], labels=single["labels"]).loss * supervised
+        count += supervised
+    loss = total / count
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
+def test_gpu_layouts_match_the_unpacked_model_without_host_syncs(tiny_model_dir, attention):
+    """The CUDA paths, run on CPU tensors: same loss and gradients as the examples one by one, and
+    neither the forward nor the loss reads a tensor back. The one-row flash layout runs here through
+    sdpa (flash-attn has no CPU kernels), which finds the examples from the position ids itself."""
+    from domaintune.training.packing import ordered_supervised_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    features = gpu_layout_features(tokenizer)
+    expected_loss, expected_grads = unpacked_loss_and_grads(model, tokenizer, features)
+
+    row_tokens = max(len(f["input_ids"]) for f in features)  # several rows, with padding
+    batch = PackedCollator(True, row_tokens, tokenizer.pad_token_id, attention=attention)(features)
+    assert batch["logits_to_keep"].dtype == torch.int64
+    if attention == "sdpa":
+        rows, width = batch["input_ids"].shape
+        assert rows >= 2 and batch["attention_mask"].shape == (rows, 1, width, width)
+    else:
+        assert batch["input_ids"].shape[0] == 1 and batch["cu_seq_lens_q"].tolist()[-1] == batch["input_ids"].shape[1]
+    model.zero_grad()
+    model.config._attn_implementation = "sdpa"
+    labels = batch.pop("labels")
+    syncs = HostSyncs()
+    with syncs:
+        loss = ordered_supervised_loss(model(**batch), labels)
+    loss.backward()
+
+    if attention == "sdpa":  # the one-row layout's mask is transformers' own here, found from the position ids
+        assert syncs.found == []
+    assert torch.allclose(loss, expected_loss, atol=1e-5)
+    for name, grad in expected_grads.items():
+        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-5), name
+
+
+def test_the_cpu_path_reads_back_what_a_gpu_must_not():
+    """HostSyncs sees the per-example loop's syncs (so an empty list above means something)."""
+    from domaintune.training.packing import packed_attention
+
+    query = torch.randn(1, 2, 6, 4)
+    syncs = HostSyncs()
+    with syncs:
+        packed_attention(torch.nn.Module(), query, query, query, None, position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]]))
+    assert "aten.nonzero.default" in syncs.found

@@ -147,3 +147,20 @@ def test_a_checkpoint_that_does_not_validate_is_skipped_and_reported(tmp_path):
     report = console.export_text()
     assert "checkpoint-12" in report and "trainer_state.json" in report
     assert "checkpoint-8" in report and "adapter_model.safetensors" in report
+
+
+def test_a_gpu_run_reads_nothing_back_between_logging_steps_and_a_cpu_run_is_as_before():
+    from transformers import TrainingArguments
+
+    from domaintune.training.trainer import per_step_settings
+
+    settings = per_step_settings(cuda=True, packing=True)
+    gpu = TrainingArguments(output_dir="unused", use_cpu=True, **settings)  # all of them valid arguments
+    # Each of these reads a device value back every step: the loss's NaN check, the token count.
+    assert gpu.logging_nan_inf_filter is False and gpu.include_num_input_tokens_seen == "no"
+    # Pinned batches copied without blocking (a pageable copy waits for the GPU like a sync).
+    assert settings["dataloader_pin_memory"] and gpu.accelerator_config.non_blocking
+    cpu = TrainingArguments(output_dir="unused", use_cpu=True, **per_step_settings(cuda=False, packing=True))
+    assert (cpu.logging_nan_inf_filter, cpu.include_num_input_tokens_seen, cpu.dataloader_num_workers,
+            cpu.dataloader_pin_memory) == (True, "all", 0, False)
+    assert per_step_settings(cuda=False, packing=False)["include_num_input_tokens_seen"] == "non_padding"

@@ -47,6 +47,36 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
 
 
+def per_step_settings(cuda: bool, packing: bool) -> dict:
+    """TrainingArguments that decide what the loop does between steps, per device.
+
+    On a CPU nothing waits, so the loop keeps its conveniences: a NaN filter on each step's loss and a
+    count of the tokens seen (for the progress line's tok/s). On a GPU each of those reads a value back
+    from the device every step (`isnan(loss)` as a Python bool; the token count sent to the device and
+    `.item()`-ed back), which drains the GPU's queue while the host waits; batches are copied from
+    pageable memory, which blocks the same way. There, batches are built in two worker processes
+    into pinned memory and copied without blocking, and the loss is read back only at logging steps."""
+    import os
+
+    if not cuda:
+        return dict(
+            logging_nan_inf_filter=True,
+            # Packed rows hold no padding; counting "non_padding" there would subtract real EOS tokens.
+            include_num_input_tokens_seen="all" if packing else "non_padding",
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,  # pinning only helps host-to-GPU copies
+        )
+    workers = 2 if (os.cpu_count() or 1) >= 4 else 0
+    return dict(
+        logging_nan_inf_filter=False,
+        include_num_input_tokens_seen="no",
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=True,
+        accelerator_config={"non_blocking": True},
+    )
+
+
 def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: bool, cls=None, **overrides):
     """The recipe's TrainingArguments; `cls` a subclass (sentence-transformers'), `overrides` settings that differ."""
     import torch
@@ -80,8 +110,6 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         # Packed batches have no padding to save, so length grouping would only bias the order.
         train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
         torch_compile=config.compile,
-        # Packed rows hold no padding; counting "non_padding" there would subtract real EOS tokens.
-        include_num_input_tokens_seen="all" if config.packing else "non_padding",
         neftune_noise_alpha=config.neftune_alpha,
         label_names=["labels"],  # peft's forward signature hides `labels` from the Trainer's detection
         prediction_loss_only=True,  # validation needs the loss only; gathering logits costs GBs at a 49k vocabulary
@@ -89,8 +117,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         data_seed=recipe.seed,
         report_to="none",
         disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,  # pinning only helps host-to-GPU copies
+        **per_step_settings(torch.cuda.is_available(), config.packing),
         # Every trainable parameter takes part in each forward pass; searching for unused ones costs DDP a graph walk.
         ddp_find_unused_parameters=False,
     )
@@ -168,7 +195,8 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     lengths = {name: [len(ids) for ids in rows["input_ids"]] for name, rows in (("train", train_set), ("validation", validation_set)) if len(rows)}
     announce_training(recipe, speed_key, lengths, console)
     collator, compute_loss = batching(
-        model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only, recipe.training.pack_tokens
+        model, tokenizer, recipe.training.packing, recipe.training.supervised_logits_only, recipe.training.pack_tokens,
+        device=args.device, bf16=bf16,
     )
     trainer = atomic_trainer(Trainer)(
         model=model,

@@ -1,0 +1,85 @@
+"""On a CUDA device: the padding-free paths are exact and read nothing back, and a model trained on the
+GPU evaluates, exports and serves. Skipped without CUDA (`pytest -m gpu` on a GPU machine)."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from domaintune.training.packing import FLASH_ATTENTION, PackedCollator, ordered_supervised_loss, packed_attention_for
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def on_gpu(batch: dict) -> dict:
+    return {key: value.cuda(non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", FLASH_ATTENTION])
+def test_packed_equals_unpacked_on_cuda_without_host_syncs(tiny_model_dir, attention):
+    from test_engine import HostSyncs, gpu_layout_features, unpacked_loss_and_grads
+
+    if attention == FLASH_ATTENTION and packed_attention_for("cuda", bf16=True) != FLASH_ATTENTION:
+        pytest.skip("flash-attn is not installed")
+    # flash-attn computes in bf16 only: compare in bf16 there, with bf16's tolerance.
+    dtype, tolerance = (torch.bfloat16, 3e-2) if attention == FLASH_ATTENTION else (torch.float32, 1e-4)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).cuda()
+    model.config.use_cache = False
+    features = gpu_layout_features(tokenizer)
+    expected_loss, expected_grads = unpacked_loss_and_grads(model, tokenizer, features)
+
+    batch = PackedCollator(True, max(len(f["input_ids"]) for f in features), tokenizer.pad_token_id,
+                           attention=attention)(features)
+    labels = on_gpu({"labels": batch.pop("labels")})["labels"]
+    batch = on_gpu(batch)
+    torch.cuda.synchronize()
+    model.zero_grad()
+    model.config._attn_implementation = attention
+    syncs = HostSyncs()
+    if attention == "sdpa":
+        torch.cuda.set_sync_debug_mode("error")  # any device-to-host wait raises
+    try:
+        with syncs:
+            loss = ordered_supervised_loss(model(**batch), labels)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    if attention == "sdpa":  # flash's path goes through transformers' own packed-row check, one read per forward
+        assert syncs.found == []
+    assert torch.allclose(loss.float(), expected_loss.float(), rtol=tolerance, atol=tolerance)
+    for name, grad in expected_grads.items():
+        got = model.get_parameter(name).grad.float()
+        assert torch.nn.functional.cosine_similarity(got.flatten(), grad.float().flatten(), dim=0) > 1 - tolerance, name
+
+
+def test_a_model_trained_on_the_gpu_evaluates_exports_and_serves(tiny_recipe, monkeypatch):
+    import urllib.request
+
+    from conftest import free_port, live_server
+
+    import domaintune
+    from domaintune.serving.server import build_app
+    from domaintune.serving.settings import ServeSettings
+    from domaintune.serving.sources import resolve_sources
+
+    run = domaintune.train(tiny_recipe)
+    summary = json.loads((run.model / "training.json").read_text())
+    assert summary["global_step"] == tiny_recipe["training"]["max_steps"]
+    losses = [line["loss"] for line in map(json.loads, run.metrics.read_text().splitlines()) if "loss" in line]
+    assert losses[-1] < losses[0]
+
+    results = domaintune.evaluate(run.root)
+    assert set(results["models"]) == {"base", "tuned"}
+    written = domaintune.export_model(run.root)
+    assert written
+
+    monkeypatch.setenv("DOMAINTUNE_API_KEYS", "gpu:sk-gpu-test")
+    settings = ServeSettings(port=free_port(), dtype="float32", compute_type="float32", max_tokens=16)
+    app = build_app(resolve_sources([f"tuned={run.root}"], None, None), settings)
+    with live_server(app, settings.port) as url:
+        body = {"model": "tuned", "max_tokens": 4, "messages": [{"role": "user", "content": "Where is the office?"}]}
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "Authorization": "Bearer sk-gpu-test"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200 and json.loads(response.read())["choices"][0]["message"]["role"] == "assistant"
