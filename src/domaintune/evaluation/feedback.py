@@ -18,7 +18,6 @@ import sqlite3
 from contextlib import closing
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
@@ -26,7 +25,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import LOOPBACK_HOSTS
+from domaintune.core.net import LOOPBACK_HOSTS, host_name, parse_form
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.generation import open_generator
@@ -232,14 +231,6 @@ def export_pairs(db: Path, out: Path) -> dict:
     return {"pairs": len(pairs), "ties": ties, "out": str(out)}
 
 
-def parse_choice_form(body: bytes) -> dict[str, str]:
-    """The posted form's fields (the last value of each); ValueError for a body that is not a plain
-    UTF-8 urlencoded form of a few fields."""
-    # Parsed here rather than by FastAPI's Form, which would need python-multipart.
-    fields = parse_qs(body.decode("utf-8"), errors="strict", max_num_fields=32)
-    return {key: values[-1] for key, values in fields.items()}
-
-
 def read_choice(form: dict[str, str]) -> tuple[int, int | None, dict[int, int]]:
     """(item, answer slot or None for a tie, ratings 1-5 by slot) from the form; ValueError or
     KeyError names a field that is missing or not what the page sends."""
@@ -252,13 +243,6 @@ def read_choice(form: dict[str, str]) -> tuple[int, int | None, dict[int, int]]:
             ratings[slot] = rating
     choice = form["choice"]
     return int(form["item"]), None if choice == TIE else int(choice), ratings
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port ("[::1]:8765" -> "[::1]")."""
-    if header.startswith("["):
-        return header[: header.find("]") + 1]
-    return header.rsplit(":", 1)[0]
 
 
 def create_app(db: Path, host: str = "127.0.0.1"):
@@ -296,7 +280,7 @@ def create_app(db: Path, host: str = "127.0.0.1"):
     @app.post("/choose")
     async def choose(request: Request):
         try:
-            form = parse_choice_form(await request.body())
+            form = parse_form(await request.body())
         except ValueError as error:
             raise HTTPException(400, f"bad form: {error}") from None
         if not hmac.compare_digest(form.get("csrf", "").encode(), token.encode()):
