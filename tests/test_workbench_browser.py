@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, live_server
 
 from domaintune.workbench.app import create_app
-from conftest import free_port, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 # slow: the launched run is a real job process (prepare, train, evaluate, export): ~40 s of the ~100 s.

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -146,6 +146,23 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
             task_rows=task_rows, fit_rows=fit_rows, artefacts=_artefacts(run),
             log_tail=log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:] if log.is_file() else [],
         )
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare(run: list[str] = Query(default=[])):
+        """Two or more runs: `domaintune compare`'s table (with each metric's interval) and their loss curves."""
+        from domaintune.workflows.compare import run_row
+
+        chosen = [run_of(name) for name in dict.fromkeys(run)]
+        if len(chosen) < 2:
+            raise HTTPException(400, "pick two or more runs to compare")
+        rows = [run_row(item, item.root.name, summarise(item).method) for item in chosen]
+        intervals = [(item.results().get("comparison") or {}) for item in chosen]
+        base = next(((item.results().get("models") or {}).get("base") for item in chosen
+                     if (item.results().get("models") or {}).get("base")), None)
+        curves = {item.root.name: [[r["step"], r["loss"]] for r in read_jsonl(item.metrics) if "loss" in r and "step" in r]
+                  for item in chosen}
+        return page("compare.html.j2", rows=rows, intervals=intervals, base=base, curves=json.dumps(curves),
+                    metric_names=sorted({name for row in rows for name in row["metrics"]}))
 
     @app.get("/runs/{name}/events")
     async def events(name: str, request: Request):

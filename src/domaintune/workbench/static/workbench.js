@@ -96,6 +96,8 @@ function uploadButton(button) {
 document.addEventListener("DOMContentLoaded", () => {
   const charts = document.getElementById("charts");
   if (charts) liveCharts(charts);
+  const compared = document.getElementById("chart-compare");
+  if (compared) drawChart(compared, JSON.parse(compared.dataset.curves));
   const upload = document.getElementById("upload");
   if (upload) uploadButton(upload);
 });
