@@ -126,6 +126,28 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
     return session_summary(db)
 
 
+def add_pair(db: Path, run_root: Path, prompt: list[dict], answers: dict[str, str]) -> int:
+    """Add one prompt's base and tuned answers, in the shown order of `answers` (slot A first), to the
+    run's base-vs-tuned session (the workbench's blind arena); returns the item's id for record_choice.
+    A missing session starts from the run's evaluated samples, so `domaintune feedback` shows the same
+    session; the new item is numbered after them, so a choice never lands on a sample the judge scored."""
+    db = Path(db)
+    if not db.exists() or session_summary(db)["source"] is None:
+        prepare_session(str(run_root), db)
+    meta = session_summary(db)
+    if meta["kind"] != "base-vs-tuned" or Path(meta["source"]).resolve() != Path(run_root).resolve():
+        raise DomaintuneError(f"{db} holds a {meta['kind']} session for {meta['source']}, not base vs tuned of "
+                              f"{run_root}; move it aside to record choices here")
+    if sorted(answers) != ["base", "tuned"]:
+        raise DomaintuneError(f"expected a base and a tuned answer, not {sorted(answers)}")
+    with closing(connect(db)) as connection, connection:
+        item = connection.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM items").fetchone()[0]
+        connection.execute("INSERT INTO items VALUES (?, ?)", (item, json.dumps(prompt, ensure_ascii=False)))
+        connection.executemany("INSERT INTO answers VALUES (?, ?, ?, ?)",
+                               [(item, slot, name, text) for slot, (name, text) in enumerate(answers.items())])
+    return item
+
+
 def _sample_answers(source: str, is_run: bool, prompts, samples: int, max_new_tokens: int, batch_size: int,
                     temperature: float, seed: int, console) -> dict[str, list[str]]:
     """`samples` sampled answers per prompt from the model (a run's tuned model, or any model)."""
@@ -178,9 +200,10 @@ def item_view(db: Path, item: int | None = None) -> dict | None:
         row = connection.execute("SELECT prompt FROM items WHERE id = ?", (item,)).fetchone()
         if row is None:
             return None
-        answers = connection.execute("SELECT slot, text FROM answers WHERE item_id = ? ORDER BY slot", (item,)).fetchall()
+        answers = connection.execute("SELECT slot, text, source FROM answers WHERE item_id = ? ORDER BY slot", (item,)).fetchall()
         previous = connection.execute("SELECT choice FROM choices WHERE item_id = ?", (item,)).fetchone()
-    return {"id": item, "prompt": json.loads(row[0]), "answers": [{"slot": slot, "letter": chr(65 + slot), "text": text} for slot, text in answers],
+    return {"id": item, "prompt": json.loads(row[0]), "answers": [{"slot": slot, "letter": chr(65 + slot), "text": text, "source": source}
+                                                              for slot, text, source in answers],
             "previous": previous[0] if previous else None}
 
 

@@ -29,15 +29,17 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from domaintune.config import ModelConfig
+from domaintune.config import EvaluationConfig, ModelConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.core.net import LOOPBACK_HOSTS, host_name, is_loopback, parse_form
 from domaintune.storage.jsonl import read_json, read_jsonl
 from domaintune.storage.rundir import RunDir
 from domaintune.workbench import jobs
-from domaintune.workbench.runs import inside, list_runs, matches, open_run, summarise
+from domaintune.workbench.arena import MAX_MESSAGE_CHARS, Arena
+from domaintune.workbench.runs import inside, list_runs, matches, name_of, open_run, raw_recipe, summarise
 
 DEFAULT_UPLOAD_CAP = 100 * 2**20
+CHAT_BODY_CAP = 64 * 2**10
 STATIC = {"workbench.js": "text/javascript", "workbench.css": "text/css"}
 PAGE_ROWS = 10
 TOKEN_COOKIE = "domaintune_ui"
@@ -62,10 +64,11 @@ def _duration(seconds) -> str:
 
 
 def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, upload_cap: int = DEFAULT_UPLOAD_CAP,
-               poll_seconds: float = 0.5) -> FastAPI:
+               poll_seconds: float = 0.5, arena: Arena | None = None) -> FastAPI:
     runs = Path(runs).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     templates = _templates()
+    arena = arena or Arena()
     app = FastAPI(title="domaintune workbench", docs_url=None, redoc_url=None, openapi_url=None)
     # 0.0.0.0 and :: answer to any name of the machine; the token guards them instead.
     any_name = host in ("0.0.0.0", "::")
@@ -234,6 +237,52 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
             raise HTTPException(409, f"{name} is running already")
         jobs.launch(run.root, resume=True)
         return RedirectResponse(f"/runs/{name}", 303)
+
+    @app.get("/runs/{name}/arena", response_class=HTMLResponse)
+    def arena_page(name: str):
+        run = run_of(name)
+        recipe = raw_recipe(run)
+        evaluation = recipe.get("evaluation") if isinstance(recipe.get("evaluation"), dict) else {}
+        return page("arena.html.j2", summary=summarise(run), trained=(run.model / "training.json").is_file(),
+                    base=name_of(recipe.get("model")), max_chars=MAX_MESSAGE_CHARS,
+                    max_new_tokens=evaluation.get("max_new_tokens", EvaluationConfig().max_new_tokens))
+
+    @app.post("/runs/{name}/arena/chat")
+    async def arena_chat(name: str, request: Request):
+        """Both answers to a message as server-sent events (read by fetch: a POST, so it carries the CSRF token)."""
+        check_csrf(request.headers.get("x-csrf-token"))
+        body = await request.body()
+        if len(body) > CHAT_BODY_CAP:
+            raise HTTPException(413, f"request larger than {CHAT_BODY_CAP:,} bytes")
+        run = run_of(name)
+        try:
+            asked = json.loads(body)
+            stream = arena.chat(run, str(asked.get("conversation") or ""), str(asked["message"]),
+                                bool(asked.get("blind")), int(asked.get("max_new_tokens") or 128))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise HTTPException(400, f"bad request: expected JSON with a message ({error})") from None
+        except DomaintuneError as error:
+            raise HTTPException(400, str(error)) from None
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.post("/runs/{name}/arena/choose")
+    async def arena_choose(name: str, request: Request):
+        """A blind choice into the run's feedback store, as the feedback page records it; reveals who was who."""
+        from domaintune.api import feedback_db
+        from domaintune.evaluation.feedback import item_view, read_choice, record_choice, session_summary
+
+        form = await posted_form(request)
+        db = feedback_db(run_of(name).root)
+        try:
+            item, slot, ratings = read_choice(form)
+            if not db.is_file():
+                raise DomaintuneError("no blind answers recorded for this run yet")
+            record_choice(db, item, slot, ratings)
+        except (DomaintuneError, KeyError, ValueError) as error:
+            raise HTTPException(400, f"bad choice: {error}") from None
+        shown = item_view(db, item)
+        return JSONResponse({"sources": {answer["letter"]: answer["source"] for answer in shown["answers"]},
+                             "choice": shown["previous"], "summary": session_summary(db)})
 
     @app.post("/upload")
     async def upload(request: Request, name: str):

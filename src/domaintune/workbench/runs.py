@@ -49,7 +49,7 @@ def raw_recipe(run: RunDir) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _name_of(section) -> str:
+def name_of(section) -> str:
     return section.get("name", "-") if isinstance(section, dict) else "-"
 
 
@@ -133,8 +133,8 @@ def summarise(run: RunDir) -> Summary:
     evaluation = recipe.get("evaluation") if isinstance(recipe.get("evaluation"), dict) else {}
     metrics = evaluation.get("metrics") if isinstance(evaluation.get("metrics"), list) else None
     return Summary(
-        name=run.root.name, recipe_name=str(recipe.get("name", run.root.name)), method=_name_of(recipe.get("method")),
-        objective=_name_of(recipe.get("objective")) if recipe.get("objective") else "sft", status=status, error=error,
+        name=run.root.name, recipe_name=str(recipe.get("name", run.root.name)), method=name_of(recipe.get("method")),
+        objective=name_of(recipe.get("objective")) if recipe.get("objective") else "sft", status=status, error=error,
         step=found.get("step"), total=found.get("total"), eta_seconds=found.get("eta_seconds") if running else None,
         headline=headline(read_json(run.eval / "results.json", {}) or {}, metrics), started=started, seconds=seconds,
         running=running,

@@ -93,6 +93,105 @@ function uploadButton(button) {
   });
 }
 
+// The arena: both answers stream into their columns (server-sent events read from a POST's body, since
+// EventSource can only GET); in blind mode the columns are A and B and a choice is posted back.
+function arena(holder) {
+  let conversation = "";
+  const transcript = document.getElementById("transcript");
+  const error = document.getElementById("arena-error");
+  const element = (tag, className, text) => {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const choose = async (turn, item, choice) => {
+    const body = new URLSearchParams({csrf: csrf(), item: String(item), choice: String(choice)});
+    const response = await fetch(holder.dataset.choose, {method: "POST", body});
+    const result = await response.json().catch(() => ({}));
+    if (!response.ok) { error.textContent = result.detail || response.statusText; return; }
+    turn.querySelectorAll(".choices button").forEach(button => button.disabled = true);
+    Object.entries(result.sources).forEach(([letter, source]) =>
+      turn.querySelector(`.answer[data-column="${letter}"] .who`).textContent = `${letter} (${source})`);
+    turn.querySelector(".verdict").textContent = `recorded: ${result.choice}`;
+    const s = result.summary;
+    if (s.tuned_win_rate !== undefined)
+      document.getElementById("win-rate").textContent = `${s.done} choices recorded for this run; tuned's win rate ` +
+        `${(100 * s.tuned_win_rate).toFixed(0)}% [${s.interval.map(x => (100 * x).toFixed(0)).join(", ")}]`;
+  };
+  const handle = (turn, kind, data) => {
+    if (kind === "start") {
+      conversation = data.conversation;
+      const columns = turn.querySelector(".columns");
+      data.columns.forEach(column => {
+        const answer = element("div", "answer");
+        answer.dataset.column = column;
+        answer.append(element("b", "who", column), element("div", "text"));
+        columns.append(answer);
+      });
+    } else if (kind === "piece") {
+      turn.querySelector(`.answer[data-column="${data.column}"] .text`).textContent += data.text;
+    } else if (kind === "answer") {
+      const answer = turn.querySelector(`.answer[data-column="${data.column}"]`);
+      answer.querySelector(".text").textContent = data.text;
+      answer.classList.add("done");
+    } else if (kind === "item") {
+      const choices = element("div", "choices");
+      [["A is better", 0], ["B is better", 1], ["Tie", "tie"]].forEach(([label, choice]) => {
+        const button = element("button", "", label);
+        button.dataset.choice = String(choice);
+        button.addEventListener("click", () => choose(turn, data.item, choice));
+        choices.append(button);
+      });
+      choices.append(element("span", "verdict"));
+      turn.append(choices);
+    } else if (kind === "error") {
+      error.textContent = data.message;
+    }
+  };
+  document.getElementById("ask").addEventListener("submit", async event => {
+    event.preventDefault();
+    const input = document.getElementById("message"), send = document.getElementById("send");
+    const message = input.value.trim();
+    if (!message) return;
+    error.textContent = "";
+    const turn = element("div", "turn");
+    turn.append(element("div", "message user", message), element("div", "columns"));
+    transcript.append(turn);
+    send.disabled = true;
+    try {
+      const response = await fetch(holder.dataset.chat, {
+        method: "POST", headers: {"X-CSRF-Token": csrf(), "Content-Type": "application/json"},
+        body: JSON.stringify({conversation, message, blind: document.getElementById("blind").checked,
+                              max_new_tokens: Number(holder.dataset.maxNewTokens)})});
+      if (!response.ok) {
+        error.textContent = (await response.json().catch(() => ({}))).detail || response.statusText;
+        turn.remove();
+        return;
+      }
+      input.value = "";
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const kind = (frame.match(/^event: (.*)$/m) || [])[1];
+          const data = (frame.match(/^data: (.*)$/m) || [])[1];
+          if (kind && data) handle(turn, kind, JSON.parse(data));
+        }
+      }
+      turn.classList.add("complete");
+    } finally {
+      send.disabled = false;
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const charts = document.getElementById("charts");
   if (charts) liveCharts(charts);
@@ -100,4 +199,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (compared) drawChart(compared, JSON.parse(compared.dataset.curves));
   const upload = document.getElementById("upload");
   if (upload) uploadButton(upload);
+  const playground = document.getElementById("arena");
+  if (playground) arena(playground);
 });
