@@ -146,16 +146,18 @@ def tiny_recipe(tmp_path, tiny_model_dir, qa_rows) -> dict:
 
 def make_trained_run(runs: Path, tiny_model_dir: Path, name: str = "arena-20260101-000000") -> Path:
     """A finished-looking run without training: the tiny model as base, a perturbed copy of it as the
-    tuned full weights, and three evaluated samples with base and tuned answers (what the feedback
-    store starts from). For the workbench's arena and pages; takes a second."""
+    tuned full weights, prepared train and test splits of three rows, and three evaluated samples with
+    base and tuned answers (what the feedback store starts from). For the workbench's arena and pages; takes a second."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     root = runs / name
     (root / "eval").mkdir(parents=True)
     (root / "data").mkdir()
-    write_jsonl(root / "data" / "train.jsonl", [{"messages": [{"role": "user", "content": "hi"},
-                                                              {"role": "assistant", "content": "hello"}]}])
+    for split in ("train", "test"):  # as prepared: a test split for evaluation
+        write_jsonl(root / "data" / f"{split}.jsonl", [{"messages": [{"role": "user", "content": f"Office {i}?"},
+                                                                    {"role": "assistant", "content": city}]}
+                                                      for i, city in enumerate(["Paris", "Rome", "Oslo"])])
     recipe = {"name": "arena", "model": {"name": str(tiny_model_dir)}, "method": {"name": "full"},
               "data": {"train": ["data/train.jsonl"]}, "inference": {"engine": "torch"},
               "evaluation": {"max_new_tokens": 12, "metrics": ["exact_match"]}}

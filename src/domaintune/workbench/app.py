@@ -29,14 +29,23 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from domaintune.config import EvaluationConfig, ModelConfig
+from domaintune.config import EvaluationConfig, ExportConfig, ModelConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.core.net import LOOPBACK_HOSTS, host_name, is_loopback, parse_form
 from domaintune.storage.jsonl import read_json, read_jsonl
 from domaintune.storage.rundir import RunDir
 from domaintune.workbench import jobs
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS, Arena
-from domaintune.workbench.runs import inside, list_runs, matches, name_of, open_run, raw_recipe, summarise
+from domaintune.workbench.runs import (
+    export_choices,
+    inside,
+    list_runs,
+    matches,
+    name_of,
+    open_run,
+    raw_recipe,
+    summarise,
+)
 
 DEFAULT_UPLOAD_CAP = 100 * 2**20
 CHAT_BODY_CAP = 64 * 2**10
@@ -111,6 +120,15 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         except DomaintuneError as error:
             raise HTTPException(404, str(error)) from None
 
+    def idle_trained_run(name: str) -> RunDir:
+        """A run a job may start on: trained, and no job of it running."""
+        run = run_of(name)
+        if jobs.is_running(run.root):
+            raise HTTPException(409, f"{name} is running; wait for it or stop it first")
+        if not (run.model / "training.json").is_file():
+            raise HTTPException(409, f"{name} has not trained yet")
+        return run
+
     @app.exception_handler(DomaintuneError)
     async def user_error(request: Request, error: DomaintuneError):
         return PlainTextResponse(f"error: {error}", 400)
@@ -146,7 +164,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
             card=read_json(run.data / "data_card.json", None), rejected=read_jsonl(run.data / "rejected.jsonl")[:50],
             split=split, page_number=page_number, pages=max(1, -(-len(rows) // PAGE_ROWS)),
             split_rows=rows[page_number * PAGE_ROWS:(page_number + 1) * PAGE_ROWS], models=list(models),
-            task_rows=task_rows, fit_rows=fit_rows, artefacts=_artefacts(run),
+            task_rows=task_rows, fit_rows=fit_rows, artefacts=_artefacts(run), export=_quietly(export_choices, run),
             log_tail=log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:] if log.is_file() else [],
         )
 
@@ -236,6 +254,43 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         if jobs.is_running(run.root):
             raise HTTPException(409, f"{name} is running already")
         jobs.launch(run.root, resume=True)
+        return RedirectResponse(f"/runs/{name}", 303)
+
+    @app.post("/runs/{name}/evaluate")
+    async def evaluate(name: str, request: Request):
+        await posted_form(request)
+        run = idle_trained_run(name)
+        jobs.launch(run.root, task="evaluate")
+        return RedirectResponse(f"/runs/{name}", 303)
+
+    @app.post("/runs/{name}/export")
+    async def export(name: str, request: Request):
+        """Export what the form ticks (adapter, merged, GGUF kinds) instead of the recipe's export section."""
+        from pydantic import ValidationError
+
+        form = await posted_form(request)
+        run = idle_trained_run(name)
+        choices = export_choices(run)
+        if choices["own"]:
+            jobs.launch(run.root, task="export")
+            return RedirectResponse(f"/runs/{name}", 303)
+        wanted = {"adapter": form.get("adapter") == "on", "merged": form.get("merged") == "on",
+                  "gguf": [kind for kind in form.get("gguf", "").split(",") if kind]}
+        refused = [f"{what}: {why}" for what, allowed, why in (
+            ("adapter", choices["adapter"], "this run's method trains full weights, not an adapter"),
+            ("merged", choices["merged"], choices["blocker"]),
+        ) if wanted[what] and not allowed]
+        refused += [f"gguf {kind}: {choices['gguf_missing'] or 'not available for this run'}"
+                    for kind in wanted["gguf"] if kind not in choices["gguf"]]
+        if not (wanted["adapter"] or wanted["merged"]):
+            refused.append("tick the adapter or the merged model")
+        try:
+            section = ExportConfig(**wanted, dtype=form.get("dtype") or choices["dtype"])
+        except ValidationError as error:
+            refused += [f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" for problem in error.errors()]
+        if refused:
+            raise HTTPException(400, "; ".join(refused))
+        jobs.launch(run.root, task="export", export=section.model_dump())
         return RedirectResponse(f"/runs/{name}", 303)
 
     @app.get("/runs/{name}/arena", response_class=HTMLResponse)
@@ -345,6 +400,14 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         return RedirectResponse(f"/runs/{run.root.name}", 303)
 
     return app
+
+
+def _quietly(function, run: RunDir):
+    """function(run), or None where the run's recipe no longer validates: the page still shows the run."""
+    try:
+        return function(run)
+    except DomaintuneError:
+        return None
 
 
 def _status_fields(summary) -> dict:

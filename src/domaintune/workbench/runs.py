@@ -116,8 +116,8 @@ def summarise(run: RunDir) -> Summary:
     running = jobs.is_running(run.root)
     where = stage(run)
     error = None
-    if running:
-        status = where
+    if running:  # an evaluate or export job on a finished run is in that stage, whatever the files say
+        status = {"evaluate": "evaluating", "export": "exporting"}.get((job or {}).get("task"), where)
     elif result:
         status, error = result["state"], result.get("error")
     elif job:  # launched, not running, no word from the job: killed (or the machine restarted)
@@ -155,3 +155,31 @@ def matches(summary: Summary, query: str, status: str) -> bool:
         return False
     text = f"{summary.name} {summary.recipe_name} {summary.method} {summary.objective}".lower()
     return all(word in text for word in query.lower().split())
+
+
+GGUF_KINDS = ("f16", "q8_0", "bf16", "f32")  # what llama.cpp's converter writes itself
+GGUF_Q4_KINDS = ("q4_k_m", "q4_0", "q4_1")  # these need llama-quantize too
+
+
+def export_choices(run: RunDir) -> dict | None:
+    """What the export button can write for this trained run, as its recipe and this machine allow:
+    {"own": the objective's own layout (no choices), "adapter": bool, "merged": bool, "blocker": why not
+    merged, "gguf": kinds (with an Ollama Modelfile), "gguf_missing": why none}; None before training."""
+    import shutil
+
+    from domaintune.export.gguf import INSTALL, converter_folder
+    from domaintune.models.loading import is_adapter_folder, merge_blocker
+    from domaintune.objectives import hook
+
+    if not (run.model / "training.json").is_file():
+        return None
+    recipe = run.recipe()
+    if hook(recipe.objective, "export"):
+        return {"own": True}
+    blocker = merge_blocker(run.model)
+    converter = (converter_folder() / "convert_hf_to_gguf.py").is_file()
+    kinds = [*GGUF_KINDS, *(GGUF_Q4_KINDS if shutil.which("llama-quantize") else ())] if converter else []
+    return {"own": False, "adapter": is_adapter_folder(run.model), "merged": blocker is None, "blocker": blocker,
+            "gguf": kinds if blocker is None else [], "dtype": recipe.export.dtype,
+            "gguf_missing": None if converter else f"llama.cpp's converter is not installed: "
+                                                   f"{INSTALL.format(folder=converter_folder())}"}

@@ -72,6 +72,10 @@ function liveCharts(holder) {
     document.getElementById("error").textContent = s.error || "";
     document.getElementById("stop").disabled = !s.running;
     document.getElementById("resume").disabled = s.running || s.status === "done";
+    for (const id of ["evaluate", "export"]) {
+      const button = document.getElementById(id);
+      if (button) button.disabled = s.running;
+    }
   });
   events.addEventListener("end", () => {
     events.close();
