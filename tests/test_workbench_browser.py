@@ -2,6 +2,7 @@
 line and reason before anything trains, launch the run from the page, watch the step counter and the
 loss update live (Server-Sent Events), and open the finished run's evaluation; chat in the arena with
 both answers streamed and a blind preference recorded in the run's feedback store."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -118,3 +119,84 @@ def test_arena_streams_both_answers_and_records_a_blind_preference(tmp_path, tin
     assert read_feedback(root / "eval" / "feedback.jsonl") == {3: chosen}
     pairs = export_pairs(root / "eval" / "feedback.db", tmp_path / "pairs.jsonl")
     assert pairs["pairs"] == 1 and json.loads((tmp_path / "pairs.jsonl").read_text())["chosen"] == shown_a.strip()
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(root):
+    """A job left running by a failing test would train on for minutes: stop it whatever happens."""
+    from domaintune.workbench import jobs
+
+    try:
+        yield
+    finally:
+        jobs.stop(root)
+
+
+def test_stop_a_training_run_and_resume_it_from_the_page(tmp_path, tiny_recipe):
+    from playwright.sync_api import sync_playwright
+
+    from domaintune.api import load
+    from domaintune.storage.rundir import RunDir
+    from domaintune.workbench import jobs
+
+    runs = tmp_path / "runs"
+    recipe = {**tiny_recipe, "name": "stoppable", "evaluation": {**tiny_recipe["evaluation"], "max_samples": 2}}
+    recipe["training"] = {**recipe["training"], "max_steps": 400, "save_every": 3, "log_every": 1, "eval_every": 400}
+    run = RunDir.create(load(recipe))
+    jobs.launch(run.root)
+    step_shown = "Number((document.getElementById('progress').textContent.match(/step (\\d+)/) || [0, 0])[1])"
+    with (live_server(create_app(runs, poll_seconds=0.2), free_port()) as url, sync_playwright() as playwright,
+          stopped_at_the_end(run.root)):
+        browser, page = browser_page(playwright)
+        page.goto(f"{url}/runs/{run.root.name}")
+        page.wait_for_function(f"{step_shown} >= 5", timeout=90_000)  # past the checkpoint at step 3
+        page.click("#stop")
+        page.wait_for_function("document.getElementById('status').textContent === 'stopped'", timeout=60_000)
+        assert page.is_enabled("#resume") and page.is_disabled("#stop")
+        checkpoint = run.last_checkpoint()
+        assert checkpoint is not None
+        stopped_at = int(checkpoint.name.rsplit("-", 1)[1])
+
+        page.click("#resume")
+        page.wait_for_function("document.getElementById('status').textContent === 'training'", timeout=60_000)
+        # The resumed run goes on from its checkpoint, past where it stopped, shown live on the same page
+        # (the steps the page receives now, not the ones it was rendered with).
+        page.evaluate(f"""() => {{ window.steps = [];
+            new MutationObserver(() => steps.push({step_shown}))
+              .observe(document.getElementById('progress'), {{childList: true, characterData: true, subtree: true}}); }}""")
+        page.wait_for_function(f"new Set(window.steps).size >= 2 && Math.max(...window.steps) > {stopped_at + 2}",
+                               timeout=90_000)
+        assert jobs.job_files(run.root)[0]["resume"] is True
+        page.click("#stop")  # not to wait for 400 steps
+        page.wait_for_function("document.getElementById('status').textContent === 'stopped'", timeout=90_000)
+        browser.close()
+    assert f"Resuming from checkpoint-{stopped_at}" in (run.root / "workbench" / "job.log").read_text()
+
+
+def test_compare_two_runs_from_the_runs_page(tmp_path):
+    from playwright.sync_api import sync_playwright
+    from test_workbench_pages import RESULTS, make_run
+
+    runs = tmp_path / "runs"
+    make_run(runs, "lora-run", results=RESULTS, metrics=[{"step": s, "loss": 2.0 / s} for s in range(1, 6)])
+    make_run(runs, "ia3-run", method="ia3", results=RESULTS, metrics=[{"step": s, "loss": 3.0 / s} for s in range(1, 6)])
+    make_run(runs, "other", results=RESULTS, age=50)
+    with live_server(create_app(runs), free_port()) as url, sync_playwright() as playwright:
+        browser, page = browser_page(playwright)
+        page.goto(url)
+        page.check("input[name=run][value=lora-run]")
+        page.check("input[name=run][value=ia3-run]")
+        page.click("#compare")
+        page.wait_for_selector("#comparison")
+        assert page.inner_text("h1") == "Compare 2 runs"
+        table = page.inner_text("#comparison")
+        assert "lora-run" in table and "ia3-run" in table and "other" not in table
+        assert "[+0.300, +0.700]" in table and "better" in table
+        # Both loss curves are drawn in their own colours on the chart.
+        colours = page.evaluate("""() => { const c = document.getElementById('chart-compare');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, seen = new Set();
+            for (let i = 0; i < d.length; i += 4) if (d[i + 3] && !(d[i] === d[i + 1] && d[i + 1] === d[i + 2]))
+              seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
+            return [...seen]; }""")
+        assert {"47,111,222", "232,116,59"} <= set(colours)  # COLOURS[0] and COLOURS[1] in workbench.js
+        browser.close()
