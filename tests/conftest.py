@@ -142,3 +142,34 @@ def tiny_recipe(tmp_path, tiny_model_dir, qa_rows) -> dict:
         "evaluation": {"metrics": ["entity_f1", "exact_match"], "max_samples": 6, "max_new_tokens": 12},
         "export": {"dtype": "float32"},
     }
+
+
+def make_trained_run(runs: Path, tiny_model_dir: Path, name: str = "arena-20260101-000000") -> Path:
+    """A finished-looking run without training: the tiny model as base, a perturbed copy of it as the
+    tuned full weights, prepared train and test splits of three rows, and three evaluated samples with
+    base and tuned answers (what the feedback store starts from). For the workbench's arena and pages; takes a second."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    root = runs / name
+    (root / "eval").mkdir(parents=True)
+    (root / "data").mkdir()
+    for split in ("train", "test"):  # as prepared: a test split for evaluation
+        write_jsonl(root / "data" / f"{split}.jsonl", [{"messages": [{"role": "user", "content": f"Office {i}?"},
+                                                                    {"role": "assistant", "content": city}]}
+                                                      for i, city in enumerate(["Paris", "Rome", "Oslo"])])
+    recipe = {"name": "arena", "model": {"name": str(tiny_model_dir)}, "method": {"name": "full"},
+              "data": {"train": ["data/train.jsonl"]}, "inference": {"engine": "torch"},
+              "evaluation": {"max_new_tokens": 12, "metrics": ["exact_match"]}}
+    (root / "recipe.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    model.save_pretrained(root / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / "model")
+    (root / "model" / "training.json").write_text(json.dumps({"runtime_seconds": 1.0}), encoding="utf-8")
+    write_jsonl(root / "eval" / "samples.jsonl", [{"prompt": f"question {i}", "base": f"base {i}", "tuned": f"tuned {i}",
+                                                   "reference": f"answer {i}"} for i in range(3)])
+    return root

@@ -154,3 +154,17 @@ def test_auto_compute_type_is_exact_for_evaluation_and_fast_elsewhere(monkeypatc
 
 def test_torch_engine_when_asked(tiny):
     assert isinstance(engine(tiny, InferenceConfig(engine="torch")), TorchGenerator)
+
+
+def test_streamed_text_joins_to_the_generated_answer_on_both_engines(tiny):
+    """The workbench's arena streams answers; the pieces must add up to what `generate` answers."""
+    prompts = tiny[3]
+    for setting in (InferenceConfig(engine="torch"), InferenceConfig(engine="ctranslate2")):
+        generator = engine(tiny, setting)
+        for prompt in prompts[:2]:
+            pieces = list(generator.stream(prompt, 12))
+            assert len(pieces) > 1 and "".join(pieces).strip() == generator.generate([prompt], 12, 1)[0], setting
+    # A reader that stops early stops the torch generation (its thread ends, nothing left running).
+    stream = engine(tiny, InferenceConfig(engine="torch")).stream(prompts[0], 200)
+    next(stream)
+    stream.close()

@@ -1,4 +1,6 @@
 import json
+import os
+from contextlib import nullcontext
 
 import pytest
 from transformers import TrainerCallback
@@ -164,3 +166,38 @@ def test_a_gpu_run_reads_nothing_back_between_logging_steps_and_a_cpu_run_is_as_
     assert (cpu.logging_nan_inf_filter, cpu.include_num_input_tokens_seen, cpu.dataloader_num_workers,
             cpu.dataloader_pin_memory) == (True, "all", 0, False)
     assert per_step_settings(cuda=False, packing=False)["include_num_input_tokens_seen"] == "non_padding"
+
+
+def test_report_to_chooses_the_trackers_and_refuses_a_missing_one(tiny_recipe, monkeypatch):
+    """training.report_to: tensorboard is domaintune's own callback; mlflow and trackio go to the Trainer,
+    MLflow into a local store in the run directory; a tracker that isn't installed is refused as training starts."""
+    import importlib.util
+
+    from domaintune.api import load
+    from domaintune.core.errors import DomaintuneError
+    from domaintune.training.trainer import training_arguments
+
+    assert load(tiny_recipe).training.report_to == ["tensorboard"]
+    tiny_recipe["training"]["report_to"] = "none"
+    run = domaintune.train(tiny_recipe)  # no tracker: no TensorBoard folder either
+    assert not run.tensorboard.exists() or not any(run.tensorboard.iterdir())
+
+    tiny_recipe["training"]["report_to"] = ["tensorboard", "mlflow"]
+    recipe = load(tiny_recipe)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(DomaintuneError, match=r"training.report_to: mlflow is not installed; pip install 'domaintune\[mlflow\]'"):
+        training_arguments(recipe, run, has_validation=True, bf16=False)
+    # Installed (pretended here: the Trainer only imports it when training starts): passed through, stored locally.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "mlflow" else real(name, *a))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    args = training_arguments(recipe, run, has_validation=True, bf16=False)
+    assert args.report_to == ["mlflow"] and args.run_name == run.root.name
+    assert os.environ["MLFLOW_TRACKING_URI"] == (run.root / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")  # the user's own server wins
+    training_arguments(recipe, run, has_validation=True, bf16=False)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking.example:5000"
+    with pytest.raises(DomaintuneError, match="trackio is not installed") if real("trackio") is None else nullcontext():
+        training_arguments(load({**tiny_recipe, "training": {**tiny_recipe["training"], "report_to": "trackio"}}),
+                           run, has_validation=True, bf16=False)

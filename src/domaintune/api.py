@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from domaintune.config import Recipe, load_recipe, recipe_json_schema
+from domaintune.config import ExportConfig, Recipe, load_recipe, recipe_json_schema
 from domaintune.config.recipe import RecipeLike, as_recipe
 from domaintune.core.errors import DomaintuneError
 from domaintune.storage.rundir import RunDir
@@ -104,10 +104,12 @@ def evaluate(run_dir: str | Path | RunDir, console: Console | None = None, harne
     return pipeline.evaluate(_run_dir(run_dir), console=_console(console), harness=harness)
 
 
-def export_model(run_dir: str | Path | RunDir, console: Console | None = None) -> dict[str, str]:
+def export_model(run_dir: str | Path | RunDir, console: Console | None = None,
+                 export: ExportConfig | None = None) -> dict[str, str]:
+    """The run's model as files others load; `export` chooses them instead of the recipe's export section."""
     from domaintune.workflows import pipeline
 
-    return pipeline.export(_run_dir(run_dir), console=_console(console))
+    return pipeline.export(_run_dir(run_dir), console=_console(console), export=export)
 
 
 def run(recipe: RecipeLike, overrides: list[str] | None = None, console: Console | None = None) -> RunDir:

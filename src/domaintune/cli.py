@@ -226,6 +226,21 @@ def estimate(recipe: Path, overrides: SetOption = None):
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command()
+@user_errors
+def ui(
+    runs: Annotated[Path, typer.Option("--runs", help="The runs folder the workbench shows and launches into.")] = Path("runs"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; other than loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 7860,
+    token: Annotated[Optional[str], typer.Option("--token", help="Secret every request must carry (open the printed URL once).")] = None,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Larger uploads are refused.")] = 100,
+):
+    """The workbench: a local web page to prepare data, launch and watch runs, and compare them."""
+    from domaintune.workbench.app import serve as serve_workbench
+
+    serve_workbench(runs, host=host, port=port, token=token, upload_cap=max_upload_mb * 2**20, console=console)
+
+
 @data_app.command("prepare")
 @user_errors
 def data_prepare(recipe: Path, overrides: SetOption = None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from domaintune.config.base import Section
 
@@ -14,6 +14,7 @@ class EarlyStoppingConfig(Section):
 
 
 Precision = Literal["auto", "fp32", "bf16"]
+Tracker = Literal["tensorboard", "mlflow", "trackio"]
 
 
 class TrainingConfig(Section):
@@ -43,6 +44,19 @@ class TrainingConfig(Section):
     )
     compile: bool = Field(False, description="torch.compile the model: ~20% faster steps after minutes of compiling.")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (e.g. 5); off when null.")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Where training curves also go: tensorboard (RUN/tensorboard), mlflow (a local store in "
+        "RUN/mlruns unless MLFLOW_TRACKING_URI is set; needs `pip install domaintune[mlflow]`), trackio (local, "
+        "project = the recipe's name; needs `pip install domaintune[trackio]`); [] or none for none of them.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _checkpoints_align_with_validation(self) -> "TrainingConfig":

@@ -18,7 +18,6 @@ import sqlite3
 from contextlib import closing
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's (postponed) annotation here
 
@@ -26,7 +25,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import LOOPBACK_HOSTS
+from domaintune.core.net import LOOPBACK_HOSTS, host_name, parse_form
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.generation import open_generator
@@ -127,6 +126,28 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
     return session_summary(db)
 
 
+def add_pair(db: Path, run_root: Path, prompt: list[dict], answers: dict[str, str]) -> int:
+    """Add one prompt's base and tuned answers, in the shown order of `answers` (slot A first), to the
+    run's base-vs-tuned session (the workbench's blind arena); returns the item's id for record_choice.
+    A missing session starts from the run's evaluated samples, so `domaintune feedback` shows the same
+    session; the new item is numbered after them, so a choice never lands on a sample the judge scored."""
+    db = Path(db)
+    if not db.exists() or session_summary(db)["source"] is None:
+        prepare_session(str(run_root), db)
+    meta = session_summary(db)
+    if meta["kind"] != "base-vs-tuned" or Path(meta["source"]).resolve() != Path(run_root).resolve():
+        raise DomaintuneError(f"{db} holds a {meta['kind']} session for {meta['source']}, not base vs tuned of "
+                              f"{run_root}; move it aside to record choices here")
+    if sorted(answers) != ["base", "tuned"]:
+        raise DomaintuneError(f"expected a base and a tuned answer, not {sorted(answers)}")
+    with closing(connect(db)) as connection, connection:
+        item = connection.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM items").fetchone()[0]
+        connection.execute("INSERT INTO items VALUES (?, ?)", (item, json.dumps(prompt, ensure_ascii=False)))
+        connection.executemany("INSERT INTO answers VALUES (?, ?, ?, ?)",
+                               [(item, slot, name, text) for slot, (name, text) in enumerate(answers.items())])
+    return item
+
+
 def _sample_answers(source: str, is_run: bool, prompts, samples: int, max_new_tokens: int, batch_size: int,
                     temperature: float, seed: int, console) -> dict[str, list[str]]:
     """`samples` sampled answers per prompt from the model (a run's tuned model, or any model)."""
@@ -179,9 +200,10 @@ def item_view(db: Path, item: int | None = None) -> dict | None:
         row = connection.execute("SELECT prompt FROM items WHERE id = ?", (item,)).fetchone()
         if row is None:
             return None
-        answers = connection.execute("SELECT slot, text FROM answers WHERE item_id = ? ORDER BY slot", (item,)).fetchall()
+        answers = connection.execute("SELECT slot, text, source FROM answers WHERE item_id = ? ORDER BY slot", (item,)).fetchall()
         previous = connection.execute("SELECT choice FROM choices WHERE item_id = ?", (item,)).fetchone()
-    return {"id": item, "prompt": json.loads(row[0]), "answers": [{"slot": slot, "letter": chr(65 + slot), "text": text} for slot, text in answers],
+    return {"id": item, "prompt": json.loads(row[0]), "answers": [{"slot": slot, "letter": chr(65 + slot), "text": text, "source": source}
+                                                              for slot, text, source in answers],
             "previous": previous[0] if previous else None}
 
 
@@ -232,14 +254,6 @@ def export_pairs(db: Path, out: Path) -> dict:
     return {"pairs": len(pairs), "ties": ties, "out": str(out)}
 
 
-def parse_choice_form(body: bytes) -> dict[str, str]:
-    """The posted form's fields (the last value of each); ValueError for a body that is not a plain
-    UTF-8 urlencoded form of a few fields."""
-    # Parsed here rather than by FastAPI's Form, which would need python-multipart.
-    fields = parse_qs(body.decode("utf-8"), errors="strict", max_num_fields=32)
-    return {key: values[-1] for key, values in fields.items()}
-
-
 def read_choice(form: dict[str, str]) -> tuple[int, int | None, dict[int, int]]:
     """(item, answer slot or None for a tie, ratings 1-5 by slot) from the form; ValueError or
     KeyError names a field that is missing or not what the page sends."""
@@ -252,13 +266,6 @@ def read_choice(form: dict[str, str]) -> tuple[int, int | None, dict[int, int]]:
             ratings[slot] = rating
     choice = form["choice"]
     return int(form["item"]), None if choice == TIE else int(choice), ratings
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without its port ("[::1]:8765" -> "[::1]")."""
-    if header.startswith("["):
-        return header[: header.find("]") + 1]
-    return header.rsplit(":", 1)[0]
 
 
 def create_app(db: Path, host: str = "127.0.0.1"):
@@ -296,7 +303,7 @@ def create_app(db: Path, host: str = "127.0.0.1"):
     @app.post("/choose")
     async def choose(request: Request):
         try:
-            form = parse_choice_form(await request.body())
+            form = parse_form(await request.body())
         except ValueError as error:
             raise HTTPException(400, f"bad form: {error}") from None
         if not hmac.compare_digest(form.get("csrf", "").encode(), token.encode()):

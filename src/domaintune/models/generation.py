@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
 
@@ -26,6 +26,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16
 from domaintune.models.inference import generate as torch_generate
+from domaintune.models.inference import stream_token_ids
 from domaintune.models.loading import (
     is_adapter_folder,
     load_causal_lm,
@@ -60,6 +61,14 @@ class TorchGenerator:
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float | None = None) -> list[str]:
         return torch_generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, self.bf16, temperature)
+
+    def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None) -> Iterator[str]:
+        """One completion's text in pieces as it is generated; joined and stripped, what `generate` returns."""
+        ids = stream_token_ids(self.model, self.tokenizer, prompt, max_new_tokens, self.bf16, temperature)
+        try:
+            yield from decoded_pieces(ids, self.tokenizer)
+        finally:
+            ids.close()  # a reader that stopped early stops the generation too
 
     def describe(self) -> dict:
         return {"engine": self.engine, "compute_type": self.compute_type}
@@ -115,11 +124,30 @@ class CTranslate2Generator:
                 outputs[i] = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
         return outputs
 
+    def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None) -> Iterator[str]:
+        """One completion's text in pieces as it is generated; joined and stripped, what `generate` returns."""
+        steps = self.generator.generate_tokens(self.tokens(prompt), **self.options(max_new_tokens, temperature))
+        yield from decoded_pieces((step.token_id for step in steps), self.tokenizer)
+
     def describe(self) -> dict:
         return {"engine": self.engine, "compute_type": self.compute_type}
 
 
 TextGenerator = TorchGenerator | CTranslate2Generator
+
+
+def decoded_pieces(token_ids: Iterable[int], tokenizer) -> Iterator[str]:
+    """The text of a growing list of tokens, as the new part each time it decodes to whole characters (a
+    character split over tokens waits for its last one); leading whitespace is dropped, as `generate` strips."""
+    ids: list[int] = []
+    shown = ""
+    for token in token_ids:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd") or len(text) <= len(shown):
+            continue
+        yield text[len(shown):]
+        shown = text
 
 
 # Below this many shared tokens, computing the prefix once saves less than it costs.

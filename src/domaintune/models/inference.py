@@ -3,6 +3,9 @@ evaluation, training's domain perplexity, synthesis, selection and the judge."""
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -100,3 +103,60 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     finally:
         tokenizer.padding_side = previous_side
     return outputs
+
+
+def stream_token_ids(model, tokenizer, prompt: str, max_new_tokens: int, bf16: bool,
+                     temperature: float | None = None) -> Iterator[int]:
+    """The new token ids of one completion as `generate` makes them (it runs in a thread); closing the
+    iterator early (a reader that went away) stops the generation at its next token."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    tokens: queue.Queue = queue.Queue()
+    stopped = threading.Event()
+    done = object()
+
+    class Streamer(BaseStreamer):
+        prompt_seen = False
+
+        def put(self, value):
+            if not self.prompt_seen:  # generate first hands over the prompt itself
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                tokens.put(token)
+
+        def end(self):
+            tokens.put(done)
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool)
+
+    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.no_grad(), autocast(bf16):
+                model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=temperature is not None,
+                    **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature is not None else {}),
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Stop()]),
+                )
+        except BaseException as error:  # noqa: BLE001 - handed to the reader, which raises it
+            failure.append(error)
+            tokens.put(done)
+
+    model.eval()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        while (token := tokens.get()) is not done:
+            yield token
+        if failure:
+            raise failure[0]
+    finally:
+        stopped.set()
+        worker.join()

@@ -37,7 +37,9 @@ class MetricsLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        # max_steps and the wall time let a reader (the workbench) show step/total, ETA and tokens/s.
+        record = {"step": state.global_step, "max_steps": state.max_steps, "time": round(time.time(), 3),
+                  "epoch": round(state.epoch or 0.0, 4), **logs}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -83,6 +83,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
     from transformers import TrainingArguments
 
     config = recipe.training
+    prepare_trackers(config.report_to, run, recipe.name)
     early_stopping = config.early_stopping is not None and has_validation
     values = dict(
         output_dir=str(run.checkpoints),
@@ -115,7 +116,12 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
         prediction_loss_only=True,  # validation needs the loss only; gathering logits costs GBs at a 49k vocabulary
         seed=recipe.seed,
         data_seed=recipe.seed,
-        report_to="none",
+        # TensorBoard is written by domaintune's own callback (trainer_callbacks); the others by transformers'.
+        report_to=[name for name in config.report_to if name != "tensorboard"] or "none",
+        run_name=run.root.name,
+        project=recipe.name,
+        trackio_space_id=None,  # trackio stays on this machine: no Space, nothing pushed to the Hub
+        trackio_static_space_id=False,
         disable_tqdm=True,
         **per_step_settings(torch.cuda.is_available(), config.packing),
         # Every trainable parameter takes part in each forward pass; searching for unused ones costs DDP a graph walk.
@@ -124,14 +130,37 @@ def training_arguments(recipe: Recipe, run: RunDir, has_validation: bool, bf16: 
     return (cls or TrainingArguments)(**{**values, **overrides})
 
 
-def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, console: Console, callbacks: list | None) -> list:
-    """A run's callbacks (training/callbacks.py) with TensorBoard before the caller's."""
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
+TRACKER_PACKAGES = {"mlflow": "mlflow", "trackio": "trackio"}
+_mlflow_store: list[str] = []  # the MLFLOW_TRACKING_URI set here for an earlier run of this process
 
+
+def prepare_trackers(report_to: list[str], run: RunDir, experiment: str) -> None:
+    """Refuse a tracker that isn't installed (as training starts, not after it), and point MLflow at a
+    store in the run directory unless the user's MLFLOW_TRACKING_URI says where: no server is needed."""
+    import importlib.util
+    import os
+
+    for name in report_to:
+        package = TRACKER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise DomaintuneError(f"training.report_to: {name} is not installed; pip install 'domaintune[{name}]' "
+                                  f"(or remove {name} from training.report_to)")
+    if "mlflow" in report_to and os.environ.get("MLFLOW_TRACKING_URI") in (None, "", *_mlflow_store):
+        os.environ["MLFLOW_TRACKING_URI"] = (run.root / "mlruns").as_uri()
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+        _mlflow_store.append(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def trainer_callbacks(run: RunDir, recipe: Recipe, args, has_validation: bool, console: Console, callbacks: list | None) -> list:
+    """A run's callbacks (training/callbacks.py), with TensorBoard (training.report_to) before the caller's."""
     run.checkpoints.mkdir(parents=True, exist_ok=True)
-    tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None)
-    return run_callbacks(run, recipe, console, [tensorboard, *(callbacks or [])],
+    trackers = []
+    if "tensorboard" in recipe.training.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        trackers.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)) if args.should_save else None))
+    return run_callbacks(run, recipe, console, [*trackers, *(callbacks or [])],
                          recipe.training.early_stopping if has_validation else None)
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from domaintune.config import Recipe
 from domaintune.config.recipe import as_recipe
 from domaintune.models.loading import merge_blocker
+from domaintune.storage.rundir import RunDir
 from domaintune.workflows.stages import run_recipe
 
 COLUMNS = ["variant", "method", "test_loss", "metrics", "train_seconds", "trainable", "trainable_share",
@@ -25,6 +26,26 @@ COLUMNS = ["variant", "method", "test_loss", "metrics", "train_seconds", "traina
 def artifact_bytes(model_dir: Path) -> int:
     """Size of what the method saved: the adapter or the full weights (not the tokenizer)."""
     return sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.suffix == ".safetensors")
+
+
+def run_row(run: RunDir, label: str, method: str) -> dict:
+    """One run's line of the table (a run not yet trained or evaluated has None where that is missing)."""
+    results, training = run.results(), run.training_summary()
+    tuned = (results.get("models") or {}).get("tuned") or {}
+    parameters = training.get("parameters") or {}
+    trained = run.model.is_dir()
+    return {
+        "variant": label,
+        "method": method,
+        "test_loss": (tuned.get("loss") or {}).get("test"),
+        "metrics": tuned.get("metrics") or {},
+        "train_seconds": training.get("runtime_seconds"),
+        "trainable": parameters.get("trainable"),
+        "trainable_share": parameters.get("share"),
+        "artifact_mb": artifact_bytes(run.model) / 2**20 if trained else None,
+        "merged": merge_blocker(run.model) is None if trained else None,
+        "run_dir": str(run.root),
+    }
 
 
 def compare_methods(recipe: Recipe, console: Console) -> dict:
@@ -39,21 +60,8 @@ def compare_methods(recipe: Recipe, console: Console) -> dict:
         data["evaluation"]["compare_base"] = index == 0 and recipe.evaluation.compare_base
         console.rule(f"[bold]{label}[/] ({variant.method.name})")
         run = run_recipe(as_recipe(data), console=console)
-        results, training = run.results(), run.training_summary()
-        tuned = results["models"]["tuned"]
-        base = base or results["models"].get("base")
-        rows.append({
-            "variant": label,
-            "method": variant.method.name,
-            "test_loss": tuned.get("loss", {}).get("test"),
-            "metrics": tuned.get("metrics", {}),
-            "train_seconds": training.get("runtime_seconds"),
-            "trainable": training["parameters"]["trainable"],
-            "trainable_share": training["parameters"]["share"],
-            "artifact_mb": artifact_bytes(run.model) / 2**20,
-            "merged": merge_blocker(run.model) is None,
-            "run_dir": str(run.root),
-        })
+        base = base or run.results()["models"].get("base")
+        rows.append(run_row(run, label, variant.method.name))
     out = Path(recipe.output_dir) / f"{recipe.name}-compare"
     out.mkdir(parents=True, exist_ok=True)
     with (out / "comparison.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -78,7 +86,8 @@ def markdown(rows: list[dict], base: dict | None) -> str:
                      *(fmt(base.get("metrics", {}).get(m)) for m in metric_names), "-", "-", "-", "-", "-"]) + " |")
     for row in rows:
         cells = [row["variant"], row["method"], fmt(row["test_loss"]), *(fmt(row["metrics"].get(m)) for m in metric_names),
-                 fmt(row["train_seconds"], 0), f"{row['trainable']:,}", f"{row['trainable_share']:.2%}",
-                 fmt(row["artifact_mb"], 2), "yes" if row["merged"] else "no (adapter only)"]
+                 fmt(row["train_seconds"], 0), "-" if row["trainable"] is None else f"{row['trainable']:,}",
+                 "-" if row["trainable_share"] is None else f"{row['trainable_share']:.2%}", fmt(row["artifact_mb"], 2),
+                 "-" if row["merged"] is None else "yes" if row["merged"] else "no (adapter only)"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from domaintune.config import Recipe
+from domaintune.config import ExportConfig, Recipe
 from domaintune.config.recipe import RecipeLike, as_recipe
 from domaintune.core.chat import count_tokens
 from domaintune.core.errors import DomaintuneError
@@ -119,11 +119,14 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     return evaluate_causal_lm(run, console, harness)
 
 
-def export(run: RunDir, console: Console | None = None) -> dict[str, str]:
-    """The run's model as files others load (the objective's own layout where it has one)."""
+def export(run: RunDir, console: Console | None = None, export: ExportConfig | None = None) -> dict[str, str]:
+    """The run's model as files others load (the objective's own layout where it has one); `export`
+    replaces the recipe's export section (the workbench's export button)."""
     console = console or Console(stderr=True)
     run.require_model()
     recipe = run.recipe()
+    if export is not None:
+        recipe = recipe.model_copy(update={"export": export})
     own_export = hook(recipe.objective, "export")
     if own_export:  # a classifier or an embedding model: its own artifact layout
         return own_export(run, console=console)

@@ -1,0 +1,94 @@
+"""The workbench's pages over run directories written by hand (no model): the runs page (newest first,
+status, headline, filter), a run's event stream (resumes at Last-Event-ID), the comparison table, and a
+launched job that fails showing its error."""
+import json
+import os
+import re
+import time
+
+from fastapi.testclient import TestClient
+
+from domaintune.workbench import jobs
+from domaintune.workbench.app import create_app
+
+RESULTS = {
+    "models": {"base": {"metrics": {"exact_match": 0.2}, "loss": {"test": 2.0}},
+               "tuned": {"metrics": {"exact_match": 0.7}, "loss": {"test": 0.5}}},
+    "comparison": {"exact_match": {"delta": 0.5, "low": 0.3, "high": 0.7, "verdict": "better"}},
+}
+
+
+def make_run(runs, name, method="lora", results=None, metrics=(), age=0):
+    root = runs / name
+    (root / "eval").mkdir(parents=True)
+    (root / "model").mkdir()
+    (root / "recipe.yaml").write_text(f"name: {name}\nmethod: {{name: {method}}}\nobjective: {{name: sft}}\n"
+                                      "evaluation: {metrics: [exact_match]}\n", encoding="utf-8")
+    (root / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in metrics), encoding="utf-8")
+    if results:
+        (root / "fingerprint.json").write_text("{}", encoding="utf-8")
+        (root / "data").mkdir()
+        (root / "data" / "train.jsonl").write_text("", encoding="utf-8")
+        (root / "model" / "training.json").write_text(json.dumps({"runtime_seconds": 12.0, "parameters": {
+            "trainable": 1000, "share": 0.01}}), encoding="utf-8")
+        (root / "eval" / "results.json").write_text(json.dumps(results), encoding="utf-8")
+        (root / "export").mkdir()
+    stamp = time.time() - age
+    os.utime(root / "recipe.yaml", (stamp, stamp))
+    return root
+
+
+def web(runs):
+    return TestClient(create_app(runs, poll_seconds=0.05), base_url="http://127.0.0.1:7860", follow_redirects=False)
+
+
+def test_runs_page_lists_newest_first_with_status_headline_and_filter(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "old-lora", results=RESULTS, age=100)
+    make_run(runs, "new-ia3", method="ia3", age=0)
+    page = web(runs).get("/").text
+    assert page.index("new-ia3") < page.index("old-lora")
+    row = re.search(r'<tr class="run" data-status="done">(.*?)</tr>', page, re.S).group(1)
+    assert "old-lora" in row and "exact_match 0.200 → 0.700" in row and "better" in row
+    filtered = web(runs).get("/", params={"q": "ia3"}).text
+    assert "new-ia3" in filtered and "old-lora" not in filtered
+    assert "old-lora" in web(runs).get("/", params={"status": "done"}).text
+
+
+def test_the_event_stream_sends_metrics_and_resumes_after_the_last_id(tmp_path):
+    runs = tmp_path / "runs"
+    records = [{"step": step, "max_steps": 4, "time": 100.0 + step, "loss": 1.0 / step} for step in (1, 2, 3, 4)]
+    make_run(runs, "done", results=RESULTS, metrics=records)
+    text = web(runs).get("/runs/done/events").text
+    steps = [json.loads(data)["step"] for data in re.findall(r"event: metric\ndata: (.*)\n", text)]
+    assert steps == [1, 2, 3, 4] and text.rstrip().endswith("event: end\ndata: {}")
+    ids = re.findall(r"id: (\d+)\n", text)
+    resumed = web(runs).get("/runs/done/events", headers={"Last-Event-ID": ids[1]}).text  # a reconnect
+    assert [json.loads(data)["step"] for data in re.findall(r"event: metric\ndata: (.*)\n", resumed)] == [3, 4]
+
+
+def test_compare_tabulates_runs_with_intervals(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", results=RESULTS, metrics=[{"step": 1, "loss": 2.0}])
+    make_run(runs, "b", method="ia3", results=RESULTS)
+    page = web(runs).get("/compare", params={"run": ["a", "b"]})
+    assert page.status_code == 200
+    table = re.search(r'<table id="comparison">(.*?)</table>', page.text, re.S).group(1)
+    assert "ia3" in table and "0.700" in table and "[+0.300, +0.700]" in table and "1,000" in table
+    assert web(runs).get("/compare", params={"run": ["a"]}).status_code == 400
+
+
+def test_a_launched_job_that_fails_shows_its_error(tmp_path):
+    runs = tmp_path / "runs"
+    root = runs / "broken"
+    root.mkdir(parents=True)
+    (root / "recipe.yaml").write_text(f"name: broken\nmodel: {{name: {tmp_path / 'no-such-model'}}}\n"
+                                      "data: {train: [missing.jsonl]}\n", encoding="utf-8")
+    jobs.launch(root)
+    assert jobs.is_running(root) or jobs.job_files(root)[1] is not None
+    deadline = time.monotonic() + 120
+    while jobs.is_running(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    page = web(runs).get("/runs/broken").text
+    assert re.search(r'id="status" class="status failed">failed<', page)
+    assert "no-such-model" in re.search(r'id="error" class="error">(.*?)</div>', page, re.S).group(1)

@@ -1,0 +1,134 @@
+"""The workbench refuses hostile requests: a post without the page's CSRF token, another Host, a
+non-loopback bind without a token, a request without the token, an upload over the cap, and any path
+that leaves the runs folder. No model is loaded here (fast)."""
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from domaintune.cli import app as cli_app
+from domaintune.core.errors import DomaintuneError
+from domaintune.workbench.app import check_bind, create_app
+
+
+def client(runs, token=None, cap=1000, host="127.0.0.1"):
+    return TestClient(create_app(runs, token=token, upload_cap=cap), base_url=f"http://{host}:7860",
+                      follow_redirects=False)
+
+
+def csrf_of(page_text: str) -> str:
+    return re.search(r'name="csrf" content="([^"]+)"', page_text).group(1)
+
+
+def fake_run(runs, name="demo-20260101-000000"):
+    root = runs / name
+    (root / "eval").mkdir(parents=True)
+    (root / "recipe.yaml").write_text("name: demo\nmethod: {name: lora}\n", encoding="utf-8")
+    (root / "eval" / "results.json").write_text("{}", encoding="utf-8")
+    return root
+
+
+def test_posts_without_the_page_token_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs)
+    web = client(runs)
+    token = csrf_of(web.get("/").text)
+    recipe = "name: x\ndata: {train: [a.jsonl]}\n"
+    # Any web page the user visits can post to 127.0.0.1, but it can't read the page's token.
+    assert web.post("/launch", data={"recipe": recipe}).status_code == 403
+    assert web.post("/launch", data={"recipe": recipe, "csrf": "guessed"}).status_code == 403
+    assert web.post("/runs/demo-20260101-000000/resume", data={}).status_code == 403
+    assert web.post("/runs/demo-20260101-000000/stop", data={}).status_code == 403
+    assert web.post("/upload?name=a.jsonl", content=b'{"text": "x"}\n').status_code == 403
+    assert sorted(path.name for path in runs.iterdir()) == ["demo-20260101-000000"]  # nothing launched or written
+    assert not (runs / "demo-20260101-000000" / "workbench").exists()
+    # With the token the same requests go through (a stop of a run that isn't running is a 409).
+    assert web.post("/runs/demo-20260101-000000/stop", data={"csrf": token}).status_code == 409
+    assert web.post("/upload?name=a.jsonl", content=b'{"text": "x"}\n', headers={"X-CSRF-Token": token}).status_code == 200
+
+
+def test_another_host_name_is_refused(tmp_path):
+    web = client(tmp_path / "runs")
+    assert web.get("/").status_code == 200
+    # DNS rebinding: the attacker's own name resolves to 127.0.0.1, so the Host header names it.
+    assert web.get("/", headers={"Host": "attacker.example:7860"}).status_code == 403
+    assert client(tmp_path / "runs", host="localhost").get("/").status_code == 200
+
+
+def test_a_non_loopback_bind_needs_a_token(tmp_path):
+    with pytest.raises(DomaintuneError, match="needs --token"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "secret")
+    check_bind("::1", None)
+    result = CliRunner().invoke(cli_app, ["ui", "--runs", str(tmp_path / "runs"), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "needs --token" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_with_a_token_every_request_carries_it(tmp_path):
+    web = client(tmp_path / "runs", token="s3cret")
+    assert web.get("/").status_code == 401
+    assert web.get("/?token=wrong").status_code == 401
+    first = web.get("/?token=s3cret")
+    assert first.status_code == 200
+    assert web.get("/").status_code == 200  # the cookie set by the first visit
+
+
+def test_an_upload_over_the_cap_is_refused_and_not_written(tmp_path):
+    runs = tmp_path / "runs"
+    web = client(runs, cap=1000)
+    token = csrf_of(web.get("/").text)
+    response = web.post("/upload?name=big.jsonl", content=b"x" * 1001, headers={"X-CSRF-Token": token})
+    assert response.status_code == 413 and "upload cap" in response.text
+
+    def chunks():  # no Content-Length: the cap is counted as the body arrives
+        for _ in range(5):
+            yield b"y" * 300
+
+    response = web.post("/upload?name=big.jsonl", content=chunks(), headers={"X-CSRF-Token": token})
+    assert response.status_code == 413
+    assert not list((runs / "uploads").glob("*")) if (runs / "uploads").exists() else True
+    # Only data files, and only under their own name inside runs/uploads.
+    response = web.post("/upload?name=../../evil.sh", content=b"echo", headers={"X-CSRF-Token": token})
+    assert response.status_code == 400 and not (tmp_path / "evil.sh").exists()
+    response = web.post("/upload?name=../../ok.jsonl", content=b'{"text": "x"}\n', headers={"X-CSRF-Token": token})
+    assert response.status_code == 200 and re.fullmatch(r"uploads/\d{8}-\d{6}-ok\.jsonl", response.json()["file"])
+
+
+def test_paths_outside_the_runs_folder_are_refused(tmp_path):
+    runs = tmp_path / "runs"
+    root = fake_run(runs)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not show", encoding="utf-8")
+    (root / "eval" / "link.txt").symlink_to(secret)
+    web = client(runs)
+    token = csrf_of(web.get("/").text)
+    name = root.name
+    assert web.get(f"/runs/{name}/files/eval/results.json").status_code == 200
+    for path in ("../../secret.txt", "..%2F..%2Fsecret.txt", "eval/link.txt", str(secret)):
+        response = web.get(f"/runs/{name}/files/{path}")
+        assert response.status_code in (403, 404) and "do not show" not in response.text, path
+    for run in ("..%2F..", "..%2F..%2Ftmp", "uploads", "%2Fetc"):
+        assert web.get(f"/runs/{run}").status_code == 404, run
+    preview = web.get("/new", params={"data": "../secret.txt"})
+    assert "outside the runs folder" in preview.text and "do not show" not in preview.text
+    # A recipe's data files must be inside the runs folder too.
+    recipe = f"name: x\ndata:\n  train: [{secret}]\n"
+    response = web.post("/launch", data={"recipe": recipe, "csrf": token})
+    assert response.status_code == 400 and "outside the runs folder" in response.text
+    assert sorted(path.name for path in runs.iterdir()) == [name]
+
+
+def test_recipe_errors_are_shown_at_their_field(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "uploads").mkdir(parents=True)
+    (runs / "uploads" / "a.jsonl").write_text('{"prompt": "a", "completion": "b"}\n', encoding="utf-8")
+    web = client(runs)
+    token = csrf_of(web.get("/").text)
+    recipe = "name: x\ndata:\n  train: [uploads/a.jsonl]\ntraining:\n  epochs: 1\n  lr: fast\n"
+    response = web.post("/launch", data={"recipe": recipe, "csrf": token})
+    assert response.status_code == 400
+    assert re.search(r"line 6: <b>training.lr</b>: input should be a valid number", response.text)
+    response = web.post("/launch", data={"recipe": "name: [x\n", "csrf": token})
+    assert response.status_code == 400 and "not valid YAML" in response.text
