@@ -12,6 +12,7 @@ from the rows' mean length, never more than init planned). The forgetting probes
 the adapter is exported: neither changes a verdict. Everything else is `init`'s choice.
 
     python bench/task_suite.py [--tasks event-severity,radio-exam] [--train-tokens 24000] [--out DIR]
+                               [--no-heads] [--reuse]
 """
 from __future__ import annotations
 
@@ -104,22 +105,33 @@ def head_score(task, run, out: Path, metric: str) -> dict:
             "run_dir": str(head_run.root)}
 
 
-def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console: Console, heads: bool) -> dict:
+def finished_run(out: Path, name: str):
+    """The latest evaluated run of this task under `out`, or None."""
+    from domaintune.storage.rundir import RunDir
+
+    done = sorted(path for path in (out / "runs").glob(f"{name}-2*") if (path / "eval" / "results.json").exists())
+    return RunDir(done[-1]) if done else None
+
+
+def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console: Console, heads: bool,
+             reuse: bool) -> dict:
     folder = out / task.name
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = task.convert(source_rows(wheel, task.member), task.max_rows)
-    data = folder / task.filename
-    task.write(data, rows)
-    started = time.perf_counter()
-    written = api.init([data], out=folder / "recipe.yaml", task=task.task, name=task.name)
-    steps = capped_steps(written["recipe"], len(rows), mean_tokens(folder / "recipe.yaml", tokenizer), train_tokens)
-    overrides = [f"output_dir={out / 'runs'}", f"training.max_steps={steps}", "evaluation.forgetting=false",
-                 f"evaluation.max_samples={EVAL_ROWS}", "export.merged=false"]
-    with (folder / "run.log").open("w", encoding="utf-8") as log:
-        run = api.run(folder / "recipe.yaml", overrides=overrides, console=Console(file=log, width=120))
-    seconds = time.perf_counter() - started
+    run = finished_run(out, task.name) if reuse else None
+    if run is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = task.convert(source_rows(wheel, task.member), task.max_rows)
+        data = folder / task.filename
+        task.write(data, rows)
+        written = api.init([data], out=folder / "recipe.yaml", task=task.task, name=task.name)
+        steps = capped_steps(written["recipe"], len(rows), mean_tokens(folder / "recipe.yaml", tokenizer), train_tokens)
+        overrides = [f"output_dir={out / 'runs'}", f"training.max_steps={steps}", "evaluation.forgetting=false",
+                     f"evaluation.max_samples={EVAL_ROWS}", "export.merged=false"]
+        with (folder / "run.log").open("w", encoding="utf-8") as log:
+            run = api.run(folder / "recipe.yaml", overrides=overrides, console=Console(file=log, width=120))
+    # From init writing the recipe to the run's last log line: the task's whole time, also for a reused run.
+    seconds = (folder / "run.log").stat().st_mtime - (folder / "recipe.yaml").stat().st_mtime
     counts = {split: len(run.read_split(split)) for split in ("train", "validation", "test")}
-    row = verdict_row(task, run.results(), counts, seconds, steps)
+    row = verdict_row(task, run.results(), counts, seconds, run.recipe().training.max_steps)
     row["run_dir"] = str(run.root)
     if heads and run.results().get("labels") and row["metric"] in ("accuracy", "macro_f1"):
         row["head"] = head_score(task, run, out, row["metric"])
@@ -151,6 +163,8 @@ def main() -> None:
     parser.add_argument("--train-tokens", type=int, default=TRAIN_TOKENS, help="training budget per task, in tokens")
     parser.add_argument("--no-heads", action="store_true",
                         help="skip the MiniLM sequence-classification head measured beside closed-label tasks")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take each task's latest finished run under --out instead of running it again")
     parser.add_argument("--out", type=Path, default=Path("runs") / "task_suite", help="where data, recipes and runs go")
     args = parser.parse_args()
     wanted = args.tasks.split(",")
@@ -162,7 +176,7 @@ def main() -> None:
     wheel = download_evals_wheel(console)
     tokenizer = load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
     started = time.perf_counter()
-    rows = [run_task(task, wheel, args.out, args.train_tokens, tokenizer, console, not args.no_heads)
+    rows = [run_task(task, wheel, args.out, args.train_tokens, tokenizer, console, not args.no_heads, args.reuse)
             for task in TASKS if task.name in wanted]
     total = time.perf_counter() - started
     console.print(table(rows))
