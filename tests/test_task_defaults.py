@@ -10,7 +10,7 @@ import pytest
 from domaintune.core.chat import final_answer
 from domaintune.data.balance import balanced_rows
 from domaintune.evaluation import bootstrap
-from domaintune.evaluation.baselines import strongest_baseline
+from domaintune.evaluation.baselines import collapse_advice, collapsed_answer, strongest_baseline
 from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.workflows.init_recipe import init_recipe
 
@@ -105,3 +105,10 @@ def test_the_task_suite_has_six_shapes_in_five_file_kinds(suite_tasks):
     assert {Path(task.filename).suffix for task in suite_tasks} == {".csv", ".json", ".jsonl", ".parquet"}
     assert all(task.member.startswith("evals/registry/data/") and "ner_finance" not in task.member
                for task in suite_tasks)
+
+
+def test_a_model_that_gives_one_answer_to_everything_is_called_out():
+    assert collapsed_answer(["unknown"] * 6) == "unknown"
+    assert collapsed_answer(["unknown"] * 5 + ["$12.00"]) is None
+    assert collapsed_answer(["No"] * 3) is None  # too few rows to say
+    assert "the same answer, 'unknown', to every test row" in collapse_advice("unknown")

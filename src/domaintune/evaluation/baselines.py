@@ -119,6 +119,18 @@ def strongest_baseline(metric: str, stats: dict[str, dict[str, bootstrap.ItemSta
     return result
 
 
+def collapsed_answer(answers: list[str], least_rows: int = 5) -> str | None:
+    """The one answer a model gave to every row, when it did so on enough rows to mean something."""
+    distinct = {answer.strip() for answer in answers}
+    return distinct.pop() if len(answers) >= least_rows and len(distinct) == 1 else None
+
+
+def collapse_advice(answer: str) -> str:
+    return (f"The tuned model gave the same answer, {answer[:60]!r}, to every test row: it learned the most common "
+            "answer, not the task. More training steps usually get past this (the answer's prior is what a short "
+            "run learns first); with a closed answer set, data.balance_labels repeats the rarer answers' rows. ")
+
+
 def advice(metric: str, strongest: dict, labels: list[str] | None) -> str:
     """Why tuning may not have won, and what would help, in words for the report."""
     lead = (f"Tuned is not clearly better than the strongest baseline ({strongest['baseline']}, "
