@@ -11,6 +11,7 @@ curves, and the same security posture as `serve` and the feedback page:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import secrets
@@ -113,6 +114,13 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
             raise HTTPException(400, f"bad form: {error}") from None
         check_csrf(request.headers.get("x-csrf-token") or form.get("csrf"))
         return form
+
+    @functools.cache
+    def estimates():
+        # Made on first use: newrun imports the data pipeline (torch), which the app's start must not wait for.
+        from domaintune.workbench.newrun import Estimates
+
+        return Estimates()
 
     def run_of(name: str) -> RunDir:
         try:
@@ -384,6 +392,28 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
     @app.get("/new", response_class=HTMLResponse)
     def new(data: str = "", model: str = ModelConfig().name, format: str = "auto", columns: str = ""):
         return new_page(data, model, format, columns)
+
+    @app.post("/estimate")
+    async def estimate(request: Request):
+        """`domaintune estimate` on the recipe being edited, started in the background; poll the answer's URL."""
+        form = await posted_form(request)
+        from domaintune.workbench.newrun import check_recipe
+
+        recipe, problems = check_recipe(runs, form.get("recipe", ""))
+        if recipe is None:
+            return JSONResponse({"problems": problems}, 400)
+        try:
+            ident = estimates().start(recipe)
+        except DomaintuneError as error:
+            raise HTTPException(409, str(error)) from None
+        return JSONResponse({"poll": f"/estimate/{ident}"}, 202)
+
+    @app.get("/estimate/{ident}")
+    def estimate_state(ident: str):
+        state = estimates().state(ident)
+        if state is None:
+            raise HTTPException(404, "no such estimate (the app restarted?): press Estimate again")
+        return JSONResponse(state, headers={"Cache-Control": "no-store"})
 
     @app.post("/launch")
     async def launch(request: Request):
