@@ -45,6 +45,7 @@ from domaintune.workbench.runs import (
     name_of,
     open_run,
     raw_recipe,
+    rows_bars,
     summarise,
 )
 
@@ -167,9 +168,10 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         task_rows, fit_rows = comparison_rows(models, results.get("comparison") or {}) if models else ([], [])
         rows = run.read_split(split) if (run.data / f"{split}.jsonl").is_file() else []
         log = run.root / jobs.FOLDER / "job.log"
+        card = read_json(run.data / "data_card.json", None)
         return page(
             "run.html.j2", run=run, summary=summarise(run), recipe=run.recipe_file.read_text(encoding="utf-8"),
-            card=read_json(run.data / "data_card.json", None), rejected=read_jsonl(run.data / "rejected.jsonl")[:50],
+            card=card, bars=rows_bars(card) if card else [], rejected=read_jsonl(run.data / "rejected.jsonl")[:50],
             split=split, page_number=page_number, pages=max(1, -(-len(rows) // PAGE_ROWS)),
             split_rows=rows[page_number * PAGE_ROWS:(page_number + 1) * PAGE_ROWS], models=list(models),
             task_rows=task_rows, fit_rows=fit_rows, artefacts=_artefacts(run), export=_quietly(export_choices, run),
