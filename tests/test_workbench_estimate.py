@@ -1,6 +1,7 @@
 """The new-run page's estimate: `domaintune estimate` on the recipe being edited, in the background (the
 page polls for it), behind the CSRF token, with a recipe's mistakes refused at their field."""
 import re
+import tempfile
 import time
 
 import yaml
@@ -10,7 +11,10 @@ from fastapi.testclient import TestClient
 from domaintune.workbench.app import create_app
 
 
-def test_estimate_runs_in_the_background_and_shows_the_forecast(tmp_path, tiny_recipe, qa_rows):
+def test_estimate_runs_in_the_background_and_shows_the_forecast(tmp_path, tiny_recipe, qa_rows, monkeypatch):
+    scratch = tmp_path / "scratch"  # where the estimate prepares its data: each press must leave nothing there
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     runs = tmp_path / "runs"
     (runs / "uploads").mkdir(parents=True)
     write_jsonl(runs / "uploads" / "offices.jsonl", qa_rows)
@@ -35,3 +39,4 @@ def test_estimate_runs_in_the_background_and_shows_the_forecast(tmp_path, tiny_r
     assert "Estimate: 12 steps" in state["text"] and "for the whole run" in state["text"]
     assert web.get("/estimate/nope").status_code == 404
     assert not list(runs.glob("tiny-*")), "an estimate must not leave a run in the runs folder"
+    assert not list(scratch.glob("domaintune-estimate-*")), "an estimate must remove its scratch data"
