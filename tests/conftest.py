@@ -38,12 +38,16 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama (hidden 64) saved as a Hugging Face folder with SmolLM2's tokenizer and chat template."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """The tiny random Llama of `tiny_model_dir`, saved in `folder` (also used by bench/ui_screenshots.py)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from domaintune.models.registry import BUNDLED
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(str(_bundled_tokenizer_dir(BUNDLED)))
     config = LlamaConfig(
         vocab_size=len(tokenizer),

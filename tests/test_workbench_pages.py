@@ -92,3 +92,21 @@ def test_a_launched_job_that_fails_shows_its_error(tmp_path):
     page = web(runs).get("/runs/broken").text
     assert re.search(r'id="status" class="status failed">failed<', page)
     assert "no-such-model" in re.search(r'id="error" class="error">(.*?)</div>', page, re.S).group(1)
+
+
+def test_the_data_card_draws_rows_by_stage_and_by_split(tmp_path):
+    runs = tmp_path / "runs"
+    root = make_run(runs, "prepared", results=RESULTS)
+    card = {"totals": {"read": 40, "rejected": 4, "removed": 6, "kept": 30},
+            "stages": [{"stage": "read", "rows": 40}, {"stage": "rejected", "removed": 4},
+                       {"stage": "exact duplicates", "removed": 6}],
+            "splits": {"train": 24, "validation": 3, "test": 3}, "pii": {"mode": "off", "found": {}}}
+    (root / "data" / "data_card.json").write_text(json.dumps(card), encoding="utf-8")
+    page = web(runs).get("/runs/prepared").text
+    chart = re.search(r'<svg id="rows-chart".*?</svg>', page, re.S).group(0)
+    bars = re.findall(r'<g class="bar (stage|split)" data-label="([^"]+)" data-rows="(\d+)"[^>]*>.*?width="([\d.]+)"', chart, re.S)
+    assert [(kind, label, int(rows)) for kind, label, rows, _ in bars] == [
+        ("stage", "read", 40), ("stage", "rejected", 36), ("stage", "exact duplicates", 30),
+        ("split", "train", 24), ("split", "validation", 3), ("split", "test", 3)]
+    widths = [float(width) for *_, width in bars]
+    assert widths[0] == max(widths) and abs(widths[3] / widths[0] - 24 / 40) < 0.01  # one scale for all bars

@@ -11,6 +11,7 @@ curves, and the same security posture as `serve` and the feedback page:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import secrets
@@ -44,6 +45,7 @@ from domaintune.workbench.runs import (
     name_of,
     open_run,
     raw_recipe,
+    rows_bars,
     summarise,
 )
 
@@ -114,6 +116,13 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         check_csrf(request.headers.get("x-csrf-token") or form.get("csrf"))
         return form
 
+    @functools.cache
+    def estimates():
+        # Made on first use: newrun imports the data pipeline (torch), which the app's start must not wait for.
+        from domaintune.workbench.newrun import Estimates
+
+        return Estimates()
+
     def run_of(name: str) -> RunDir:
         try:
             return open_run(runs, name)
@@ -159,9 +168,10 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         task_rows, fit_rows = comparison_rows(models, results.get("comparison") or {}) if models else ([], [])
         rows = run.read_split(split) if (run.data / f"{split}.jsonl").is_file() else []
         log = run.root / jobs.FOLDER / "job.log"
+        card = read_json(run.data / "data_card.json", None)
         return page(
             "run.html.j2", run=run, summary=summarise(run), recipe=run.recipe_file.read_text(encoding="utf-8"),
-            card=read_json(run.data / "data_card.json", None), rejected=read_jsonl(run.data / "rejected.jsonl")[:50],
+            card=card, bars=rows_bars(card) if card else [], rejected=read_jsonl(run.data / "rejected.jsonl")[:50],
             split=split, page_number=page_number, pages=max(1, -(-len(rows) // PAGE_ROWS)),
             split_rows=rows[page_number * PAGE_ROWS:(page_number + 1) * PAGE_ROWS], models=list(models),
             task_rows=task_rows, fit_rows=fit_rows, artefacts=_artefacts(run), export=_quietly(export_choices, run),
@@ -384,6 +394,28 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
     @app.get("/new", response_class=HTMLResponse)
     def new(data: str = "", model: str = ModelConfig().name, format: str = "auto", columns: str = ""):
         return new_page(data, model, format, columns)
+
+    @app.post("/estimate")
+    async def estimate(request: Request):
+        """`domaintune estimate` on the recipe being edited, started in the background; poll the answer's URL."""
+        form = await posted_form(request)
+        from domaintune.workbench.newrun import check_recipe
+
+        recipe, problems = check_recipe(runs, form.get("recipe", ""))
+        if recipe is None:
+            return JSONResponse({"problems": problems}, 400)
+        try:
+            ident = estimates().start(recipe)
+        except DomaintuneError as error:
+            raise HTTPException(409, str(error)) from None
+        return JSONResponse({"poll": f"/estimate/{ident}"}, 202)
+
+    @app.get("/estimate/{ident}")
+    def estimate_state(ident: str):
+        state = estimates().state(ident)
+        if state is None:
+            raise HTTPException(404, "no such estimate (the app restarted?): press Estimate again")
+        return JSONResponse(state, headers={"Cache-Control": "no-store"})
 
     @app.post("/launch")
     async def launch(request: Request):

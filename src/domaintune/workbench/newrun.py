@@ -3,14 +3,19 @@ data pipeline reads it (format, first rows rendered as the model sees them, reje
 and reason) before anything trains, and check a recipe written on the page, error by field."""
 from __future__ import annotations
 
+import io
 import re
+import secrets
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from rich.console import Console
 
+from domaintune import api
 from domaintune.config import DataConfig, ModelConfig, Recipe
 from domaintune.config.recipe import format_validation_error
 from domaintune.core.chat import assistant_spans
@@ -155,3 +160,45 @@ def check_recipe(runs: Path, text: str) -> tuple[Recipe | None, list[dict]]:
             field, _, message = line.partition(": ")
             problems.append({"field": field, "message": message, "line": _line_of(text, field)})
     return (None, problems) if problems else (recipe, [])
+
+
+class Estimates:
+    """`domaintune estimate` on recipes from the page, one at a time, each in a thread: it takes tens of
+    seconds (it prepares the data and times a few training steps in a child process), so the request
+    returns at once and the page polls for the output, which grows as the estimate prints."""
+
+    KEPT = 20
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._states: dict[str, dict] = {}
+
+    def start(self, recipe: Recipe) -> str:
+        """The new estimate's id; DomaintuneError while another one runs (two probes would time each other)."""
+        with self._lock:
+            if any(not state["done"] for state in self._states.values()):
+                raise DomaintuneError("an estimate is running already: wait for it to finish")
+            for old in list(self._states)[: max(0, len(self._states) - self.KEPT + 1)]:
+                del self._states[old]
+            ident = secrets.token_urlsafe(8)
+            console = Console(file=io.StringIO(), width=120, highlight=False)
+            self._states[ident] = {"done": False, "error": None, "console": console}
+        threading.Thread(target=self._run, args=(self._states[ident], recipe), daemon=True).start()
+        return ident
+
+    @staticmethod
+    def _run(state: dict, recipe: Recipe) -> None:
+        try:
+            api.estimate(recipe, console=state["console"])
+        except DomaintuneError as error:
+            state["error"] = str(error)
+        except Exception as error:  # noqa: BLE001 - shown on the page, not lost with the thread
+            state["error"] = f"{type(error).__name__}: {error}"
+        state["done"] = True
+
+    def state(self, ident: str) -> dict | None:
+        """{"done", "error", "text"} of an estimate; None for an unknown id."""
+        state = self._states.get(ident)
+        if state is None:
+            return None
+        return {"done": state["done"], "error": state["error"], "text": state["console"].file.getvalue()}

@@ -183,3 +183,17 @@ def export_choices(run: RunDir) -> dict | None:
             "gguf": kinds if blocker is None else [], "dtype": recipe.export.dtype,
             "gguf_missing": None if converter else f"llama.cpp's converter is not installed: "
                                                    f"{INSTALL.format(folder=converter_folder())}"}
+
+
+CHART_WIDTH = 420  # pixels of the longest bar in the data card's rows chart
+
+
+def rows_bars(card: dict) -> list[dict]:
+    """The data card's rows chart: the rows left after each preparation stage (the data report's funnel),
+    then each split's rows, as bars on one scale."""
+    from domaintune.data.data_report import funnel
+
+    bars = [{"kind": "stage", "label": stage["stage"], "rows": stage["after"]} for stage in funnel(card)]
+    bars += [{"kind": "split", "label": part, "rows": rows} for part, rows in (card.get("splits") or {}).items()]
+    top = max((bar["rows"] for bar in bars), default=0) or 1
+    return [{**bar, "width": round(CHART_WIDTH * bar["rows"] / top, 1)} for bar in bars]

@@ -55,13 +55,16 @@ def estimate_run(recipe: Recipe, console: Console) -> dict:
 
 def estimate_one(recipe: Recipe, console: Console) -> dict:
     """Prepare the recipe's data in scratch, count its work exactly, time a probe, and forecast."""
-    # The probe's run directory is scratch: it must not show up among the user's runs.
-    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-estimate-")})
-    run, _ = pipeline.prepare(scratch, console=console)
-    tokenizer = load_tokenizer(recipe.model)
-    lengths = {**split_lengths(run, recipe, tokenizer), "probes": probe_lengths(recipe, tokenizer)}
-    console.print("Timing a few training steps, a validation pass and a generation batch...")
-    speed = probe(run)
+    # The probe's run directory is scratch: it must not show up among the user's runs, and goes once measured.
+    folder = tempfile.mkdtemp(prefix="domaintune-estimate-")
+    try:
+        run, _ = pipeline.prepare(recipe.model_copy(update={"output_dir": folder}), console=console)
+        tokenizer = load_tokenizer(recipe.model)
+        lengths = {**split_lengths(run, recipe, tokenizer), "probes": probe_lengths(recipe, tokenizer)}
+        console.print("Timing a few training steps, a validation pass and a generation batch...")
+        speed = probe(run)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     forecast.record_throughput(forecast.setup_key(recipe, thread_count(recipe.training), use_bf16(recipe)), speed)
     result = forecast.estimate(forecast.count_work(recipe, lengths), speed, recipe.evaluation.compare_base)
     console.print(forecast.describe(result), highlight=False)

@@ -20,6 +20,7 @@ function drawChart(canvas, series) {
   ctx.beginPath(); ctx.moveTo(pad, 8); ctx.lineTo(pad, h - 22); ctx.lineTo(w - 8, h - 22); ctx.stroke();
   ctx.fillText(y1.toPrecision(3), 2, 14); ctx.fillText(y0.toPrecision(3), 2, h - 24);
   ctx.fillText(String(x0), pad, h - 8); ctx.fillText("step " + x1, w - 60, h - 8);
+  let legendX = pad + 8;
   Object.entries(series).forEach(([name, pts], i) => {
     if (!pts.length) return;
     ctx.strokeStyle = ctx.fillStyle = COLOURS[i % COLOURS.length];
@@ -27,7 +28,8 @@ function drawChart(canvas, series) {
     pts.forEach(([x, y], j) => j ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y)));
     ctx.stroke();
     pts.forEach(([x, y]) => ctx.fillRect(X(x) - 1.5, Y(y) - 1.5, 3, 3));
-    ctx.fillText(name, pad + 8 + i * 110, 14);
+    ctx.fillText(name, legendX, 14);
+    legendX += ctx.measureText(name).width + 16;  // long run names must not overlap
   });
 }
 
@@ -94,6 +96,38 @@ function uploadButton(button) {
                                  {method: "POST", body: file, headers: {"X-CSRF-Token": csrf()}});
     if (!response.ok) { error.textContent = (await response.json().catch(() => ({}))).detail || response.statusText; return; }
     location.href = "/new?data=" + encodeURIComponent((await response.json()).file);
+  });
+}
+
+// The estimate of the recipe being edited: started in the background, its output polled until it is done.
+function estimateButton(button) {
+  const output = document.getElementById("estimate"), state = document.getElementById("estimate-state");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    output.hidden = false; output.className = ""; output.textContent = "";
+    state.textContent = "estimating (prepares the data and times a few steps)...";
+    try {
+      const response = await fetch("/estimate", {method: "POST", body: new URLSearchParams(new FormData(button.form))});
+      const started = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        output.className = "error";
+        output.textContent = started.problems
+          ? started.problems.map(p => (p.line ? `line ${p.line}: ` : "") + `${p.field}: ${p.message}`).join("\n")
+          : started.detail || response.statusText;
+        return;
+      }
+      for (;;) {
+        await new Promise(resolve => setTimeout(resolve, 1000));
+        const polled = await fetch(started.poll);
+        const s = await polled.json().catch(() => ({}));
+        if (!polled.ok) { output.className = "error"; output.textContent = s.detail || polled.statusText; return; }
+        output.textContent = s.text + (s.error ? `\nerror: ${s.error}` : "");
+        if (s.done) { if (s.error) output.className = "error"; return; }
+      }
+    } finally {
+      state.textContent = "";
+      button.disabled = false;
+    }
   });
 }
 
@@ -203,6 +237,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (compared) drawChart(compared, JSON.parse(compared.dataset.curves));
   const upload = document.getElementById("upload");
   if (upload) uploadButton(upload);
+  const estimate = document.getElementById("estimate-button");
+  if (estimate) estimateButton(estimate);
   const playground = document.getElementById("arena");
   if (playground) arena(playground);
 });
