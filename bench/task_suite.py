@@ -9,7 +9,8 @@ difference to that baseline, and the verdict. Results: bench/results/task_suite.
 Time budget (45 minutes on a 2-core CPU for all six): rows are capped per task (see each task's
 module), and training stops after about TRAIN_TOKENS supervised-and-prompt tokens (`max_steps`
 from the rows' mean length, never more than init planned). The forgetting probes are off and only
-the adapter is exported: neither changes a verdict. Everything else is `init`'s choice.
+the adapter is exported: neither changes a verdict. Everything else is `init`'s choice. Each task
+runs in its own process, so one task's memory is never another's.
 
     python bench/task_suite.py [--tasks event-severity,radio-exam] [--train-tokens 24000] [--out DIR]
                                [--no-heads] [--reuse]
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -85,7 +88,7 @@ def head_recipe(name: str, run, out: Path) -> dict:
     return {
         "name": f"{name}-head", "output_dir": str(out / "runs"), "model": {"name": "minilm-l6"},
         "data": {"format": "chat", "max_tokens": 256,
-                 **{split: [str(run.data / f"{split}.jsonl")] for split in ("train", "validation", "test")}},
+                 **{split: [str((run.data / f"{split}.jsonl").resolve())] for split in ("train", "validation", "test")}},
         "method": {"name": "head", "train": "full"}, "objective": {"name": "classify", "task": "sequence"},
         "training": {"epochs": 5, "batch_size": 16, "lr": 1e-4, "warmup_ratio": 0.1, "eval_every": 20,
                      "save_every": 20, "keep_checkpoints": 1},
@@ -139,6 +142,12 @@ def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console
     return row
 
 
+def task_in_child(name: str, wheel: Path, out: Path, train_tokens: int, heads: bool, reuse: bool) -> dict:
+    task = next(task for task in TASKS if task.name == name)
+    tokenizer = load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
+    return run_task(task, wheel, out, train_tokens, tokenizer, Console(), heads, reuse)
+
+
 def table(rows: list[dict]) -> Table:
     def number(value):
         return "–" if value is None else f"{value:.3f}"
@@ -168,16 +177,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "task_suite", help="where data, recipes and runs go")
     args = parser.parse_args()
     wanted = args.tasks.split(",")
+    args.out = args.out.resolve()  # recipes name their files relative to themselves
     unknown = set(wanted) - {task.name for task in TASKS}
     if unknown:
         parser.error(f"unknown task(s): {', '.join(sorted(unknown))}; known: {', '.join(t.name for t in TASKS)}")
     console = Console()
     console.print(f"Task suite on {cpu_description()}")
     wheel = download_evals_wheel(console)
-    tokenizer = load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
     started = time.perf_counter()
-    rows = [run_task(task, wheel, args.out, args.train_tokens, tokenizer, console, not args.no_heads, args.reuse)
-            for task in TASKS if task.name in wanted]
+    rows = []
+    for task in TASKS:
+        if task.name in wanted:
+            # Each task in its own process: six runs in one process grew to 20 GB and were killed (OOM).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rows.append(pool.submit(task_in_child, task.name, wheel, args.out, args.train_tokens,
+                                        not args.no_heads, args.reuse).result())
     total = time.perf_counter() - started
     console.print(table(rows))
     wins = sum(row["verdict"] == "better" for row in rows)
