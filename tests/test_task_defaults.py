@@ -112,3 +112,18 @@ def test_a_model_that_gives_one_answer_to_everything_is_called_out():
     assert collapsed_answer(["unknown"] * 5 + ["$12.00"]) is None
     assert collapsed_answer(["No"] * 3) is None  # too few rows to say
     assert "the same answer, 'unknown', to every test row" in collapse_advice("unknown")
+
+
+def test_long_rows_are_split_over_gradient_accumulation(tmp_path, tiny_model_dir):
+    long = tmp_path / "long.jsonl"
+    filler = " ".join(f"word{i}" for i in range(300))  # ~600 tokens a row
+    long.write_text("".join(f'{{"prompt": "{filler} question {i}", "completion": "answer {i % 3}"}}\n'
+                            for i in range(60)))
+    recipe, notes = init_recipe([str(long)], model=str(tiny_model_dir))
+    training = recipe["training"]
+    assert training["batch_size"] * training["grad_accum"] == 8 and training["batch_size"] <= 4
+    assert any("accumulated" in note for note in notes)
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(f'{{"prompt": "question {i}", "completion": "answer {i % 3}"}}\n' for i in range(60)))
+    training = init_recipe([str(short)], model=str(tiny_model_dir))[0]["training"]
+    assert training["batch_size"] == 8 and "grad_accum" not in training

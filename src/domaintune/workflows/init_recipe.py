@@ -34,6 +34,7 @@ LABEL_NAMES = ("label", "sentiment", "class", "category", "target", "tag", "inte
 PROMPT_NAMES = ("question", "prompt", "query", "instruction", "input")
 # Balance labels when the majority answer is this many times its fair share (0.75 of yes/no, 0.5 of 3 labels).
 SKEWED_FOR_BALANCE = 1.5
+STEP_TOKENS = 2048  # most tokens one optimiser micro-step holds (memory; see sized_training)
 ANSWER_NAMES = ("answer", "response", "output", "completion", "reply")
 
 
@@ -113,18 +114,26 @@ def percentile(values: list[int], share: float) -> int:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0
 
 
-def sized_training(train_rows: int) -> tuple[dict, str]:
-    """Epochs and learning rate for a LoRA run of this many training rows, and how they were sized."""
+def sized_training(train_rows: int, tokens_per_row: int = 0) -> tuple[dict, str]:
+    """Epochs, learning rate and batch layout for a LoRA run of this many training rows, and how they were sized."""
     # About 1,000 examples seen is where the quickstart's LoRA run (938 rows, 1 epoch) stopped improving.
     epochs = max(1, min(5, math.ceil(1000 / max(1, train_rows))))
     # lr 1e-3 with r 16 is the quickstart's measured setting for ~1k rows; larger sets take the usual 2e-4.
     lr = 1e-3 if train_rows <= 5000 else 2e-4
+    # Training memory grows with the tokens of a step (several MB a token on the bundled model in fp32: a
+    # batch of 8 multi-turn rows of ~400 tokens took 17-20 GB), so long rows are split over gradient
+    # accumulation: the effective batch stays 8 while a micro-step holds at most ~STEP_TOKENS tokens.
     batch = 8
-    steps = math.ceil(train_rows / batch) * epochs
+    while batch > 1 and batch * tokens_per_row > STEP_TOKENS:
+        batch //= 2
+    accumulate = 8 // batch
+    steps = math.ceil(train_rows / 8) * epochs
     every = max(5, steps // 4)
-    return ({"epochs": epochs, "batch_size": batch, "lr": lr, "warmup_ratio": 0.05, "eval_every": every,
-             "save_every": every},
-            f"{train_rows} training rows: {epochs} epoch(s) so about 1,000 examples are seen ({steps} steps of {batch}), "
+    layout = (f"steps of {batch} rows x {accumulate} accumulated, as rows of ~{tokens_per_row} tokens take memory"
+              if accumulate > 1 else f"steps of {batch}")
+    return ({"epochs": epochs, "batch_size": batch, **({"grad_accum": accumulate} if accumulate > 1 else {}),
+             "lr": lr, "warmup_ratio": 0.05, "eval_every": every, "save_every": every},
+            f"{train_rows} training rows: {epochs} epoch(s) so about 1,000 examples are seen ({steps} {layout}), "
             f"lr {lr:g} for LoRA r 16, validation and checkpoints every {every} steps")
 
 
@@ -193,7 +202,8 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     shares, why = split_shares(len(rows))
     data["split"] = shares
     notes.append(why)
-    training, why = sized_training(round(len(rows) * (1 - shares["validation"] - shares["test"])))
+    training, why = sized_training(round(len(rows) * (1 - shares["validation"] - shares["test"])),
+                                   percentile(lengths, 0.5))
     recipe["training"] = training
     notes.append(why)
     metrics, why = choose_metrics("auto", rows, rows)
