@@ -92,7 +92,6 @@ def head_recipe(name: str, run, out: Path) -> dict:
         "method": {"name": "head", "train": "full"}, "objective": {"name": "classify", "task": "sequence"},
         "training": {"epochs": 5, "batch_size": 16, "lr": 1e-4, "warmup_ratio": 0.1, "eval_every": 20,
                      "save_every": 20, "keep_checkpoints": 1},
-        "export": {"merged": True},
     }
 
 
@@ -134,9 +133,10 @@ def run_task(task, wheel: Path, out: Path, train_tokens: int, tokenizer, console
     # From init writing the recipe to the run's last log line: the task's whole time, also for a reused run.
     seconds = (folder / "run.log").stat().st_mtime - (folder / "recipe.yaml").stat().st_mtime
     counts = {split: len(run.read_split(split)) for split in ("train", "validation", "test")}
-    row = verdict_row(task, run.results(), counts, seconds, run.recipe().training.max_steps)
+    results = run.results()
+    row = verdict_row(task, results, counts, seconds, run.recipe().training.max_steps)
     row["run_dir"] = str(run.root)
-    if heads and run.results().get("labels") and row["metric"] in ("accuracy", "macro_f1"):
+    if heads and results.get("labels") and row["metric"] in ("accuracy", "macro_f1"):
         row["head"] = head_score(task, run, out, row["metric"])
     console.print(f"{task.name}: {row['verdict']} ({row['seconds']} s)")
     return row
