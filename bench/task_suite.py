@@ -61,8 +61,10 @@ def capped_steps(recipe: dict, rows: int, tokens_per_row: float, train_tokens: i
     """Steps for `train_tokens` tokens of training, never more than the recipe's epochs would take."""
     training, split = recipe["training"], recipe["data"]["split"]
     train_rows = rows * (1 - split["validation"] - split["test"])
-    planned = math.ceil(train_rows / training["batch_size"]) * training["epochs"]
-    affordable = math.ceil(train_tokens / (training["batch_size"] * tokens_per_row))
+    # An optimizer step takes batch_size rows grad_accum times (init accumulates long rows).
+    rows_per_step = training["batch_size"] * training.get("grad_accum", 1)
+    planned = math.ceil(train_rows / rows_per_step) * training["epochs"]
+    affordable = math.ceil(train_tokens / (rows_per_step * tokens_per_row))
     return max(MIN_STEPS, min(planned, affordable))
 
 

@@ -92,6 +92,16 @@ def test_stratified_split_keeps_label_proportions_and_depends_only_on_the_seed()
     assert split_rows(labelled_rows(), config, seed=2)[2] != test
 
 
+def test_closed_answers_without_a_label_column_are_stratified_by_answer():
+    # A yes/no set written as prompt/completion (no label column): 10% "Yes".
+    rows = [qa(f"Same product {i}?", "Yes." if i % 10 == 0 else "no", line=i) for i in range(200)]
+    for seed in range(3):
+        _, _, test = split_rows(rows, SplitConfig(validation=0.1, test=0.2), seed)
+        assert Counter(row["messages"][-1]["content"].strip(".").lower() for row in test) == {"no": 36, "yes": 4}
+    free = [qa(f"question {i}", f"answer {i}", line=i) for i in range(200)]  # free text: nothing to stratify by
+    assert len(split_rows(free, SplitConfig(validation=0.1, test=0.2), 0)[2]) == 40
+
+
 def test_grouped_split_never_puts_one_prompt_in_two_splits():
     rows = [qa(f"prompt {i % 15}", f"answer {i}", line=i) for i in range(60)]  # 15 prompts, 4 answers each
     for seed in range(5):

@@ -12,7 +12,7 @@ from domaintune.data.balance import balanced_rows
 from domaintune.evaluation import bootstrap
 from domaintune.evaluation.baselines import collapse_advice, collapsed_answer, strongest_baseline
 from domaintune.evaluation.metric_choice import choose_metrics
-from domaintune.workflows.init_recipe import init_recipe
+from domaintune.workflows.init_recipe import init_recipe, split_shares
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -78,6 +78,8 @@ def test_init_balances_a_skewed_set_and_constrains_closed_answers(tmp_path, tiny
     recipe, notes = init_recipe([str(skewed)], model=str(tiny_model_dir))
     assert recipe["data"]["balance_labels"] is True and recipe["evaluation"]["answers"] == "constrained"
     assert any("data.balance_labels" in note for note in notes)
+    # 80 rows, 10 of them "Yes": the test share stops at its 30% cap, and the note says what "Yes" gets.
+    assert recipe["data"]["split"]["test"] == 0.3 and any("the rarest answer (10 rows)" in note for note in notes)
     even = tmp_path / "exam.jsonl"
     even.write_text("".join(f'{{"prompt": "Question {i}: A, B, C or D?", "completion": "{"ABCD"[i % 4]}"}}\n'
                             for i in range(80)))
@@ -127,3 +129,22 @@ def test_long_rows_are_split_over_gradient_accumulation(tmp_path, tiny_model_dir
     short.write_text("".join(f'{{"prompt": "question {i}", "completion": "answer {i % 3}"}}\n' for i in range(60)))
     training = init_recipe([str(short)], model=str(tiny_model_dir))[0]["training"]
     assert training["batch_size"] == 8 and "grad_accum" not in training
+
+
+def test_the_rarest_answer_gets_enough_test_rows():
+    assert split_shares(1000) == ({"validation": 0.05, "test": 0.1}, split_shares(1000)[1])
+    # 25 rows of the rarest answer: 5 test rows of it need a 20% test share.
+    shares, why = split_shares(1000, rarest_answer=25)
+    assert shares["test"] == 0.2 and "gets about 5 test rows" in why
+    assert split_shares(1000, rarest_answer=5)[0]["test"] == 0.3  # never more than 30%
+
+
+def test_the_suite_budget_counts_every_accumulated_row(suite_tasks):
+    from task_suite import capped_steps
+
+    recipe = {"training": {"batch_size": 4, "grad_accum": 2, "epochs": 5}, "data": {"split": {"validation": 0.1,
+                                                                                              "test": 0.2}}}
+    # 48,000 tokens of 300-token rows is 160 rows: 20 optimizer steps of 4 rows x 2 accumulated.
+    assert capped_steps(recipe, rows=1000, tokens_per_row=300, train_tokens=48_000) == 20
+    # Never more than the recipe's epochs: 70 training rows x 5 epochs is 45 steps of 8 (9 an epoch).
+    assert capped_steps(recipe, rows=100, tokens_per_row=10, train_tokens=48_000) == 45

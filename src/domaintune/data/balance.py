@@ -11,21 +11,18 @@ import math
 import random
 from collections import defaultdict
 
+from domaintune.core.answers import answer_counts, answer_label
 from domaintune.core.chat import final_answer
-
-MAX_ANSWERS = 20  # more distinct answers than this is free text, not a label set
 
 
 def balanced_rows(rows: list[dict], seed: int = 0) -> tuple[list[dict], dict[str, tuple[int, int]]]:
     """The rows with rare answers repeated (shuffled, seeded), and per answer (rows before, after).
-    Rows without a final answer, or more than MAX_ANSWERS distinct answers, are returned unchanged."""
+    Rows that do not answer from a closed label set (`answer_counts`) are returned unchanged."""
+    if answer_counts(rows) is None:
+        return rows, {}
     by_answer: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        if "messages" not in row:
-            return rows, {}
-        by_answer[final_answer(row).strip().lower()].append(row)
-    if not 1 < len(by_answer) <= MAX_ANSWERS:
-        return rows, {}
+        by_answer[answer_label(final_answer(row))].append(row)
     most = max(map(len, by_answer.values()))
     generator = random.Random(seed)
     balanced, counts = [], {}

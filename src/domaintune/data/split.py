@@ -1,14 +1,17 @@
 """Seeded train/validation/test split, grouped by prompt and stratified by label.
 
 Grouping keeps every row of one prompt in one split: a question seen in training and again
-in the test split would make the test score a memory test. Stratifying gives each split the
-label proportions of the whole set, so a rare label is not missing from evaluation by chance.
+in the test split would make the test score a memory test. Stratifying (by the label column, or by
+the answer when answers form a closed set such as yes/no) gives each split the label proportions of
+the whole set, so a rare label is not missing from evaluation by chance.
 """
 from __future__ import annotations
 
 import random
 
 from domaintune.config import SplitConfig
+from domaintune.core.answers import answer_counts, answer_label
+from domaintune.core.chat import final_answer
 from domaintune.data.cleaning import prompt_key
 
 HOLDOUTS = ("test", "validation")  # filled first; train takes the rest
@@ -20,11 +23,11 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
     for index, row in enumerate(rows):
         groups.setdefault(prompt_key(row), []).append(index)
 
-    stratify = config.stratify and bool(rows) and all(row.get("label") is not None for row in rows)
     strata: dict[str | None, list[list[int]]] = {}
+    stratum_of = _stratum_reader(rows) if config.stratify else None
     for members in groups.values():
         # A prompt seen with several labels goes with its first row's label.
-        label = rows[members[0]]["label"] if stratify else None
+        label = stratum_of(rows[members[0]]) if stratum_of else None
         strata.setdefault(label, []).append(members)
 
     rng = random.Random(seed)
@@ -48,6 +51,16 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
     for index, row in enumerate(rows):
         splits[assigned[index]].append(row)
     return splits["train"], splits["validation"], splits["test"]
+
+
+def _stratum_reader(rows: list[dict]):
+    """What to stratify by: the rows' labels, or else their answers when those form a closed set (yes/no,
+    option letters, a label column written as chat); None for free-text answers."""
+    if rows and all(row.get("label") is not None for row in rows):
+        return lambda row: row["label"]
+    if answer_counts(rows) is not None:
+        return lambda row: answer_label(final_answer(row))
+    return None
 
 
 def check_leakage(train: list[dict], others: list[dict]) -> list[dict]:

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from domaintune.evaluation.metrics import answer_label
+from domaintune.core.answers import answer_label
 
 OTHER = "(other)"  # predicted labels that are not reference labels, and rare labels past the cap
 MAX_LABELS = 12  # a larger matrix stops being readable; the rest is folded into OTHER

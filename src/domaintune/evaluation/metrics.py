@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from domaintune.core.answers import answer_label
 from domaintune.core.entities import list_items, split_item
 from domaintune.core.errors import DomaintuneError
 
@@ -21,7 +22,6 @@ MetricFn = Callable[[list[str], list[str]], dict[str, float]]
 
 _WHITESPACE = re.compile(r"\s+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_LABEL_STRIP = string.punctuation + string.whitespace + "“”‘’«»"
 
 
 def _pairs(predictions: list[str], references: list[str]) -> list[tuple[str, str]]:
@@ -51,13 +51,6 @@ def exact_match(predictions: list[str], references: list[str]) -> dict[str, floa
     """Share of answers equal to the reference after stripping, collapsing whitespace and case-folding."""
     hits = [_collapse(p).casefold() == _collapse(r).casefold() for p, r in _pairs(predictions, references)]
     return {"exact_match": _mean(hits)}
-
-
-def answer_label(text: str) -> str:
-    # Models often answer "Positive." or '"positive"\nBecause ...': only the first line counts.
-    stripped = text.strip()
-    first_line = stripped.splitlines()[0] if stripped else ""
-    return _collapse(first_line.strip(_LABEL_STRIP)).casefold()
 
 
 def accuracy(predictions: list[str], references: list[str]) -> dict[str, float]:

@@ -24,12 +24,13 @@ from rich.console import Console
 from domaintune.config import EarlyStoppingConfig, ModelConfig
 from domaintune.config.objectives import FewshotConfig
 from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.core.answers import answer_label
 from domaintune.core.chat import last_user_turn, prompt_text, render
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.base_vs_tuned import write_results
 from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
 from domaintune.evaluation.errors_analysis import label_confusion
-from domaintune.evaluation.metrics import accuracy, answer_label
+from domaintune.evaluation.metrics import accuracy
 from domaintune.export.exporter import export_causal_lm
 from domaintune.models.generation import open_generator
 from domaintune.models.loading import load_sentence_transformer

@@ -18,13 +18,14 @@ import yaml
 
 from domaintune.config import DataConfig, validate_recipe
 from domaintune.config.recipe import ModelConfig
+from domaintune.core.answers import MAX_LABELS, answer_counts
 from domaintune.core.chat import count_tokens, final_answer
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.documents import is_document
 from domaintune.data.formats import RowError, detect_format, to_canonical
 from domaintune.data.preferences import PREFERENCE_FORMATS
 from domaintune.data.readers import read_files
-from domaintune.evaluation.metric_choice import MAX_LABELS, choose_metrics, closed_label_set, majority_share
+from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set, majority_share
 from domaintune.models.loading import load_tokenizer
 from domaintune.objectives.instruct import instruction
 
@@ -35,6 +36,7 @@ PROMPT_NAMES = ("question", "prompt", "query", "instruction", "input")
 # Balance labels when the majority answer is this many times its fair share (0.75 of yes/no, 0.5 of 3 labels).
 SKEWED_FOR_BALANCE = 1.5
 STEP_TOKENS = 2048  # most tokens one optimiser micro-step holds (memory; see sized_training)
+RARE_TEST_ROWS = 5  # test rows the rarest answer of a closed set should get, where the data allows
 ANSWER_NAMES = ("answer", "response", "output", "completion", "reply")
 
 
@@ -137,12 +139,20 @@ def sized_training(train_rows: int, tokens_per_row: int = 0) -> tuple[dict, str]
             f"lr {lr:g} for LoRA r 16, validation and checkpoints every {every} steps")
 
 
-def split_shares(rows: int) -> tuple[dict, str]:
+def split_shares(rows: int, rarest_answer: int | None = None) -> tuple[dict, str]:
+    """Test and validation shares for `rows` rows; `rarest_answer` is the row count of the rarest answer
+    of a closed answer set (the split is stratified by it)."""
     # At least ~30 test rows where the data allows: fewer make every interval too wide to decide anything.
-    test = round(min(0.3, max(0.1, 30 / max(1, rows))), 2)
+    wanted = 30 / max(1, rows)
+    if rarest_answer:
+        # Macro-F1 scores every answer alike: two test rows of a rare answer cannot decide it.
+        wanted = max(wanted, RARE_TEST_ROWS / rarest_answer)
+    test = round(min(0.3, max(0.1, wanted)), 2)
     validation = round(min(0.1, max(0.05, 20 / max(1, rows))), 2)
+    rare = (f"; the rarest answer ({rarest_answer} rows) gets about {round(rarest_answer * test)} test rows"
+            if rarest_answer else "")
     return ({"validation": validation, "test": test},
-            f"{rows} rows: {test:.0%} test (about {round(rows * test)} rows) and {validation:.0%} validation")
+            f"{rows} rows: {test:.0%} test (about {round(rows * test)} rows{rare}) and {validation:.0%} validation")
 
 
 def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2-135m-instruct",
@@ -199,7 +209,8 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     data["max_tokens"] = max(64, min(2048, 64 * math.ceil(longest * 1.1 / 64)))
     notes.append(f"token lengths: median {percentile(lengths, 0.5)}, 99th percentile {longest}: max_tokens "
                  f"{data['max_tokens']} keeps 99% of rows whole (longer ones are set aside, with the reason)")
-    shares, why = split_shares(len(rows))
+    counts = answer_counts(rows)
+    shares, why = split_shares(len(rows), min(counts.values()) if counts else None)
     data["split"] = shares
     notes.append(why)
     training, why = sized_training(round(len(rows) * (1 - shares["validation"] - shares["test"])),
