@@ -36,6 +36,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from domaintune.config.runtime import cpu_description, cpu_has_bf16
+
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 MAX_TOKENS = 512
 WARMUP_STEPS = 2  # first steps pay one-off costs (allocations, oneDNN kernel selection)
@@ -58,6 +60,13 @@ def matmul_peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds:
             synchronize(device)  # a GPU queues matmuls far faster than it runs them
     synchronize(device)
     return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def require_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device here")
 
 
 def synchronize(device: str) -> None:
@@ -95,7 +104,8 @@ def losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
 
 
-def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: float, bf16: bool, device: str) -> dict:
+def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: float, bf16: bool, device: str,
+                    callbacks: tuple = ()) -> dict:
     """What a user gets from the Hugging Face docs: Trainer + peft, default settings for the device."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -117,7 +127,7 @@ def run_hf_baseline(run_dir: Path, method: str, steps: int, batch: int, lr: floa
         seed=0, disable_tqdm=True, lr_scheduler_type="constant",
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer, *callbacks])
     trainer.train()
     return {"marks": timer.marks, "losses": losses(trainer.state.log_history), "threads": torch.get_num_threads(),
             "bf16": bf16}
@@ -128,7 +138,8 @@ def log_every(device: str) -> int:
     return 1 if device == "cpu" else 5
 
 
-def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float, device: str) -> dict:
+def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float, device: str,
+                   packing: bool = True, callbacks: tuple = ()) -> dict:
     import torch
 
     import domaintune
@@ -137,10 +148,10 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
     recipe = RunDir(run_dir).recipe().model_dump(mode="json")
     recipe["method"] = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0} if method == "lora" else {"name": "full"}
     recipe["training"].update(max_steps=steps, batch_size=batch, lr=lr, log_every=log_every(device),
-                              lr_scheduler="constant", warmup_ratio=0.0)
+                              lr_scheduler="constant", warmup_ratio=0.0, packing=packing)
     (run_dir / "recipe.yaml").write_text(json.dumps(recipe))  # YAML is a superset of JSON
     timer = StepTimer(device)
-    domaintune.train(run_dir, callbacks=[timer])
+    domaintune.train(run_dir, callbacks=[timer, *callbacks])
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # The precision it chose for this CPU (fp32 where there is no native bf16), for the MFU's peak.
     return {"marks": timer.marks, "losses": losses(history), "threads": torch.get_num_threads(),
@@ -183,9 +194,10 @@ def peak_memory(device: str) -> dict:
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def prepare(rows: int, workdir: Path, device: str) -> Path:
+def prepare(rows: int, workdir: Path, device: str, tiny: bool = False) -> Path:
     """A prepared run directory (data split and card) shared by every configuration: the bundled
-    model on a CPU; on a GPU its architecture with random weights (speed is what is measured)."""
+    model on a CPU; on a GPU its architecture with random weights (speed is what is measured);
+    with `tiny`, a 2-layer cut of it (what is left is the per-step work around the model)."""
     from rich.console import Console
 
     import domaintune
@@ -200,12 +212,12 @@ def prepare(rows: int, workdir: Path, device: str) -> Path:
         "data": {"train": [str(data)], "max_tokens": MAX_TOKENS, "split": {"validation": 0.0, "test": 0.0}},
         "training": {"early_stopping": None, "save_every": 10_000, "eval_every": 10_000},
     }
-    if device == "cuda":
+    if device == "cuda" or tiny:
         from gpu_check import random_smollm2
 
-        recipe["model"] = {"name": str(random_smollm2(workdir / "model"))}
+        recipe["model"] = {"name": str(random_smollm2(workdir / "model", tiny=tiny))}
     run, _ = domaintune.prepare_data(recipe)
-    model_path = recipe["model"]["name"] if device == "cuda" else resolve_model_path("smollm2-135m-instruct")
+    model_path = recipe["model"]["name"] if "model" in recipe else resolve_model_path("smollm2-135m-instruct")
     (run.root / "bench.json").write_text(json.dumps({"model_path": model_path}))
     return run.root
 
@@ -230,6 +242,7 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--lr", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    require_device(args.device)
     cuda = args.device == "cuda"
     args.steps, args.batch, args.rows = (args.steps or (40 if cuda else 24), args.batch or (16 if cuda else 4),
                                          args.rows or (687 if cuda else 400))
@@ -238,8 +251,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="dt-bench-"))
     template = prepare(args.rows, workdir, args.device)
+    # A CPU without native bf16 only emulates it (several times slower than fp32): no user trains that way,
+    # so there the fp32 baseline is the only one.
+    cpu_baselines = ["hf-fp32", "hf-bf16"] if cpu_has_bf16() else ["hf-fp32"]
     configs = ({"lora": ["hf-bf16", "domaintune"], "full": ["hf-bf16", "domaintune"]} if cuda
-               else {"lora": ["hf-fp32", "hf-bf16", "domaintune"], "full": ["hf-fp32", "domaintune"]})
+               else {"lora": [*cpu_baselines, "domaintune"], "full": ["hf-fp32", "domaintune"]})
     learning_rates = {"lora": 1e-3, "full": 5e-5}
     results: dict = {}
     for method in args.methods.split(","):
@@ -301,10 +317,12 @@ def report(results: dict, peaks: dict, n_parameters: int, args) -> None:
               f"{r['first_loss']:7.3f}→{r['last_loss_mean5']:7.3f}  {r['threads']:3d} {'bf16' if r['bf16'] else 'fp32':>4} {r['mfu']:6.1%} "
               f"{vs_fp32:>6} {vs_bf16:>6} {memory_ratio:5.2f}")
     print(f"matmul peak here: fp32 {peaks['float32']:.0f} GFLOPS, bf16 {peaks['bfloat16']:.0f} GFLOPS")
-    results_file = RESULTS.with_name(f"{RESULTS.stem}_cuda.json") if args.device == "cuda" else RESULTS
+    # One file per machine kind, so a run on one kind keeps the figures measured on the others.
+    kind = "_cuda" if args.device == "cuda" else "" if cpu_has_bf16() else "_no_bf16"
+    results_file = RESULTS.with_name(f"{RESULTS.stem}{kind}.json")
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": cpu_description(),
                     "device": args.device},
         "settings": {"steps": args.steps, "batch": args.batch, "rows": args.rows, "max_tokens": MAX_TOKENS,
                      "warmup_steps_excluded": WARMUP_STEPS},

@@ -76,3 +76,24 @@ def test_bench_mfu_divides_by_the_peak_of_the_precision_that_ran():
     # LoRA: 4 FLOPs per parameter per token; 10M parameters at 1,000 tok/s is 40 GFLOPS.
     assert bench.model_flops_utilisation(fp32, "lora", 10_000_000, peaks) == pytest.approx(0.4)
     assert bench.model_flops_utilisation(bf16, "lora", 10_000_000, peaks) == pytest.approx(0.1)
+
+
+def test_the_overhead_bench_times_callback_events_and_puts_the_handler_back(monkeypatch):
+    import time
+
+    from transformers.trainer_callback import CallbackHandler, TrainerCallback, TrainerControl, TrainerState
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from step_overhead import CallbackTime
+
+    class SlowLog(TrainerCallback):
+        def on_log(self, args, state, control, **kwargs):
+            time.sleep(0.02)
+
+    handler = CallbackHandler([SlowLog()], model=None, processing_class=None, optimizer=None, lr_scheduler=None)
+    original = CallbackHandler.call_event
+    with CallbackTime() as timing:
+        handler.on_log(None, TrainerState(), TrainerControl(), logs={})
+        handler.on_step_end(None, TrainerState(), TrainerControl())
+    assert timing.seconds["on_log"] >= 0.02 > timing.seconds["on_step_end"]
+    assert CallbackHandler.call_event is original
