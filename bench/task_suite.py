@@ -200,8 +200,13 @@ def main() -> None:
     console.print(f"Tuned beats the strongest baseline on {wins} of {len(rows)} tasks; total {total / 60:.1f} min "
                   f"on {cpu_description()}.")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"cpu": cpu_description(), "minutes": round(total / 60, 1),
-                                   "train_tokens": args.train_tokens, "tasks": rows}, indent=1), encoding="utf-8")
+    # A run of some tasks replaces their rows and keeps the others' earlier ones (each row has its own time).
+    earlier = json.loads(RESULTS.read_text(encoding="utf-8"))["tasks"] if RESULTS.exists() else []
+    kept = {row["task"]: row for row in earlier} | {row["task"]: {**row, "measured": time.strftime("%Y-%m-%d")}
+                                                    for row in rows}
+    ordered = [kept[task.name] for task in TASKS if task.name in kept]
+    RESULTS.write_text(json.dumps({"cpu": cpu_description(), "train_tokens": args.train_tokens, "tasks": ordered},
+                                  indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

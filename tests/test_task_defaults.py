@@ -114,6 +114,8 @@ def test_a_model_that_gives_one_answer_to_everything_is_called_out():
     assert collapsed_answer(["unknown"] * 5 + ["$12.00"]) is None
     assert collapsed_answer(["No"] * 3) is None  # too few rows to say
     assert "the same answer, 'unknown', to every test row" in collapse_advice("unknown")
+    assert "data.balance_labels repeats" in collapse_advice("No")
+    assert "already repeated" in collapse_advice("No", balanced=True)
 
 
 def test_long_rows_are_split_over_gradient_accumulation(tmp_path, tiny_model_dir):

@@ -156,7 +156,8 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
                                                                      config.bootstrap_resamples, recipe.seed,
                                                                      reading, labels) or {})
             if "advice" in results["baselines"] and (answer := baselines.collapsed_answer(outputs["tuned"])):
-                results["baselines"]["advice"] = baselines.collapse_advice(answer) + results["baselines"]["advice"]
+                results["baselines"]["advice"] = (baselines.collapse_advice(answer, recipe.data.balance_labels)
+                                                  + results["baselines"]["advice"])
     if samples:
         results["errors"] = _error_analysis(config, metrics, generation_rows, samples, outputs, stats)
     if config.judge and samples and "base" in outputs:

@@ -125,10 +125,14 @@ def collapsed_answer(answers: list[str], least_rows: int = 5) -> str | None:
     return distinct.pop() if len(answers) >= least_rows and len(distinct) == 1 else None
 
 
-def collapse_advice(answer: str) -> str:
+def collapse_advice(answer: str, balanced: bool = False) -> str:
+    """`balanced`: the run already repeated the rarer answers' rows (data.balance_labels)."""
+    remedy = ("the rarer answers' rows were already repeated (data.balance_labels), so what is left is more steps, "
+              "more rows of the rarer answers, or a larger base model (`domaintune select`). " if balanced else
+              "with a closed answer set, data.balance_labels repeats the rarer answers' rows. ")
     return (f"The tuned model gave the same answer, {answer[:60]!r}, to every test row: it learned the most common "
             "answer, not the task. More training steps usually get past this (the answer's prior is what a short "
-            "run learns first); with a closed answer set, data.balance_labels repeats the rarer answers' rows. ")
+            f"run learns first); {remedy}")
 
 
 def advice(metric: str, strongest: dict, labels: list[str] | None) -> str:
