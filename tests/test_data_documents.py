@@ -1,5 +1,6 @@
 import io
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ from domaintune.data.documents import Section, chunk_sections, read_document_row
 from domaintune.data.prepare import prepare_dataset
 
 
-def make_pdf(path: Path, pages: list[str]) -> Path:
-    """A minimal valid PDF with one line of Helvetica text per page."""
+def make_pdf(path: Path, pages: list[str], compress: bool = False) -> Path:
+    """A minimal valid PDF with one line of Helvetica text per page (page streams Flate-compressed with `compress`)."""
     objects = [
         "<< /Type /Catalog /Pages 2 0 R >>",
         f"<< /Type /Pages /Kids [{' '.join(f'{4 + 2 * i} 0 R' for i in range(len(pages)))}] /Count {len(pages)} >>",
@@ -21,11 +22,13 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
         stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
         objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {5 + 2 * i} 0 R "
                        "/Resources << /Font << /F1 3 0 R >> >> >>")
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+        body = zlib.compress(stream.encode("latin-1")) if compress else stream.encode("latin-1")
+        objects.append(f"<< /Length {len(body)}{' /Filter /FlateDecode' if compress else ''} >>\nstream\n".encode("latin-1")
+                       + body + b"\nendstream")
     data, offsets = b"%PDF-1.4\n", []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(data))
-        data += f"{number} 0 obj\n{body}\nendobj\n".encode()
+        data += f"{number} 0 obj\n".encode() + (body if isinstance(body, bytes) else body.encode()) + b"\nendobj\n"
     xref = len(data)
     data += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     data += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
@@ -185,3 +188,13 @@ def test_files_a_documents_folder_cannot_read_are_listed_with_the_reason(tmp_pat
         "rates.csv": "a data file inside a documents folder is not read as documents; list it in data.train to read its rows",
         "scan.png": "not a document type (.pdf, .docx, .html, .htm, .md, .markdown, .txt)",
     }
+
+
+def test_a_pdf_bomb_is_skipped_by_its_text_size(tmp_path):
+    good = make_pdf(tmp_path / "good.pdf", ["Late fees are 25 dollars per month."])
+    # Three pages of 600,000 repeated letters: a few kB compressed, 1.8 MB of text.
+    bomb = make_pdf(tmp_path / "bomb.pdf", ["A" * 600_000] * 3, compress=True)
+    assert bomb.stat().st_size < 20_000
+    rows, skipped = read_document_rows([str(good), str(bomb)], size=64, overlap=8, max_member_mb=1)
+    assert {row["source"]["file"] for row in rows} == {str(good)}
+    assert skipped == [{"file": str(bomb), "reason": "its text passes documents.max_member_mb (1 MB) by page 2"}]

@@ -26,7 +26,8 @@ class DocumentsConfig(Section):
     )
     overlap: int = Field(48, ge=0, description="Tokens each chunk repeats from the end of the one before.")
     max_member_mb: float = Field(
-        50, gt=0, description="A DOCX whose parts unpack to more than this (a zip bomb) is skipped, with the reason."
+        50, gt=0, description="A DOCX whose parts unpack to more than this (a zip bomb), or a PDF whose text passes it (a PDF bomb), "
+        "is skipped, with the reason."
     )
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ and the page (PDF) or section heading (DOCX, HTML, Markdown) it starts in. A doc
 cannot be read (malformed or encrypted PDF, binary file named .txt, no text at all) is
 reported as skipped with the reason, and the run goes on with the rest; so is every file in a
 documents folder that is not a document (a data file, an image), and a DOCX whose parts would
-unpack to more than `documents.max_member_mb` (a zip bomb). DOCX text includes tables, headers
+unpack to more than `documents.max_member_mb` (a zip bomb), or a PDF whose text passes it. DOCX text includes tables, headers
 and footers; HTML text is every text outside scripts, styles and page chrome (nav, header, footer).
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def read_document(path: Path, max_member_mb: float) -> list[Section]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".pdf":
-            sections = _read_pdf(path)
+            sections = _read_pdf(path, max_member_mb)
         elif suffix == ".docx":
             _check_unpacked_sizes(path, max_member_mb)
             sections = _read_docx(path)
@@ -107,7 +107,7 @@ def _decode(path: Path) -> str:
         raise UnreadableDocument(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
 
 
-def _read_pdf(path: Path) -> list[Section]:
+def _read_pdf(path: Path, max_text_mb: float) -> list[Section]:
     from pypdf import PdfReader
 
     # pypdf logs each repair it tries on a broken file ("EOF marker not found", ...); the skip
@@ -116,7 +116,16 @@ def _read_pdf(path: Path) -> list[Section]:
     reader = PdfReader(path)
     if reader.is_encrypted:
         raise UnreadableDocument("encrypted PDF; decrypt it first")
-    return [Section(page.extract_text() or "", {"page": number}) for number, page in enumerate(reader.pages, start=1)]
+    # pypdf caps each decompressed stream (75 MB); the running total of text is capped here, so a small
+    # file of many compressed pages (a PDF bomb) is skipped instead of filling memory.
+    sections, characters = [], 0
+    for number, page in enumerate(reader.pages, start=1):
+        text = page.extract_text() or ""
+        characters += len(text)
+        if characters > max_text_mb * 1_000_000:
+            raise UnreadableDocument(f"its text passes documents.max_member_mb ({max_text_mb:g} MB) by page {number}")
+        sections.append(Section(text, {"page": number}))
+    return sections
 
 
 def _check_unpacked_sizes(path: Path, max_member_mb: float) -> None:
