@@ -69,3 +69,15 @@ def test_bundled_model_paraphrases_within_the_cap():
     assert counts["paraphrase"] == len(added) <= 4
     for row in added:  # whatever the model wrote, the entities of the answer are still in the prompt
         assert all(name in row["messages"][1]["content"].lower() for name in ("acme", "globex", "boston"))
+
+
+def test_tool_rows_are_not_rewritten():
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "rate", "arguments": '{"loan": "A-7"}'}}]}
+    tool_rows = [{"messages": [{"role": "user", "content": f"What is the rate of loan {i} at Acme Bank?"}, call,
+                               {"role": "tool", "tool_call_id": "c1", "content": '{"rate": 5}'},
+                               {"role": "assistant", "content": "5 percent."}],
+                  "label": None, "source": {"file": "f", "line": 100 + i}} for i in range(10)]
+    config = AugmentConfig(methods=["word_dropout", "word_swap", "template"], max_share=1.0, word_dropout=0.3)
+    added, _ = augment_rows(tool_rows + ROWS, config, seed=0)
+    assert added and all(row["source"]["line"] < 100 for row in added)  # only the plain chats were rewritten

@@ -339,3 +339,19 @@ def test_a_file_rejected_entirely_names_the_reason_and_the_fix_in_the_error(tmp_
     assert message.startswith("no usable rows: 6 read, 6 rejected")
     assert "rows.jsonl: 6 of 6 rows rejected for one reason: messages[0].role: the last message must be the assistant's" in message
     assert "hint: each row ends with the answer the model learns" in message
+
+
+def test_a_rows_question_is_its_last_user_turn_or_the_message_before_the_answer():
+    from domaintune.core.chat import question_text
+
+    tool_chat = [{"role": "user", "content": "Rate of loan A-7?"},
+                 {"role": "assistant", "content": None, "tool_calls": [
+                     {"id": "c1", "type": "function", "function": {"name": "rate", "arguments": "{}"}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": '{"rate": 5}'},
+                 {"role": "assistant", "content": "5 percent."}]
+    assert question_text(tool_chat) == "Rate of loan A-7?"
+    # The invoices evaluation set: the email and the question in two system messages, no user turn.
+    two_systems = [{"role": "system", "content": "EMAIL ..."},
+                   {"role": "system", "name": "example_user", "content": "Q: Find the $ value paid to Deel?"},
+                   {"role": "assistant", "content": "$8,803.15"}]
+    assert question_text(two_systems) == "Q: Find the $ value paid to Deel?"

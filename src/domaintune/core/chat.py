@@ -160,6 +160,12 @@ def last_user_turn(messages: list[dict]) -> str:
     return next((message["content"] for message in reversed(messages) if message["role"] == "user"), "")
 
 
+def question_text(messages: list[dict]) -> str:
+    """What a report shows as a row's question: the last user turn, else the message before the answer (some
+    evaluation sets put the question in a second system message)."""
+    return last_user_turn(messages) or (message_text(messages[-2]) if len(messages) > 1 else "")
+
+
 def final_answer(row: dict) -> str:
     """A conversation's reference answer: its final turn (with its tool calls, as text)."""
     return message_text(row["messages"][-1])

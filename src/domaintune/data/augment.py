@@ -70,7 +70,9 @@ def augment_rows(
     train: list[dict], config: AugmentConfig, seed: int, paraphraser: Callable[[], Generate] | None = None
 ) -> tuple[list[dict], dict[str, int]]:
     """New rows for the train split (not including the originals) and how many each method made."""
-    chats = [row for row in train if "messages" in row]
+    # Rewriting means the question right before the answer; a tool result or a tool call there is left alone.
+    chats = [row for row in train if "messages" in row and len(row["messages"]) > 1
+             and row["messages"][-2]["role"] == "user" and isinstance(row["messages"][-2].get("content"), str)]
     budget = int(config.max_share * len(train))
     if not config.methods or not chats or budget == 0:
         return [], {}

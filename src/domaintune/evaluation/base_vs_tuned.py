@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from domaintune.config.runtime import configure_threads, use_bf16
-from domaintune.core.chat import final_answer, prompt_text
+from domaintune.core.chat import final_answer, prompt_text, question_text
 from domaintune.evaluation import baselines, bootstrap, judge
 from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
@@ -134,7 +134,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
 
     samples = [
         {
-            "prompt": row["messages"][-2]["content"] if len(row["messages"]) > 1 else "",
+            "prompt": question_text(row["messages"]),
             "reference": final_answer(row),
             "base": outputs["base"][index] if "base" in outputs else None,
             "tuned": outputs["tuned"][index],
