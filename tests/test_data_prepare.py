@@ -102,6 +102,23 @@ def test_closed_answers_without_a_label_column_are_stratified_by_answer():
     assert len(split_rows(free, SplitConfig(validation=0.1, test=0.2), 0)[2]) == 40
 
 
+def test_many_small_strata_keep_the_holdouts_at_their_share():
+    # 10 answers x 6 rows: rounding each stratum's 0.6 up would hold out 10 rows, not 10% of 60.
+    rows = [qa(f"Where is office {i}?", f"City{i % 10}", line=i) for i in range(60)]
+    train, validation, test = split_rows(rows, SplitConfig(validation=0.1, test=0.1), seed=0)
+    assert (len(train), len(validation), len(test)) == (48, 6, 6)
+    assert len({row["messages"][-1]["content"] for row in test}) == 6  # one row each from six of the answers
+
+
+
+def test_answers_that_rarely_repeat_are_not_a_label_set():
+    from domaintune.core.answers import answer_counts
+
+    assert answer_counts([qa(f"q{i}", f"City{i}", line=i) for i in range(15)]) is None  # 15 answers, 15 rows
+    assert answer_counts([qa(f"q{i}", "A long free text answer here" if i % 2 else "no", line=i) for i in range(8)]) is None
+    assert answer_counts([qa(f"q{i}", "Yes." if i % 3 else "no", line=i) for i in range(9)]) == {"yes": 6, "no": 3}
+
+
 def test_grouped_split_never_puts_one_prompt_in_two_splits():
     rows = [qa(f"prompt {i % 15}", f"answer {i}", line=i) for i in range(60)]  # 15 prompts, 4 answers each
     for seed in range(5):

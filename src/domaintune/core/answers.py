@@ -12,6 +12,7 @@ from collections import Counter
 from domaintune.core.chat import final_answer
 
 MAX_LABELS = 20  # more distinct answers than this is free text, not a label set
+MAX_LABEL_WORDS = 4  # a label is a few words; longer answers are free text
 _STRIP = string.punctuation + string.whitespace + "“”‘’«»"
 _WHITESPACE = re.compile(r"\s+")
 
@@ -24,9 +25,12 @@ def answer_label(text: str) -> str:
 
 
 def answer_counts(rows: list[dict]) -> Counter | None:
-    """Rows per answer label when the rows' final answers form a closed set of 2 to MAX_LABELS labels;
-    None for free text, a single answer, or rows without a conversation."""
+    """Rows per answer label when the rows' final answers form a closed set: 2 to MAX_LABELS short labels,
+    each given on two rows or more on average. None for free text (answers that rarely repeat), a single
+    answer, or rows without a conversation."""
     if not rows or any("messages" not in row for row in rows):
         return None
     counts = Counter(answer_label(final_answer(row)) for row in rows)
-    return counts if 1 < len(counts) <= MAX_LABELS else None
+    closed = (1 < len(counts) <= min(MAX_LABELS, len(rows) // 2)
+              and all(len(label.split()) <= MAX_LABEL_WORDS for label in counts))
+    return counts if closed else None

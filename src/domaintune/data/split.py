@@ -32,12 +32,14 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
 
     rng = random.Random(seed)
     fractions = {"test": config.test, "validation": config.validation}
+    order = sorted(strata, key=str)  # a fixed order, so the seed alone decides
+    sizes = [sum(len(members) for members in strata[label]) for label in order]
+    quotas = {name: _apportion(sizes, fractions[name]) for name in HOLDOUTS}
     assigned: dict[int, str] = {}
-    for label in sorted(strata, key=str):  # a fixed order, so the seed alone decides
+    for position, label in enumerate(order):
         stratum = strata[label]
         rng.shuffle(stratum)
-        size = sum(len(members) for members in stratum)
-        targets = {name: round(size * fractions[name]) for name in HOLDOUTS}
+        targets = {name: quotas[name][position] for name in HOLDOUTS}
         filled = dict.fromkeys(HOLDOUTS, 0)
         for members in stratum:
             # A group goes to a holdout only if it fits, so a big group cannot empty train.
@@ -51,6 +53,18 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
     for index, row in enumerate(rows):
         splits[assigned[index]].append(row)
     return splits["train"], splits["validation"], splits["test"]
+
+
+def _apportion(sizes: list[int], fraction: float) -> list[int]:
+    """Each stratum's share of round(total x fraction) rows, by largest remainder: the holdout is as big as
+    without strata (rounding every small stratum up would make a 10% split of 6-row strata 17%)."""
+    exact = [size * fraction for size in sizes]
+    shares = [int(value) for value in exact]
+    missing = round(sum(sizes) * fraction) - sum(shares)
+    by_remainder = sorted(range(len(sizes)), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in by_remainder[:max(0, missing)]:
+        shares[i] += 1
+    return shares
 
 
 def _stratum_reader(rows: list[dict]):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from domaintune.core.answers import MAX_LABELS, answer_label
+from domaintune.core.answers import MAX_LABEL_WORDS, MAX_LABELS, answer_label
 from domaintune.core.chat import final_answer
 from domaintune.core.entities import NO_ENTITIES, list_items, split_item
 
-MAX_LABEL_WORDS = 4
 SHORT_ANSWER_WORDS = 12  # median reference length up to which exact match is a fair test
 SKEWED_SHARE = 0.6  # from this share of one label, accuracy mostly measures how often a model says it
 _OPTION_LETTER = re.compile(r"^\(?[A-J]\)?\.?$")
