@@ -177,15 +177,15 @@ def _audit_lines(caplog) -> list[dict]:
 
 
 def test_a_dropped_stream_is_audited_and_charged_for_what_was_generated(server, caplog, monkeypatch):
-    from domaintune.serving import engine
+    from domaintune.serving import batching
 
-    step = engine.Batch.step
+    add = batching.Row.add
 
-    def slow_step(self):  # keeps the stream running well after the client has gone
+    def slow_add(self, token):  # keeps the stream running well after the client has gone, on either engine
         time.sleep(0.02)
-        step(self)
+        add(self, token)
 
-    monkeypatch.setattr(engine.Batch, "step", slow_step)
+    monkeypatch.setattr(batching.Row, "add", slow_add)
     with caplog.at_level(logging.INFO, logger="domaintune.audit"):
         body = {"model": "base", "prompt": "Tell me a long story", "max_tokens": 250, "stream": True}
         with httpx.stream("POST", server["url"] + "/v1/completions", headers=_headers("streamer"), json=body) as reply:

@@ -272,3 +272,36 @@ def test_a_broken_adapter_fails_its_requests_not_the_worker(tiny_model_dir, tmp_
         assert asyncio.run(ask("base")).finish_reason in {"length", "stop"}  # the worker is still serving
     finally:
         generator.close()
+
+
+def test_a_stream_the_client_left_is_closed_at_once():
+    """A dropped stream's `finally` (its audit line and charge) runs when the response ends, not at garbage collection."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from domaintune.serving.generation_replies import ClosingStreamingResponse
+
+    closed = []
+
+    async def body():
+        try:
+            for index in range(100):
+                yield f"data: {index}\n\n"
+        finally:
+            closed.append(True)
+
+    async def send(message):
+        if message["type"] == "http.response.body" and message.get("body"):
+            raise OSError("the client went away")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def scenario():
+        response = ClosingStreamingResponse(body(), media_type="text/event-stream")
+        with pytest.raises(ClientDisconnect):
+            await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+        return list(closed)  # the response (and so the generator) is still referenced here
+
+    assert asyncio.run(scenario()) == [True]
