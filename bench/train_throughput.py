@@ -7,7 +7,9 @@ peak RSS is its own:
   hf-fp32        plain transformers Trainer + peft, CPU defaults: fp32, padding to the longest
   hf-bf16        the same with bf16=True (what a user who knows the flag gets)
   domaintune     domaintune.train with its defaults (bf16 autocast where the CPU has it,
-                 padding-free packing, LM head on supervised positions only, threads from the machine)
+                 padding-free packing, LM head on supervised positions only, threads from the machine,
+                 LoRA layers fused into one autograd function when training in fp32)
+  domaintune-peft-lora  (CPUs without bf16) the same with `training.fused_lora: false`: peft's forward
 
 for LoRA (r=8, all linear layers) and for full fine-tuning. Prints real (non-padding) tokens/s,
 seconds/step, peak RSS, first/last loss, threads, model FLOPs utilisation against a matmul peak
@@ -139,7 +141,7 @@ def log_every(device: str) -> int:
 
 
 def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float, device: str,
-                   packing: bool = True, callbacks: tuple = ()) -> dict:
+                   packing: bool = True, fused_lora: bool = True, callbacks: tuple = ()) -> dict:
     import torch
 
     import domaintune
@@ -148,7 +150,8 @@ def run_domaintune(run_dir: Path, method: str, steps: int, batch: int, lr: float
     recipe = RunDir(run_dir).recipe().model_dump(mode="json")
     recipe["method"] = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0} if method == "lora" else {"name": "full"}
     recipe["training"].update(max_steps=steps, batch_size=batch, lr=lr, log_every=log_every(device),
-                              lr_scheduler="constant", warmup_ratio=0.0, packing=packing)
+                              lr_scheduler="constant", warmup_ratio=0.0, packing=packing,
+                              fused_lora=fused_lora)
     (run_dir / "recipe.yaml").write_text(json.dumps(recipe))  # YAML is a superset of JSON
     timer = StepTimer(device)
     domaintune.train(run_dir, callbacks=[timer, *callbacks])
@@ -172,8 +175,9 @@ def mean_row_tokens(run_dir: Path) -> float:
 def worker(args) -> None:
     """One configuration in this process; prints its result as JSON on the last line."""
     run_dir = Path(args.worker_dir)
-    if args.config == "domaintune":
-        result = run_domaintune(run_dir, args.method, args.steps, args.batch, args.lr, args.device)
+    if args.config.startswith("domaintune"):
+        result = run_domaintune(run_dir, args.method, args.steps, args.batch, args.lr, args.device,
+                                fused_lora=args.config != "domaintune-peft-lora")
     else:
         result = run_hf_baseline(run_dir, args.method, args.steps, args.batch, args.lr, bf16=args.config == "hf-bf16",
                                  device=args.device)
@@ -254,8 +258,11 @@ def main() -> None:
     # A CPU without native bf16 only emulates it (several times slower than fp32): no user trains that way,
     # so there the fp32 baseline is the only one.
     cpu_baselines = ["hf-fp32", "hf-bf16"] if cpu_has_bf16() else ["hf-fp32"]
+    # Training in fp32, domaintune fuses each LoRA layer into one autograd function; its peft-forward
+    # twin shows what that is worth (under bf16 both take peft's forward, so the row is left out).
+    unfused = [] if cpu_has_bf16() else ["domaintune-peft-lora"]
     configs = ({"lora": ["hf-bf16", "domaintune"], "full": ["hf-bf16", "domaintune"]} if cuda
-               else {"lora": [*cpu_baselines, "domaintune"], "full": ["hf-fp32", "domaintune"]})
+               else {"lora": [*cpu_baselines, *unfused, "domaintune"], "full": ["hf-fp32", "domaintune"]})
     learning_rates = {"lora": 1e-3, "full": 5e-5}
     results: dict = {}
     for method in args.methods.split(","):

@@ -10,7 +10,7 @@ from domaintune.config import DataConfig, SplitConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.cleaning import count_conflicts, dedup_rows, filter_row, normalise_row, normalise_text
 from domaintune.data.prepare import prepare_dataset
-from domaintune.data.split import check_leakage, split_rows
+from domaintune.data.split import check_leakage, sample_rows, split_rows
 
 
 def write_jsonl(path: Path, rows: list) -> str:
@@ -109,6 +109,17 @@ def test_many_small_strata_keep_the_holdouts_at_their_share():
     assert (len(train), len(validation), len(test)) == (48, 6, 6)
     assert len({row["messages"][-1]["content"] for row in test}) == 6  # one row each from six of the answers
 
+
+def test_a_capped_test_split_keeps_each_answers_share_and_its_order():
+    # Rare answers last in the file: the first 60 of 67 rows would drop 7 of the 10 rare ones.
+    rows = [qa(f"Event {i}?", "Information" if i < 57 else ("Error" if i % 2 else "Warning"), line=i) for i in range(67)]
+    kept = sample_rows(rows, 60)
+    answers = Counter(row["messages"][-1]["content"] for row in kept)
+    assert len(kept) == 60 and answers["Error"] + answers["Warning"] == 9 and answers["Information"] == 51
+    assert [row["source"]["line"] for row in kept] == sorted(row["source"]["line"] for row in kept)
+    assert sample_rows(rows, 100) is rows
+    free = [qa(f"question {i}", f"answer {i}", line=i) for i in range(20)]
+    assert sample_rows(free, 5) == free[:5]  # free text: nothing to keep a share of
 
 
 def test_answers_that_rarely_repeat_are_not_a_label_set():

@@ -55,6 +55,23 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
     return splits["train"], splits["validation"], splits["test"]
 
 
+def sample_rows(rows: list[dict], limit: int) -> list[dict]:
+    """At most `limit` of `rows`, in their order. Where labels or closed answers can be read, each keeps its share
+    (largest remainder), so capping a test split keeps its rare answers' rows instead of whichever come first."""
+    if len(rows) <= limit:
+        return rows
+    stratum_of = _stratum_reader(rows)
+    if stratum_of is None:
+        return rows[:limit]
+    members: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        members.setdefault(stratum_of(row), []).append(index)
+    order = sorted(members, key=str)
+    shares = _apportion([len(members[label]) for label in order], limit / len(rows))
+    keep = sorted(index for label, share in zip(order, shares) for index in members[label][:share])
+    return [rows[index] for index in keep]
+
+
 def _apportion(sizes: list[int], fraction: float) -> list[int]:
     """Each stratum's share of round(total x fraction) rows, by largest remainder: the holdout is as big as
     without strata (rounding every small stratum up would make a 10% split of 6-row strata 17%)."""

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, prompt_text, question_text
+from domaintune.data.split import sample_rows
 from domaintune.evaluation import baselines, bootstrap, judge
 from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
@@ -27,6 +28,11 @@ from domaintune.models.loading import load_causal_lm, load_tokenizer, load_train
 from domaintune.storage.rundir import RunDir
 
 
+def rows_to_generate(test_rows: list[dict], limit: int) -> list[dict]:
+    """The test rows whose answers are generated and scored: chat rows, at most `limit`, answers in their shares."""
+    return sample_rows([row for row in test_rows if "messages" in row], limit)
+
+
 def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
                    metrics: list[str]) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
     """Loss per split (from the torch `model`) and the `metrics` of the answers `generator` writes; also the
@@ -38,7 +44,7 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
     stats = {f"{key} ({split})": value
              for split, rows in losses.items() if rows is not None
              for key, value in bootstrap.loss_item_stats(rows).items()}
-    generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
+    generation_rows = rows_to_generate(splits["test"], config.max_samples)
     predictions: list[str] = []
     values: dict[str, float] = {}
     generation_seconds = 0.0
@@ -72,7 +78,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     bf16 = use_bf16(recipe)
     tokenizer = load_tokenizer(recipe.model, path=str(run.model))
     splits = {split: (select or list)(run.read_split(split)) for split in ("validation", "test")}
-    generation_rows = [row for row in splits["test"] if "messages" in row][: config.max_samples]
+    generation_rows = rows_to_generate(splits["test"], config.max_samples)
     train = (select or list)(run.read_split("train"))
     metrics, why = choose_metrics(config.metrics, train, generation_rows)
     labels = closed_label_set(train, generation_rows) if config.baselines else None

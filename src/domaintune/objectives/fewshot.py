@@ -27,6 +27,7 @@ from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.answers import answer_label
 from domaintune.core.chat import last_user_turn, prompt_text, render
 from domaintune.core.errors import DomaintuneError
+from domaintune.data.split import sample_rows
 from domaintune.evaluation.base_vs_tuned import write_results
 from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
 from domaintune.evaluation.errors_analysis import label_confusion
@@ -221,7 +222,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
     bf16, settings = use_bf16(recipe), recipe.evaluation
     shots = run.read_split("train")
     labels = sorted({row["label"] for row in shots})
-    rows = [row for row in run.read_split("test") if row.get("label") in labels][: settings.max_samples]
+    rows = sample_rows([row for row in run.read_split("test") if row.get("label") in labels], settings.max_samples)
     if not rows:
         raise DomaintuneError(f"{run.data / 'test.jsonl'}: no test rows with a label seen in the shots")
     references = [row["label"] for row in rows]

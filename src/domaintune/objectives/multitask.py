@@ -15,7 +15,13 @@ from rich.console import Console
 from domaintune.config.objectives import MultitaskConfig, Task
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, question_text
-from domaintune.evaluation.base_vs_tuned import compared_models, evaluate_model, exact_generator, write_results
+from domaintune.evaluation.base_vs_tuned import (
+    compared_models,
+    evaluate_model,
+    exact_generator,
+    rows_to_generate,
+    write_results,
+)
 from domaintune.evaluation.bootstrap import paired_comparison
 from domaintune.evaluation.metric_choice import choose_metrics
 from domaintune.models.loading import load_tokenizer
@@ -99,7 +105,7 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
             for kind in ("loss", "perplexity"):
                 entry[kind].update({f"{split} · {task.name}": v for split, v in result[kind].items()})
             stats[label].update({_task_key(k, task.name): v for k, v in item_stats.items()})
-            generated = [r for r in splits["test"] if "messages" in r][: recipe.evaluation.max_samples]
+            generated = rows_to_generate(splits["test"], recipe.evaluation.max_samples)
             if label == "tuned":
                 samples += [{"prompt": question_text(r["messages"]), "reference": final_answer(r),
                              "base": None, "tuned": p, "task": task.name} for r, p in zip(generated, predictions)]

@@ -22,6 +22,7 @@ from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import run_callbacks
 from domaintune.training.checkpoints import atomic_trainer, save_final
 from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
+from domaintune.training.fused_lora import fuse_lora_layers
 from domaintune.training.packing import batching
 
 
@@ -212,12 +213,13 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
     model.config.use_cache = False  # the KV cache is useless while training and costs memory
     model = method.apply(model, recipe.method)
+    fused = fuse_lora_layers(model) if recipe.training.fused_lora and not (bf16 or recipe.training.compile) else 0
     parameters = count_parameters(model)
     console.print(
         f"[bold]{recipe.method.name}[/] on {recipe.model.name}: {parameters['trainable']:,} trainable of "
         f"{parameters['total']:,} parameters ({parameters['share']:.2%}) · {len(train_set)} train rows · "
         f"{threads} thread(s) · {'bf16' if bf16 else 'fp32'}"
-        f"{' · packed' if recipe.training.packing else ''}"
+        f"{' · packed' if recipe.training.packing else ''}{f' · {fused} fused LoRA layers' if fused else ''}"
     )
 
     speed_key = setup_key(recipe, threads, bf16)
