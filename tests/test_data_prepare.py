@@ -110,12 +110,15 @@ def test_many_small_strata_keep_the_holdouts_at_their_share():
     assert len({row["messages"][-1]["content"] for row in test}) == 6  # one row each from six of the answers
 
 
-def test_a_capped_test_split_keeps_each_answers_share_and_its_order():
+def test_a_capped_test_split_cuts_the_most_common_answer_first_and_keeps_the_order():
     # Rare answers last in the file: the first 60 of 67 rows would drop 7 of the 10 rare ones.
     rows = [qa(f"Event {i}?", "Information" if i < 57 else ("Error" if i % 2 else "Warning"), line=i) for i in range(67)]
     kept = sample_rows(rows, 60)
     answers = Counter(row["messages"][-1]["content"] for row in kept)
-    assert len(kept) == 60 and answers["Error"] + answers["Warning"] == 9 and answers["Information"] == 51
+    assert answers == {"Information": 50, "Error": 5, "Warning": 5}
+    assert Counter(row["messages"][-1]["content"] for row in sample_rows(rows, 12)) == {
+        "Information": 4, "Error": 4, "Warning": 4}  # an equal share each when every answer has more
+    assert len(sample_rows(rows, 13)) == 13
     assert [row["source"]["line"] for row in kept] == sorted(row["source"]["line"] for row in kept)
     assert sample_rows(rows, 100) is rows
     free = [qa(f"question {i}", f"answer {i}", line=i) for i in range(20)]

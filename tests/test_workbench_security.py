@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from domaintune.cli import app as cli_app
 from domaintune.core.errors import DomaintuneError
-from domaintune.workbench.app import check_bind, create_app
+from domaintune.workbench.app import create_app
+from domaintune.workbench.guard import check_bind
 
 
 def client(runs, token=None, cap=1000, host="127.0.0.1"):

@@ -56,8 +56,9 @@ def split_rows(rows: list[dict], config: SplitConfig, seed: int) -> tuple[list[d
 
 
 def sample_rows(rows: list[dict], limit: int) -> list[dict]:
-    """At most `limit` of `rows`, in their order. Where labels or closed answers can be read, each keeps its share
-    (largest remainder), so capping a test split keeps its rare answers' rows instead of whichever come first."""
+    """At most `limit` of `rows`, in their order. Where labels or closed answers can be read, the cut falls on
+    the most common answers first: a rare answer's few rows are the scarce evidence (macro-F1 weighs each
+    answer alike), so capping a test split keeps them all while it can."""
     if len(rows) <= limit:
         return rows
     stratum_of = _stratum_reader(rows)
@@ -66,10 +67,28 @@ def sample_rows(rows: list[dict], limit: int) -> list[dict]:
     members: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
         members.setdefault(stratum_of(row), []).append(index)
-    order = sorted(members, key=str)
-    shares = _apportion([len(members[label]) for label in order], limit / len(rows))
-    keep = sorted(index for label, share in zip(order, shares) for index in members[label][:share])
+    keep = sorted(index for label, share in _fill_smallest_first(members, limit).items()
+                  for index in members[label][:share])
     return [rows[index] for index in keep]
+
+
+def _fill_smallest_first(members: dict[str, list[int]], limit: int) -> dict[str, int]:
+    """How many rows each stratum keeps: an equal share of `limit`, a stratum smaller than its share keeping
+    all its rows and leaving the rest to the others (water-filling)."""
+    pending = sorted(members, key=lambda label: (len(members[label]), str(label)))
+    shares, left = {}, limit
+    while pending:
+        share = left // len(pending)
+        if len(members[pending[0]]) <= share:
+            label = pending.pop(0)
+            shares[label] = len(members[label])
+            left -= shares[label]
+            continue
+        extra = left - share * len(pending)  # the remainder: one more row to each of the largest strata
+        for position, label in enumerate(pending):
+            shares[label] = share + (position >= len(pending) - extra)
+        break
+    return shares
 
 
 def _apportion(sizes: list[int], fraction: float) -> list[int]:

@@ -3,6 +3,7 @@ evaluation, training's domain perplexity, synthesis, selection and the judge."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import queue
 import threading
 from typing import Iterator
@@ -26,25 +27,45 @@ def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
     return example_losses(model, tokenizer, encoded, batch_size, bf16) if encoded else None
 
 
+def accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 @torch.no_grad()
 def example_losses(model, tokenizer, examples: list[dict], batch_size: int, bf16: bool) -> np.ndarray:
-    """Per encoded example: summed cross-entropy over its supervised tokens and their count, shape (2, n)."""
+    """Per encoded example: summed cross-entropy over its supervised tokens and their count, shape (2, n).
+
+    Batches hold examples of similar length (less padding), and where the model takes `logits_to_keep`
+    the 49k-word LM head and the softmax run only at positions whose next token is supervised in some
+    row of the batch: in SFT rows most tokens are prompt, so most of that work is skipped. Same numbers."""
     from transformers import DataCollatorForSeq2Seq
 
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     model.eval()
-    sums, counts = [], []
+    supervised_only = accepts_logits_to_keep(model)
+    order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size])
+        indices = order[start : start + batch_size]
+        batch = collate([examples[index] for index in indices])
+        targets = batch["labels"][:, 1:]  # logits at position t predict the token at t + 1
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        if positions.numel() == 0:
+            continue
+        keep = {"logits_to_keep": positions} if supervised_only else {}
         with autocast(bf16):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        # Shift so that token t predicts token t+1, as the model's own loss does.
-        targets = batch["labels"][:, 1:]
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                           **keep).logits
+        if not supervised_only:
+            logits = logits[:, positions]
+        targets = targets[:, positions]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+            logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        sums += losses.sum(dim=1).tolist()
-        counts += (targets != IGNORE_INDEX).sum(dim=1).tolist()
+        row_counts = (targets != IGNORE_INDEX).sum(dim=1).tolist()
+        for index, total, count in zip(indices, losses.sum(dim=1).tolist(), row_counts):
+            sums[index], counts[index] = total, count
     return np.array([sums, counts], dtype=float)
 
 

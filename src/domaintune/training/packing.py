@@ -20,14 +20,13 @@
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import AttentionInterface, DataCollatorForSeq2Seq, DataCollatorWithFlattening
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from domaintune.core.chat import IGNORE_INDEX
+from domaintune.models.inference import accepts_logits_to_keep
 
 PACKED_ATTENTION = "domaintune_packed"
 FLASH_ATTENTION = "flash_attention_2"
@@ -207,11 +206,6 @@ def packed_attention_for(device: torch.device | str, bf16: bool) -> str:
     if torch.device(device).type != "cuda":
         return PACKED_ATTENTION
     return FLASH_ATTENTION if bf16 and is_flash_attn_2_available() else "sdpa"
-
-
-def accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def batching(model, tokenizer, packing: bool, supervised_logits_only: bool, row_tokens: int = 1024,

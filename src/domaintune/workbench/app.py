@@ -1,20 +1,13 @@
 """The workbench's FastAPI app: server-rendered pages over the runs folder, Server-Sent Events for live
-curves, and the same security posture as `serve` and the feedback page:
-
-- only requests whose Host header names this machine (or the address bound) are answered, so a web page
-  can't read the app through DNS rebinding;
-- with a token (required off loopback), every request carries it: `?token=` once, then a cookie;
-- every state-changing request is a POST carrying the page's CSRF token (a form field or X-CSRF-Token);
-- uploads are capped and written only inside the runs folder; a run or file named in a request is
-  resolved and refused when it leaves the runs folder.
+curves, and the same security posture as `serve` and the feedback page (Host check, token, CSRF:
+`workbench/guard.py`). Uploads are capped and written only inside the runs folder; a run or file named
+in a request is resolved and refused when it leaves the runs folder.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import json
-import secrets
 from importlib import resources
 from pathlib import Path
 
@@ -32,11 +25,11 @@ from fastapi.responses import (
 
 from domaintune.config import EvaluationConfig, ExportConfig, ModelConfig
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import LOOPBACK_HOSTS, host_name, is_loopback, parse_form
 from domaintune.storage.jsonl import read_json, read_jsonl
 from domaintune.storage.rundir import RunDir
 from domaintune.workbench import jobs
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS, Arena
+from domaintune.workbench.guard import PageToken, check_bind, install_guard
 from domaintune.workbench.runs import (
     export_choices,
     inside,
@@ -53,7 +46,6 @@ DEFAULT_UPLOAD_CAP = 100 * 2**20
 CHAT_BODY_CAP = 64 * 2**10
 STATIC = {"workbench.js": "text/javascript", "workbench.css": "text/css"}
 PAGE_ROWS = 10
-TOKEN_COOKIE = "domaintune_ui"
 
 
 def _templates() -> jinja2.Environment:
@@ -81,40 +73,11 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
     templates = _templates()
     arena = arena or Arena()
     app = FastAPI(title="domaintune workbench", docs_url=None, redoc_url=None, openapi_url=None)
-    # 0.0.0.0 and :: answer to any name of the machine; the token guards them instead.
-    any_name = host in ("0.0.0.0", "::")
-    allowed_hosts = {*LOOPBACK_HOSTS, host, f"[{host}]"}
-    csrf = secrets.token_urlsafe(32)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if not any_name and host_name(request.headers.get("host", "")) not in allowed_hosts:
-            return PlainTextResponse("unknown Host: open the workbench at the address `domaintune ui` printed", 403)
-        if token is None:
-            return await call_next(request)
-        given = request.query_params.get("token")
-        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
-            response = await call_next(request)
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-            return response
-        if not hmac.compare_digest(request.cookies.get(TOKEN_COOKIE, "").encode(), token.encode()):
-            return PlainTextResponse("this workbench needs its token: open the URL `domaintune ui` printed", 401)
-        return await call_next(request)
+    install_guard(app, host, token)
+    csrf = PageToken()
 
     def page(template: str, code: int = 200, **values) -> HTMLResponse:
-        return HTMLResponse(templates.get_template(template).render(csrf=csrf, **values), code)
-
-    def check_csrf(given: str | None) -> None:
-        if not given or not hmac.compare_digest(given.encode(), csrf.encode()):
-            raise HTTPException(403, "missing or stale page token: reload the page and try again")
-
-    async def posted_form(request: Request) -> dict[str, str]:
-        try:
-            form = parse_form(await request.body())
-        except ValueError as error:
-            raise HTTPException(400, f"bad form: {error}") from None
-        check_csrf(request.headers.get("x-csrf-token") or form.get("csrf"))
-        return form
+        return HTMLResponse(templates.get_template(template).render(csrf=csrf.value, **values), code)
 
     @functools.cache
     def estimates():
@@ -251,7 +214,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
 
     @app.post("/runs/{name}/stop")
     async def stop(name: str, request: Request):
-        await posted_form(request)
+        await csrf.form(request)
         run = run_of(name)
         if not jobs.stop(run.root):
             raise HTTPException(409, f"{name} is not running")
@@ -259,7 +222,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
 
     @app.post("/runs/{name}/resume")
     async def resume(name: str, request: Request):
-        await posted_form(request)
+        await csrf.form(request)
         run = run_of(name)
         if jobs.is_running(run.root):
             raise HTTPException(409, f"{name} is running already")
@@ -268,7 +231,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
 
     @app.post("/runs/{name}/evaluate")
     async def evaluate(name: str, request: Request):
-        await posted_form(request)
+        await csrf.form(request)
         run = idle_trained_run(name)
         jobs.launch(run.root, task="evaluate")
         return RedirectResponse(f"/runs/{name}", 303)
@@ -278,7 +241,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         """Export what the form ticks (adapter, merged, GGUF kinds) instead of the recipe's export section."""
         from pydantic import ValidationError
 
-        form = await posted_form(request)
+        form = await csrf.form(request)
         run = idle_trained_run(name)
         choices = export_choices(run)
         if choices["own"]:
@@ -315,7 +278,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
     @app.post("/runs/{name}/arena/chat")
     async def arena_chat(name: str, request: Request):
         """Both answers to a message as server-sent events (read by fetch: a POST, so it carries the CSRF token)."""
-        check_csrf(request.headers.get("x-csrf-token"))
+        csrf.check(request.headers.get("x-csrf-token"))
         body = await request.body()
         if len(body) > CHAT_BODY_CAP:
             raise HTTPException(413, f"request larger than {CHAT_BODY_CAP:,} bytes")
@@ -336,7 +299,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
         from domaintune.api import feedback_db
         from domaintune.evaluation.feedback import item_view, read_choice, record_choice, session_summary
 
-        form = await posted_form(request)
+        form = await csrf.form(request)
         db = feedback_db(run_of(name).root)
         try:
             item, slot, ratings = read_choice(form)
@@ -351,7 +314,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
 
     @app.post("/upload")
     async def upload(request: Request, name: str):
-        check_csrf(request.headers.get("x-csrf-token"))
+        csrf.check(request.headers.get("x-csrf-token"))
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > upload_cap:
             raise HTTPException(413, f"{name}: larger than the upload cap of {upload_cap:,} bytes")
@@ -398,7 +361,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
     @app.post("/estimate")
     async def estimate(request: Request):
         """`domaintune estimate` on the recipe being edited, started in the background; poll the answer's URL."""
-        form = await posted_form(request)
+        form = await csrf.form(request)
         from domaintune.workbench.newrun import check_recipe
 
         recipe, problems = check_recipe(runs, form.get("recipe", ""))
@@ -419,7 +382,7 @@ def create_app(runs: Path, host: str = "127.0.0.1", token: str | None = None, up
 
     @app.post("/launch")
     async def launch(request: Request):
-        form = await posted_form(request)
+        form = await csrf.form(request)
         from domaintune.workbench.newrun import check_recipe
 
         text = form.get("recipe", "")
@@ -459,14 +422,6 @@ def _artefacts(run: RunDir) -> list[dict]:
             files = sorted(path for path in folder.rglob("*") if path.is_file())
         found += [{"path": path.relative_to(run.root).as_posix(), "bytes": path.stat().st_size} for path in files[:200]]
     return found
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Off loopback the workbench needs a token: anyone on the network could otherwise launch runs."""
-    if not is_loopback(host) and not token:
-        raise DomaintuneError(f"--host {host}: other than loopback needs --token (anyone who can reach the port could "
-                              "otherwise launch runs and read your data); e.g. --token $(python -c "
-                              "'import secrets; print(secrets.token_urlsafe())')")
 
 
 def serve(runs: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
