@@ -92,3 +92,19 @@ def test_merged_disabled_and_autocast_calls_fall_back_to_peft(tiny_model_dir, fu
     assert not torch.allclose(adapted, base, atol=1e-3)  # the adapter is live, and disabling it is honoured
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert torch.allclose(autocast.float(), adapted, atol=0.5)  # bf16 under autocast: peft's path, same answer roughly
+
+
+def test_runs_fuse_plain_lora_in_fp32_only(tiny_recipe):
+    from domaintune.config import Recipe
+    from domaintune.training.forecast import fuses_lora, setup_key
+
+    def recipe(**changes) -> Recipe:
+        raw = {**tiny_recipe, "method": {"name": "lora", **changes.pop("method", {})}}
+        raw["training"] = {**raw.get("training", {}), **changes}
+        return Recipe.model_validate(raw)
+
+    assert fuses_lora(recipe(), bf16=False) and "|fused_lora" in setup_key(recipe(), 1, False)
+    assert not fuses_lora(recipe(), bf16=True)
+    assert not fuses_lora(recipe(compile=True), bf16=False)
+    assert not fuses_lora(recipe(fused_lora=False), bf16=False)
+    assert not fuses_lora(recipe(method={"dora": True}), bf16=False)

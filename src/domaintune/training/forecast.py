@@ -17,12 +17,20 @@ def throughput_file() -> Path:
     return cache_dir() / "throughput.json"
 
 
+def fuses_lora(recipe: Recipe, bf16: bool) -> bool:
+    """Whether training fuses the LoRA layers (`training/fused_lora.py`): asked for (the default), plain LoRA
+    (not DoRA), fp32, not compiled. Here rather than there so that this module stays free of torch."""
+    training, method = recipe.training, recipe.method
+    return training.fused_lora and method.name == "lora" and not (method.dora or bf16 or training.compile)
+
+
 def setup_key(recipe: Recipe, threads: int, bf16: bool) -> str:
     """Speed depends on these; a measurement is reused only for the same setup."""
     t = recipe.training
     return (
         f"{recipe.model.name}|{recipe.method.name}|{'bf16' if bf16 else 'fp32'}|threads={threads}"
         f"|batch={t.batch_size}|packing={t.packing}|supervised_logits_only={t.supervised_logits_only}|compile={t.compile}"
+        f"{'|fused_lora' if fuses_lora(recipe, bf16) else ''}"
     )
 
 

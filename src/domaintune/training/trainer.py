@@ -21,7 +21,13 @@ from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import run_callbacks
 from domaintune.training.checkpoints import atomic_trainer, save_final
-from domaintune.training.forecast import announce_training, real_tokens_per_step, record_throughput, setup_key
+from domaintune.training.forecast import (
+    announce_training,
+    fuses_lora,
+    real_tokens_per_step,
+    record_throughput,
+    setup_key,
+)
 from domaintune.training.fused_lora import fuse_lora_layers
 from domaintune.training.packing import batching
 
@@ -213,7 +219,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     model = load_causal_lm(recipe.model, load_kwargs=load_kwargs(recipe.method))
     model.config.use_cache = False  # the KV cache is useless while training and costs memory
     model = method.apply(model, recipe.method)
-    fused = fuse_lora_layers(model) if recipe.training.fused_lora and not (bf16 or recipe.training.compile) else 0
+    fused = fuse_lora_layers(model) if fuses_lora(recipe, bf16) else 0
     parameters = count_parameters(model)
     console.print(
         f"[bold]{recipe.method.name}[/] on {recipe.model.name}: {parameters['trainable']:,} trainable of "
