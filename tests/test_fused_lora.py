@@ -8,7 +8,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import AutoModelForCausalLM
 
 from domaintune.training import fused_lora
-from domaintune.training.fused_lora import fuse_lora_layers
+from domaintune.training.fused_lora import fuse_lora_layers, unfuse_lora_layers
 
 
 def lora_model(model_dir, **options):
@@ -92,6 +92,12 @@ def test_merged_disabled_and_autocast_calls_fall_back_to_peft(tiny_model_dir, fu
     assert not torch.allclose(adapted, base, atol=1e-3)  # the adapter is live, and disabling it is honoured
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert torch.allclose(autocast.float(), adapted, atol=0.5)  # bf16 under autocast: peft's path, same answer roughly
+
+    model.unmerge_adapter()
+    unfuse_lora_layers(model)
+    with torch.no_grad():
+        model(input_ids=input_ids)
+    assert len(fused_calls) == 14  # peft's own forward again
 
 
 def test_runs_fuse_plain_lora_in_fp32_only(tiny_recipe):

@@ -28,7 +28,7 @@ from domaintune.training.forecast import (
     record_throughput,
     setup_key,
 )
-from domaintune.training.fused_lora import fuse_lora_layers
+from domaintune.training.fused_lora import fuse_lora_layers, unfuse_lora_layers
 from domaintune.training.packing import batching
 
 
@@ -255,6 +255,8 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
     if domain_perplexity and has_validation and checkpoint is None:
         domain_loss["before"] = block_loss(model, validation_set)  # adapters start as the identity: the base model's
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if fused:
+        unfuse_lora_layers(trainer.model)
     if domain_loss:
         domain_loss["after"] = block_loss(trainer.model, validation_set)
 
