@@ -25,6 +25,12 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0]
 
 
+def local_host_names(bound: str) -> set[str]:
+    """The Host header names a local page bound to `bound` answers: this machine's loopback names and the
+    address bound (bare, and in brackets as an IPv6 literal arrives). Anything else is DNS rebinding."""
+    return {*LOOPBACK_HOSTS, bound, f"[{bound}]"}
+
+
 def parse_form(body: bytes, max_fields: int = 32) -> dict[str, str]:
     """The posted form's fields (the last value of each); ValueError for a body that is not a plain
     UTF-8 urlencoded form of at most `max_fields` fields."""

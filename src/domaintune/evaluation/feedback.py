@@ -25,7 +25,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import LOOPBACK_HOSTS, host_name, parse_form
+from domaintune.core.net import host_name, local_host_names, parse_form
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.generation import open_generator
@@ -284,7 +284,7 @@ def create_app(db: Path, host: str = "127.0.0.1"):
     # Autoescape: prompts and answers are untrusted text and must not become markup.
     template = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(source)
     app = FastAPI(title="domaintune feedback", docs_url=None, redoc_url=None, openapi_url=None)
-    allowed_hosts = {*LOOPBACK_HOSTS, host, f"[{host}]"}
+    allowed_hosts = local_host_names(host)
     token = secrets.token_urlsafe(32)
 
     @app.middleware("http")

@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import LOOPBACK_HOSTS, host_name, is_loopback, parse_form
+from domaintune.core.net import host_name, is_loopback, local_host_names, parse_form
 
 TOKEN_COOKIE = "domaintune_ui"
 
@@ -30,7 +30,7 @@ def check_bind(host: str, token: str | None) -> None:
 def install_guard(app: FastAPI, host: str, token: str | None) -> None:
     """Answer only requests for this machine's names and, with a token, only requests that carry it."""
     any_name = host in ("0.0.0.0", "::")  # they answer to any name of the machine; the token guards them instead
-    allowed_hosts = {*LOOPBACK_HOSTS, host, f"[{host}]"}
+    allowed_hosts = local_host_names(host)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
