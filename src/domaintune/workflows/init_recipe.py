@@ -168,7 +168,7 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     if columns:
         data["columns"] = columns
     recipe: dict = {"name": name or re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(paths[0]).stem).strip("-") or "run",
-                    "model": {"name": model}, "data": data, "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05}}
+                    "model": {"name": model}, "data": data, "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0}}
     undecided = []
     if fmt == "auto" or fmt == "text":
         recipe["objective"] = {"name": "pretrain", "block_size": 512}
