@@ -1,9 +1,13 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import domaintune
+from domaintune.core.errors import DomaintuneError
+from domaintune.workflows import estimate
 from domaintune.training.forecast import lookup_throughput, setup_key
 
 
@@ -56,3 +60,24 @@ def test_an_encoder_recipe_is_estimated_without_a_chat_template(tiny_recipe):
     result = domaintune.estimate(tiny_recipe)
     assert result["work"]["steps"] == 12 and result["speed"]["tokens_per_second"] > 0
     assert "generation_batch_seconds" not in result["speed"]
+
+
+def test_a_script_without_a_main_guard_can_estimate(tiny_recipe, tmp_path):
+    # The probe runs in a fresh interpreter: multiprocessing's spawn would import this script again in
+    # the child, re-run its top level and fail there.
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(tiny_recipe))
+    script = tmp_path / "plan.py"
+    script.write_text("import json, sys\nimport domaintune\n"
+                      "result = domaintune.estimate(json.loads(open(sys.argv[1]).read()))\n"
+                      "print('steps', result['work']['steps'])\n")
+    done = subprocess.run([sys.executable, str(script), str(recipe_file)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "steps 12"
+
+
+def test_a_failing_probe_says_why(tiny_recipe, monkeypatch):
+    # A child that dies before writing its outcome: the last line of its stderr is the reason given.
+    monkeypatch.setattr(estimate, "PROBE_CHILD", "import sys; sys.exit('the probe ran out of memory')")
+    with pytest.raises(DomaintuneError, match="the speed probe failed: the probe ran out of memory"):
+        domaintune.estimate(tiny_recipe)

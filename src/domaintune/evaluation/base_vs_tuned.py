@@ -33,10 +33,11 @@ def rows_to_generate(test_rows: list[dict], limit: int) -> list[dict]:
     return sample_rows([row for row in test_rows if "messages" in row], limit)
 
 
-def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]], bf16: bool,
-                   metrics: list[str]) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
-    """Loss per split (from the torch `model`) and the `metrics` of the answers `generator` writes; also the
-    per-item statistics the bootstrap resamples."""
+def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]],
+                   generation_rows: list[dict], bf16: bool, metrics: list[str]
+                   ) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
+    """Loss per split (from the torch `model`) and the `metrics` of the answers `generator` writes for
+    `generation_rows` (`rows_to_generate` of the test split); also the per-item statistics the bootstrap resamples."""
     started = time.perf_counter()
     config = recipe.evaluation
     losses = {name: row_losses(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
@@ -44,7 +45,6 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
     stats = {f"{key} ({split})": value
              for split, rows in losses.items() if rows is not None
              for key, value in bootstrap.loss_item_stats(rows).items()}
-    generation_rows = rows_to_generate(splits["test"], config.max_samples)
     predictions: list[str] = []
     values: dict[str, float] = {}
     generation_seconds = 0.0
@@ -102,7 +102,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
         model = load()
         generator = exact_generator(model, tokenizer, recipe, folders, threads, console)
         results["models"][label], outputs[label], stats[label] = evaluate_model(
-            model, generator, tokenizer, recipe, splits, bf16, metrics
+            model, generator, tokenizer, recipe, splits, generation_rows, bf16, metrics
         )
         results["models"][label]["model"] = recipe.model.name if label == "base" else str(run.model)
         if labels:  # the same answers read leniently, and the labels scored by likelihood

@@ -99,13 +99,14 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
             metrics, _ = choose_metrics(task.metrics or recipe.evaluation.metrics,
                                         [r for r in rows["train"] if r.get("task") == task.name], splits["test"])
             console.print(f"Evaluating the {label} model on task {task.name} ({len(splits['test'])} test rows)...")
-            result, predictions, item_stats = evaluate_model(model, generator, tokenizer, recipe, splits, bf16, metrics)
+            generated = rows_to_generate(splits["test"], recipe.evaluation.max_samples)
+            result, predictions, item_stats = evaluate_model(model, generator, tokenizer, recipe, splits, generated,
+                                                             bf16, metrics)
             results["tasks"].setdefault(task.name, {})[label] = result
             entry["metrics"].update({f"{task.name}: {k}": v for k, v in result["metrics"].items()})
             for kind in ("loss", "perplexity"):
                 entry[kind].update({f"{split} · {task.name}": v for split, v in result[kind].items()})
             stats[label].update({_task_key(k, task.name): v for k, v in item_stats.items()})
-            generated = rows_to_generate(splits["test"], recipe.evaluation.max_samples)
             if label == "tuned":
                 samples += [{"prompt": question_text(r["messages"]), "reference": final_answer(r),
                              "base": None, "tuned": p, "task": task.name} for r, p in zip(generated, predictions)]

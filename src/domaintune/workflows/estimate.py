@@ -1,17 +1,18 @@
 """`domaintune estimate`: predict a run's wall time, peak memory and tokens before spending them.
 
 Tokens and steps come from the prepared data (exact). Speed comes from a probe: a few real
-training steps of the recipe's own engine in a child process (so its peak RSS is its own), one
+training steps of the recipe's own engine in a fresh Python process (so its peak RSS is its own), one
 validation pass, and one batch of generation.
 """
 from __future__ import annotations
 
+import json
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 from rich.console import Console
@@ -94,22 +95,40 @@ def probe_lengths(recipe: Recipe, tokenizer) -> list[int]:
 
 
 def probe(run: RunDir) -> dict:
-    """Time a few steps, one validation and one generation batch in a fresh child process."""
+    """Time a few steps, one validation and one generation batch in a fresh Python process."""
     scratch = Path(tempfile.mkdtemp(prefix="domaintune-probe-"))
     try:
         probe_run = RunDir(scratch / "run")
         shutil.copytree(run.data, probe_run.data)
         shutil.copy2(run.recipe_file, probe_run.recipe_file)
-        # spawn, not fork: the child starts clean, so its peak memory is the probe's own.
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            try:
-                return pool.submit(probe_in_this_process, probe_run.root).result()
-            except DomaintuneError:
-                raise
-            except Exception as error:  # the child's failure, whatever it was, is the probe's
-                raise DomaintuneError(f"the speed probe failed: {type(error).__name__}: {error}") from None
+        outcome_file = scratch / "outcome.json"
+        # A new interpreter, not multiprocessing: its peak memory is the probe's own, and the caller's script is
+        # not imported again (multiprocessing's spawn re-runs a script that has no `if __name__ == "__main__"`).
+        child = subprocess.run([sys.executable, "-c", PROBE_CHILD, str(probe_run.root), str(outcome_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        outcome = json.loads(outcome_file.read_text(encoding="utf-8")) if outcome_file.exists() else {}
+        if "user_error" in outcome:
+            raise DomaintuneError(outcome["user_error"])
+        if "speed" not in outcome:  # the child's failure, whatever it was, is the probe's
+            reason = outcome.get("error") or (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            raise DomaintuneError(f"the speed probe failed: {reason}")
+        return outcome["speed"]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+PROBE_CHILD = "import sys; from domaintune.workflows.estimate import probe_child; probe_child(*sys.argv[1:])"
+
+
+def probe_child(root: str, outcome_file: str) -> None:
+    """The child side of `probe`: its measurements, or why it failed, as JSON in `outcome_file`."""
+    try:
+        outcome = {"speed": probe_in_this_process(Path(root))}
+    except DomaintuneError as error:
+        outcome = {"user_error": str(error)}
+    except Exception as error:
+        outcome = {"error": f"{type(error).__name__}: {error}"}
+    Path(outcome_file).write_text(json.dumps(outcome), encoding="utf-8")
 
 
 def probe_in_this_process(root: Path) -> dict:
