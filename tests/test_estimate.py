@@ -7,8 +7,8 @@ import pytest
 
 import domaintune
 from domaintune.core.errors import DomaintuneError
-from domaintune.workflows import estimate
 from domaintune.training.forecast import lookup_throughput, setup_key
+from domaintune.workflows import estimate
 
 
 def test_estimate_counts_the_work_and_predicts_the_training_time(tiny_recipe):
