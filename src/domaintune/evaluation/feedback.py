@@ -25,7 +25,6 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
-from domaintune.core.net import host_name, local_host_names, parse_form
 from domaintune.evaluation.preference_report import write_preference_report
 from domaintune.evaluation.win_rate import win_summary
 from domaintune.models.generation import open_generator
@@ -272,42 +271,30 @@ def create_app(db: Path, host: str = "127.0.0.1"):
     """The FastAPI app of one session, served on `host`. Only requests naming this machine or `host`
     are answered, and a choice is taken only with the token of a page this app served: any web page
     the annotator visits could otherwise post choices (CSRF), or read the page through DNS rebinding."""
-    import hmac
-    import secrets
-
     import jinja2
     from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
+    from fastapi.responses import HTMLResponse, RedirectResponse
+
+    from domaintune.core.local_pages import PageToken, answer_this_machine_only
 
     db = Path(db)
     source = resources.files("domaintune.evaluation").joinpath("feedback.html.j2").read_text(encoding="utf-8")
     # Autoescape: prompts and answers are untrusted text and must not become markup.
     template = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(source)
     app = FastAPI(title="domaintune feedback", docs_url=None, redoc_url=None, openapi_url=None)
-    allowed_hosts = local_host_names(host)
-    token = secrets.token_urlsafe(32)
-
-    @app.middleware("http")
-    async def known_hosts_only(request: Request, call_next):
-        if host_name(request.headers.get("host", "")) not in allowed_hosts:
-            return PlainTextResponse("unknown Host: open the page at the address `feedback serve` printed", 403)
-        return await call_next(request)
+    answer_this_machine_only(app, host, "feedback serve")
+    csrf = PageToken()
 
     @app.get("/", response_class=HTMLResponse)
     def page(item: int | None = None):
         view = item_view(db, item)
         if item is not None and view is None:
             raise HTTPException(404, f"no item {item}")
-        return template.render(view=view, summary=session_summary(db), csrf=token)
+        return template.render(view=view, summary=session_summary(db), csrf=csrf.value)
 
     @app.post("/choose")
     async def choose(request: Request):
-        try:
-            form = parse_form(await request.body())
-        except ValueError as error:
-            raise HTTPException(400, f"bad form: {error}") from None
-        if not hmac.compare_digest(form.get("csrf", "").encode(), token.encode()):
-            raise HTTPException(403, "missing or stale page token: reload the page and choose again")
+        form = await csrf.form(request)
         try:
             item, slot, ratings = read_choice(form)
             record_choice(db, item, slot, ratings)

@@ -25,11 +25,12 @@ from fastapi.responses import (
 
 from domaintune.config import EvaluationConfig, ExportConfig, ModelConfig
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.local_pages import PageToken
 from domaintune.storage.jsonl import read_json, read_jsonl
 from domaintune.storage.rundir import RunDir
 from domaintune.workbench import jobs
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS, Arena
-from domaintune.workbench.guard import PageToken, check_bind, install_guard
+from domaintune.workbench.guard import check_bind, install_guard
 from domaintune.workbench.runs import (
     export_choices,
     inside,
