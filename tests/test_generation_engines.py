@@ -2,6 +2,7 @@
 back to torch (with a notice) where it can't load the model."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from rich.console import Console
 
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
+from domaintune.core.errors import DomaintuneError
 from domaintune.models import generation
 from domaintune.models.generation import CTranslate2Generator, TorchGenerator, load_generator, weights_folders
 from domaintune.models.loading import load_causal_lm, load_tokenizer
@@ -88,6 +90,30 @@ def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):
     assert again.model_dir == first.model_dir and calls == []
     int8 = engine(tiny, InferenceConfig(engine="ctranslate2", compute_type="int8"))
     assert int8.model_dir != first.model_dir and len(calls) == 1 and int8.compute_type == "int8"
+
+
+def test_the_conversion_cache_evicts_the_least_recently_used_beyond_its_budget(tmp_path, monkeypatch):
+    now = 1_000_000.0
+    for name, size, used_hours_ago in (("old", 300, 50), ("older", 300, 90), ("recent", 300, 0.5), ("new", 300, 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.bin").write_bytes(b"x" * size)
+        os.utime(tmp_path / name, (now - used_hours_ago * 3600,) * 2)
+    (tmp_path / ".converting-abc").mkdir()  # a conversion in progress is not the cache's to evict
+    evicted = generation.evict_conversions(tmp_path, budget=700, now=now)
+    assert [path.name for path in evicted] == ["older", "old"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".converting-abc", "new", "recent"]
+    # One used within the hour is kept even over budget: another process may be about to load it.
+    assert generation.evict_conversions(tmp_path, budget=0, now=now) == [tmp_path / "new"]
+    monkeypatch.setenv("DOMAINTUNE_CONVERSIONS_GB", "lots")
+    with pytest.raises(DomaintuneError, match="DOMAINTUNE_CONVERSIONS_GB='lots'"):
+        generation.conversions_budget()
+
+
+def test_a_cache_hit_marks_the_conversion_as_just_used(tiny):
+    first = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    os.utime(first.model_dir, (0, 0))
+    engine(tiny, InferenceConfig(engine="ctranslate2"))
+    assert first.model_dir.stat().st_mtime > 0
 
 
 def test_an_adapter_run_is_merged_then_converted(tiny, tmp_path):

@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.console import Console
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16
+from domaintune.core.errors import DomaintuneError
 from domaintune.models.inference import generate as torch_generate
 from domaintune.models.inference import stream_token_ids
 from domaintune.models.loading import (
@@ -38,6 +40,11 @@ from domaintune.models.registry import cache_dir, resolve_model_path
 
 # CPU features under which CTranslate2's int8 kernels beat float32 (VNNI dot products, AVX-512).
 INT8_FLAGS = {"avx512_vnni", "avx_vnni", "avx512f"}
+# Every evaluated run adds a conversion of its tuned model (~0.5 GB for the bundled one in float32): the cache keeps
+# the most recently used up to this size (DOMAINTUNE_CONVERSIONS_GB), and never one used within RECENT_USE_SECONDS
+# (another process may be about to load it).
+CONVERSIONS_GB = 8.0
+RECENT_USE_SECONDS = 3600
 
 
 @dataclass
@@ -250,6 +257,7 @@ def converted_model(folders: list[Path | str], compute_type: str, write_merged: 
     key = weights_digest(folders, f"{compute_type} {ctranslate2.__version__}")
     target = cache_dir() / "ctranslate2" / f"{key}-{compute_type}"
     if (target / "model.bin").exists():
+        os.utime(target)  # its last use: the cache evicts the least recently used
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
@@ -269,7 +277,41 @@ def converted_model(folders: list[Path | str], compute_type: str, write_merged: 
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    os.utime(target)
+    evicted = evict_conversions(target.parent, conversions_budget())
+    if evicted and console is not None:
+        console.print(f"Removed {len(evicted)} least recently used conversion(s) from the cache "
+                      f"(DOMAINTUNE_CONVERSIONS_GB={conversions_budget() / 2**30:g})")
     return target
+
+
+def conversions_budget() -> int:
+    """Bytes the converted models may take in the cache."""
+    setting = os.environ.get("DOMAINTUNE_CONVERSIONS_GB", "")
+    try:
+        gigabytes = float(setting) if setting else CONVERSIONS_GB
+    except ValueError:
+        raise DomaintuneError(f"DOMAINTUNE_CONVERSIONS_GB={setting!r}: expected a number of gigabytes") from None
+    return int(gigabytes * 2**30)
+
+
+def evict_conversions(folder: Path, budget: int, now: float | None = None) -> list[Path]:
+    """Delete the least recently used conversions in `folder` until the rest fit in `budget` bytes, sparing any
+    used within RECENT_USE_SECONDS; returns what was deleted."""
+    now = time.time() if now is None else now
+    entries = [entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith(".")]
+    sizes = {entry: sum(file.stat().st_size for file in entry.rglob("*") if file.is_file()) for entry in entries}
+    total = sum(sizes.values())
+    evicted = []
+    for entry in sorted(entries, key=lambda entry: entry.stat().st_mtime):
+        if total <= budget:
+            break
+        if now - entry.stat().st_mtime < RECENT_USE_SECONDS:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= sizes[entry]
+        evicted.append(entry)
+    return evicted
 
 
 def is_plain_model_folder(path: Path) -> bool:
