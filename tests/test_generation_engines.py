@@ -11,7 +11,7 @@ from rich.console import Console
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.errors import DomaintuneError
-from domaintune.models import generation
+from domaintune.models import conversions, generation
 from domaintune.models.generation import CTranslate2Generator, TorchGenerator, load_generator, weights_folders
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 
@@ -99,14 +99,14 @@ def test_the_conversion_cache_evicts_the_least_recently_used_beyond_its_budget(t
         (tmp_path / name / "model.bin").write_bytes(b"x" * size)
         os.utime(tmp_path / name, (now - used_hours_ago * 3600,) * 2)
     (tmp_path / ".converting-abc").mkdir()  # a conversion in progress is not the cache's to evict
-    evicted = generation.evict_conversions(tmp_path, budget=700, now=now)
+    evicted = conversions.evict_conversions(tmp_path, budget=700, now=now)
     assert [path.name for path in evicted] == ["older", "old"]
     assert sorted(path.name for path in tmp_path.iterdir()) == [".converting-abc", "new", "recent"]
     # One used within the hour is kept even over budget: another process may be about to load it.
-    assert generation.evict_conversions(tmp_path, budget=0, now=now) == [tmp_path / "new"]
+    assert conversions.evict_conversions(tmp_path, budget=0, now=now) == [tmp_path / "new"]
     monkeypatch.setenv("DOMAINTUNE_CONVERSIONS_GB", "lots")
     with pytest.raises(DomaintuneError, match="DOMAINTUNE_CONVERSIONS_GB='lots'"):
-        generation.conversions_budget()
+        conversions.conversions_budget()
 
 
 def test_a_cache_hit_marks_the_conversion_as_just_used(tiny):

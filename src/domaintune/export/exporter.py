@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from domaintune.export.gguf import export_gguf, verify_gguf
-from domaintune.models.generation import converted_model
+from domaintune.models.conversions import converted_model
 from domaintune.models.loading import adapter_files, is_adapter_folder, load_trained_model, merge_blocker
 from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir

@@ -132,7 +132,7 @@ def probe_child(root: str, outcome_file: str) -> None:
 
 
 def probe_in_this_process(root: Path) -> dict:
-    """The child side of `probe`: the measurements."""
+    """The measurements, taken in this process (`probe_child` runs it in the probe's own)."""
     import yaml
     from transformers import TrainerCallback
 
