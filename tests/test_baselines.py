@@ -7,7 +7,7 @@ import pytest
 import domaintune
 from domaintune.evaluation import bootstrap
 from domaintune.evaluation.baselines import lenient_label, majority_answer, strongest_baseline
-from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set
+from domaintune.evaluation.metric_choice import answer_stops, choose_metrics, closed_label_set
 from domaintune.evaluation.metrics import choice_accuracy, macro_f1
 
 
@@ -37,6 +37,14 @@ def test_a_label_set_is_closed_only_when_every_test_answer_is_in_it():
     assert closed_label_set(train, [chat("d", "yes.")]) == ["No", "Yes"]
     assert closed_label_set(train, [chat("d", "maybe")]) is None
     assert closed_label_set([chat(str(i), f"answer {i}") for i in range(30)], [chat("x", "answer 1")]) is None
+
+
+def test_one_line_answers_stop_generation_at_a_line_break():
+    one_line = [chat("a", "Yes"), chat("b", "ACME - ORGANIZATION\n")]  # a trailing break is still one line
+    assert answer_stops(None, one_line) == ["\n"]
+    assert answer_stops(None, one_line + [chat("c", "step 1\nstep 2")]) == []
+    assert answer_stops(None, [{"text": "raw"}]) == []
+    assert answer_stops([], one_line) == [] and answer_stops(["###"], one_line) == ["###"]  # the recipe's own
 
 
 def test_lenient_reading_takes_the_one_label_an_answer_names():
@@ -112,6 +120,7 @@ def test_a_labelled_task_is_compared_with_every_baseline(sentiment_run):
     assert run.training_summary()["train_rows"] > len(run.read_split("train"))
     baselines = results["baselines"]
     assert set(baselines["models"]) == {"majority answer", "base k-shot"}
+    assert results["stop"] == ["\n"]  # labels are one line: answers end at a line break
     assert baselines["models"]["majority answer"]["model"].endswith("'positive'")
     # The majority answer scores the positive share of the generated test rows.
     test_labels = [row["messages"][-1]["content"] for row in run.read_split("test")][: results["n_generated"]]
@@ -133,4 +142,5 @@ def test_a_labelled_task_is_compared_with_every_baseline(sentiment_run):
     assert "Against the cheapest alternatives" in html and "(strongest)" in html
     assert "tuned (constrained)" in html and "vs the strongest baseline" in html  # the headline
     assert "precision, recall and F1 per class" in html
+    assert "answers end at" in html
     assert "the answers form a closed set of 3 labels" in html

@@ -51,6 +51,36 @@ def test_ctranslate2_float32_answers_as_torch_does(tiny):
     assert any(expected)
 
 
+def test_answers_end_before_a_stop_string_on_both_engines(tiny):
+    prompts = tiny[3]
+    torch_engine = engine(tiny, InferenceConfig(engine="torch"))
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    full = torch_engine.generate(prompts, 16, 4)
+    longest = max(full, key=len)
+    stop = longest[len(longest) // 2 : len(longest) // 2 + 2]  # a string met halfway through that answer
+    expected = [answer[: answer.find(stop)].strip() if stop in answer else answer for answer in full]
+    assert torch_engine.generate(prompts, 16, 4, stop=[stop]) == expected
+    assert fast.generate(prompts, 16, 4, stop=[stop]) == expected
+    assert len(min(expected, key=len)) < len(longest)
+
+
+def test_ctranslate2_ends_decoding_at_a_stop_string(tiny, monkeypatch):
+    """The stop saves the decoding after it, not only the text: the row's callback ends it."""
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    prompt = tiny[3][3]
+    answer = fast.generate([prompt], 24, 1)[0]
+    steps: list[int] = []
+    stop_check = fast._stop_check
+
+    def counting(rows, stop):
+        reached = stop_check(rows, stop)
+        return lambda step: steps.append(step.step) or reached(step)
+
+    monkeypatch.setattr(fast, "_stop_check", counting)
+    assert fast.generate([prompt], 24, 1, stop=[answer[:3]]) == [""]
+    assert len(steps) < 24
+
+
 def test_a_one_token_prompt_does_not_leak_its_batch_mates_prompts(tiny):
     tokenizer = tiny[2]
     fast = engine(tiny, InferenceConfig(engine="ctranslate2"))

@@ -1,7 +1,7 @@
 """The recipe's `evaluation` and `export` sections: what is measured on the test split and what is written out."""
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -60,6 +60,11 @@ class EvaluationConfig(Section):
     compare_base: bool = Field(True, description="Evaluate the base model on the same test split, side by side.")
     max_samples: int = Field(100, ge=1, description="Test rows used for generation metrics.")
     max_new_tokens: int = Field(128, ge=1)
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=8)] | None = Field(
+        None, description="Generated answers end before the first of these strings, and decoding ends there. null: a "
+        "line break when no train answer spans lines (a model that goes on past a one-line answer stops there, "
+        "as the references do); []: none.",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
     report_samples: int = Field(12, ge=0, description="Sample outputs shown in the report.")
     confidence: float = Field(

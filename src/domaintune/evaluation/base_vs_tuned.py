@@ -19,7 +19,7 @@ from domaintune.evaluation import baselines, bootstrap, judge
 from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
 from domaintune.evaluation.errors_analysis import label_confusion, regressions
 from domaintune.evaluation.forgetting import answer_probes, load_probes, probe_stats
-from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set
+from domaintune.evaluation.metric_choice import answer_stops, choose_metrics, closed_label_set
 from domaintune.evaluation.metrics import entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.generation import TextGenerator, load_generator, weights_folders
@@ -34,10 +34,11 @@ def rows_to_generate(test_rows: list[dict], limit: int) -> list[dict]:
 
 
 def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]],
-                   generation_rows: list[dict], bf16: bool, metrics: list[str]
+                   generation_rows: list[dict], bf16: bool, metrics: list[str], stop: list[str]
                    ) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
     """Loss per split (from the torch `model`) and the `metrics` of the answers `generator` writes for
-    `generation_rows` (`rows_to_generate` of the test split); also the per-item statistics the bootstrap resamples."""
+    `generation_rows` (`rows_to_generate` of the test split), each ending before the first of `stop`
+    (`answer_stops`); also the per-item statistics the bootstrap resamples."""
     started = time.perf_counter()
     config = recipe.evaluation
     losses = {name: row_losses(model, tokenizer, rows, recipe.data.max_tokens, config.batch_size, bf16)
@@ -51,7 +52,7 @@ def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: d
     if generation_rows:
         prompts = [prompt_text(tokenizer, row["messages"], row.get("tools")) for row in generation_rows]
         generation_started = time.perf_counter()
-        predictions = generator.generate(prompts, config.max_new_tokens, config.batch_size)
+        predictions = generator.generate(prompts, config.max_new_tokens, config.batch_size, stop=stop)
         generation_seconds = round(time.perf_counter() - generation_started, 1)
         values, metric_stats = baselines.scored(metrics, predictions, [final_answer(row) for row in generation_rows])
         stats.update(metric_stats)
@@ -81,6 +82,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     generation_rows = rows_to_generate(splits["test"], config.max_samples)
     train = (select or list)(run.read_split("train"))
     metrics, why = choose_metrics(config.metrics, train, generation_rows)
+    stop = answer_stops(config.stop, train)
     labels = closed_label_set(train, generation_rows) if config.baselines else None
     probe_source, probes = load_probes(config.probes) if config.forgetting else (None, [])
     harness_tasks: list[str] = []
@@ -102,7 +104,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
         model = load()
         generator = exact_generator(model, tokenizer, recipe, folders, threads, console)
         results["models"][label], outputs[label], stats[label] = evaluate_model(
-            model, generator, tokenizer, recipe, splits, generation_rows, bf16, metrics
+            model, generator, tokenizer, recipe, splits, generation_rows, bf16, metrics, stop
         )
         results["models"][label]["model"] = recipe.model.name if label == "base" else str(run.model)
         if labels:  # the same answers read leniently, and the labels scored by likelihood
@@ -111,7 +113,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
             results["models"][label]["metrics"].update(values)
             stats[label].update(label_stats)
         if label == "base" and config.baselines and config.shots and generation_rows and metrics:
-            _kshot_baseline(model, generator, tokenizer, recipe, train, generation_rows, metrics, labels, bf16,
+            _kshot_baseline(model, generator, tokenizer, recipe, train, generation_rows, metrics, labels, stop, bf16,
                             console, results, outputs, stats)
         if probes:
             started = time.perf_counter()
@@ -136,6 +138,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
         n_test=len(splits["test"]),
         n_generated=len(generation_rows),
         max_new_tokens=config.max_new_tokens,
+        stop=stop,
     )
 
     samples = [
@@ -197,9 +200,9 @@ def write_results(run: RunDir, results: dict, samples: list[dict], console: Cons
     return results
 
 
-def _kshot_baseline(model, generator: TextGenerator, tokenizer, recipe, train: list[dict], rows: list[dict], metrics: list[str],
-                    labels: list[str] | None, bf16: bool, console: Console, results: dict, outputs: dict,
-                    stats: dict) -> None:
+def _kshot_baseline(model, generator: TextGenerator, tokenizer, recipe, train: list[dict], rows: list[dict],
+                    metrics: list[str], labels: list[str] | None, stop: list[str], bf16: bool, console: Console,
+                    results: dict, outputs: dict, stats: dict) -> None:
     """The base model given a fair chance: k seeded train rows as earlier turns, on the same test rows."""
     config = recipe.evaluation
     context = getattr(model.config, "max_position_embeddings", None) or 4 * recipe.data.max_tokens
@@ -210,7 +213,7 @@ def _kshot_baseline(model, generator: TextGenerator, tokenizer, recipe, train: l
     console.print(f"Evaluating the base model with {len(examples)} examples from train ({len(rows)} generated)...")
     started = time.perf_counter()
     answers = generator.generate(baselines.kshot_prompts(tokenizer, rows, examples), config.max_new_tokens,
-                                 config.batch_size)
+                                 config.batch_size, stop=stop)
     values, stats[baselines.KSHOT] = baselines.scored(metrics, answers, [final_answer(row) for row in rows])
     if labels:
         more_values, more_stats = baselines.label_readings(None, tokenizer, rows, answers, labels, metrics,

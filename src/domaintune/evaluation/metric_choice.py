@@ -18,6 +18,14 @@ def conversation_rows(rows: list[dict]) -> list[dict]:
     return [row for row in rows if "messages" in row]
 
 
+def answer_stops(setting: list[str] | None, train: list[dict]) -> list[str]:
+    """Where generated answers end (`evaluation.stop`; null: a line break when no train answer spans lines)."""
+    if setting is not None:
+        return setting
+    answers = [final_answer(row).strip() for row in conversation_rows(train)]
+    return ["\n"] if answers and not any("\n" in answer for answer in answers) else []
+
+
 def closed_label_set(train: list[dict], test: list[dict]) -> list[str] | None:
     """The allowed answers when the task has a closed set of short labels (labelled rows; yes/no; option
     letters): the distinct answers of train, as written, when every test answer is one of them."""

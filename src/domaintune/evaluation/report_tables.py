@@ -221,6 +221,8 @@ def eval_facts(results: dict, models: dict[str, dict]) -> list[tuple[str, str]]:
         for key, label in (("n_test", "test rows"), ("n_generated", "generated"), ("max_new_tokens", "max new tokens"))
         if results.get(key) is not None
     ]
+    if results.get("stop"):
+        facts.append(("answers end at", ", ".join(repr(stop) for stop in results["stop"])))
     facts += [
         (f"{name} eval time", f"{model['seconds']:.1f} s")
         for name, model in models.items()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from rich.console import Console
 
@@ -22,7 +22,7 @@ from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16
 from domaintune.models.conversions import converted_model
 from domaintune.models.inference import generate as torch_generate
-from domaintune.models.inference import stream_token_ids
+from domaintune.models.inference import stream_token_ids, until_stop
 from domaintune.models.loading import (
     is_adapter_folder,
     load_causal_lm,
@@ -55,8 +55,9 @@ class TorchGenerator:
         torch.manual_seed(value)
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
-                 temperature: float | None = None) -> list[str]:
-        return torch_generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, self.bf16, temperature)
+                 temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
+        return torch_generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, self.bf16, temperature,
+                              stop)
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None) -> Iterator[str]:
         """One completion's text in pieces as it is generated; joined and stripped, what `generate` returns."""
@@ -102,7 +103,9 @@ class CTranslate2Generator:
         return {"max_length": max_new_tokens, "end_token": self.end_ids, **sampling}
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
-                 temperature: float | None = None) -> list[str]:
+                 temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
+        """Completions for rendered prompts, each ending before the first of `stop` it reaches: a row's
+        decoding ends at the step its text first holds one (the rest of its batch decodes on)."""
         if not prompts:
             return []
         tokens = [self.tokens(prompt) for prompt in prompts]
@@ -114,11 +117,25 @@ class CTranslate2Generator:
             results = self.generator.generate_batch(
                 [tokens[i][shared:] for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
                 **({"static_prompt": tokens[order[0]][:shared]} if shared else {}),
+                **({"callback": self._stop_check(len(order), stop)} if stop else {}),
                 **self.options(max_new_tokens, temperature),
             )
             for i, result in zip(order, results):
-                outputs[i] = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True).strip()
+                text = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True)
+                outputs[i] = until_stop(text, stop).strip()
         return outputs
+
+    def _stop_check(self, rows: int, stop: Sequence[str]) -> Callable[[object], bool]:
+        """generate_batch's per-token callback: True (end this row) once the row's text holds a stop string."""
+        generated: list[list[int]] = [[] for _ in range(rows)]
+
+        def reached(step) -> bool:  # step.batch_id: the row's index in the list given to generate_batch
+            row = generated[step.batch_id]
+            row.append(step.token_id)
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            return any(end in text for end in stop)
+
+        return reached
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None) -> Iterator[str]:
         """One completion's text in pieces as it is generated; joined and stripped, what `generate` returns."""

@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import queue
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,10 +96,16 @@ def block_loss(model, blocks, batch_size: int = 4) -> float | None:
 
 
 @torch.no_grad()
+def until_stop(text: str, stops: Iterable[str]) -> str:
+    """The text before the first of `stops` it holds (all of it where it holds none)."""
+    cut = min((text.find(stop) for stop in stops if stop in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool,
-             temperature: float | None = None) -> list[str]:
-    """Completions for rendered prompts, greedy or sampled at `temperature`; prompts of similar length
-    are batched together."""
+             temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
+    """Completions for rendered prompts, greedy or sampled at `temperature`, each ending before the first
+    of `stop` it reaches (decoding ends there too); prompts of similar length are batched together."""
     model.eval()
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -117,10 +123,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                     **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature is not None else {}),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}),
                 )
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                outputs[i] = text.strip()
+                outputs[i] = until_stop(text, stop).strip()
     finally:
         tokenizer.padding_side = previous_side
     return outputs

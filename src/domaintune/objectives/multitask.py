@@ -23,7 +23,7 @@ from domaintune.evaluation.base_vs_tuned import (
     write_results,
 )
 from domaintune.evaluation.bootstrap import paired_comparison
-from domaintune.evaluation.metric_choice import choose_metrics
+from domaintune.evaluation.metric_choice import answer_stops, choose_metrics
 from domaintune.models.loading import load_tokenizer
 from domaintune.storage.jsonl import write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
@@ -96,12 +96,12 @@ def evaluate(run: RunDir, console: Console | None = None, harness: bool | None =
         stats[label] = {}
         for task in recipe.objective.tasks:
             splits = {split: [r for r in rows[split] if r.get("task") == task.name] for split in ("validation", "test")}
-            metrics, _ = choose_metrics(task.metrics or recipe.evaluation.metrics,
-                                        [r for r in rows["train"] if r.get("task") == task.name], splits["test"])
+            train = [r for r in rows["train"] if r.get("task") == task.name]
+            metrics, _ = choose_metrics(task.metrics or recipe.evaluation.metrics, train, splits["test"])
             console.print(f"Evaluating the {label} model on task {task.name} ({len(splits['test'])} test rows)...")
             generated = rows_to_generate(splits["test"], recipe.evaluation.max_samples)
             result, predictions, item_stats = evaluate_model(model, generator, tokenizer, recipe, splits, generated,
-                                                             bf16, metrics)
+                                                             bf16, metrics, answer_stops(recipe.evaluation.stop, train))
             results["tasks"].setdefault(task.name, {})[label] = result
             entry["metrics"].update({f"{task.name}: {k}": v for k, v in result["metrics"].items()})
             for kind in ("loss", "perplexity"):

@@ -12,6 +12,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from domaintune.models.inference import until_stop
+
 
 @dataclass
 class Event:
@@ -124,9 +126,9 @@ class Row:
             return self._finish("stop", self._decode())
         self.tokens.append(token)
         text = self._decode()
-        cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
-        if cut >= 0:
-            self._finish("stop", text[:cut])
+        before_stop = until_stop(text, request.stop)
+        if before_stop != text:
+            self._finish("stop", before_stop)
         elif len(self.tokens) >= request.max_tokens:
             self._finish("length", text)
         else:
