@@ -104,6 +104,28 @@ def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny):
     assert shared_prefix_length([[7] * 40 + [1, 2], [7] * 40 + [3]]) == 39  # each keeps two tokens of its own
 
 
+def test_long_prompts_are_decoded_a_few_rows_at_a_time_with_the_same_answers(tiny, monkeypatch):
+    prompts = tiny[3]
+    fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    expected = fast.generate(prompts, 8, 4)
+    batch_sizes: list[int] = []
+
+    class Recording:  # CTranslate2's own Generator does not let a test replace its methods
+        def __init__(self, generator):
+            self.generator = generator
+
+        def generate_batch(self, *args, max_batch_size, **kwargs):
+            batch_sizes.append(max_batch_size)
+            return self.generator.generate_batch(*args, max_batch_size=max_batch_size, **kwargs)
+
+    monkeypatch.setattr(fast, "generator", Recording(fast.generator))
+    longest = max(len(fast.tokens(prompt)) for prompt in prompts)
+    monkeypatch.setattr(generation, "BATCH_TOKENS", 2 * longest)
+    assert fast.generate(prompts, 8, 4) == expected and batch_sizes == [2]
+    monkeypatch.setattr(generation, "BATCH_TOKENS", longest - 1)  # even one row over the budget is decoded
+    assert fast.generate(prompts, 8, 4) == expected and batch_sizes[-1] == 1
+
+
 def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):
     first = engine(tiny, InferenceConfig(engine="ctranslate2"))
     calls = []

@@ -34,6 +34,11 @@ from domaintune.models.registry import resolve_model_path
 
 # CPU features under which CTranslate2's int8 kernels beat float32 (VNNI dot products, AVX-512).
 INT8_FLAGS = {"avx512_vnni", "avx_vnni", "avx512f"}
+# Rows × prompt tokens CTranslate2 decodes together. On a 2-core CPU long prompts gain nothing from
+# batching, and a prompt prefix shared by every row (k-shot examples) is reused only row by row: eight
+# four-shot prompts of ~1,800 tokens took 122 s at batch 8 and 37 s one at a time, while 83-token prompts
+# took 25 s at batch 8 and 49 s one at a time (bench/README, "Generation engines").
+BATCH_TOKENS = 2048
 
 
 @dataclass
@@ -114,8 +119,9 @@ class CTranslate2Generator:
             # Similar lengths batch together, as with torch; CTranslate2 pads each batch itself.
             order = sorted(group, key=lambda i: len(tokens[i]))
             shared = shared_prefix_length([tokens[i] for i in order])
+            rows = max(1, min(batch_size, BATCH_TOKENS // len(tokens[order[-1]])))
             results = self.generator.generate_batch(
-                [tokens[i][shared:] for i in order], max_batch_size=batch_size, include_prompt_in_result=False,
+                [tokens[i][shared:] for i in order], max_batch_size=rows, include_prompt_in_result=False,
                 **({"static_prompt": tokens[order[0]][:shared]} if shared else {}),
                 **({"callback": self._stop_check(len(order), stop)} if stop else {}),
                 **self.options(max_new_tokens, temperature),
