@@ -17,7 +17,7 @@ from domaintune.config import Recipe
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, prompt_text, with_examples
 from domaintune.core.errors import DomaintuneError
-from domaintune.evaluation.metric_choice import choose_metrics
+from domaintune.evaluation.metric_choice import answer_stops, choose_metrics
 from domaintune.evaluation.metrics import compute_metrics
 from domaintune.models.generation import load_generator, weights_folders
 from domaintune.models.inference import mean_loss, row_losses
@@ -30,9 +30,10 @@ TOLERANCE = 0.02
 FASTER = 1.5
 
 
-def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], metrics: list[str],
+def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], metrics: list[str], stop: list[str],
             console: Console) -> dict:
-    """Quality zero- and few-shot, reference loss, speed and weight memory of one candidate."""
+    """Quality zero- and few-shot, reference loss, speed and weight memory of one candidate; answers end
+    at `stop` as evaluation's do."""
     config = recipe.model.model_copy(update={"name": name})
     evaluation, bf16 = recipe.evaluation, use_bf16(recipe)
     started = time.perf_counter()
@@ -49,7 +50,7 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], m
         prompted = [with_examples(row, shots) for row in rows]
         started = time.perf_counter()
         answers = generator.generate([prompt_text(tokenizer, row["messages"], row.get("tools")) for row in prompted],
-                                     evaluation.max_new_tokens, evaluation.batch_size)
+                                     evaluation.max_new_tokens, evaluation.batch_size, stop=stop)
         seconds = time.perf_counter() - started
         result[label] = compute_metrics(metrics, answers, references)
         if not shots:
@@ -99,7 +100,8 @@ def select_base_model(recipe: Recipe, run_data: Path, candidates: list[str], sam
     metrics, _ = choose_metrics(recipe.evaluation.metrics, train, rows)
     configure_threads(recipe.training)
     console.print(f"Comparing {len(candidates)} base models on {len(rows)} test rows ({shots}-shot and zero-shot)...")
-    results = [measure(recipe, name, rows, examples, metrics, console) for name in candidates]
+    stop = answer_stops(recipe.evaluation.stop, train)
+    results = [measure(recipe, name, rows, examples, metrics, stop, console) for name in candidates]
     selection = rank(results, metrics[0])
     return {"samples": len(rows), "shots": len(examples), **selection}
 
