@@ -35,6 +35,20 @@ def engine(tiny, setting: InferenceConfig, console=None, folders=None):
                           threads=1, exact=True, console=console)
 
 
+class Recording:
+    """Stands in for a CTranslate2 Generator (whose methods a test cannot replace) and records, per
+    generate_batch call, each row's number of generated tokens."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.calls: list[list[int]] = []
+
+    def generate_batch(self, prompts, **kwargs):
+        results = self.generator.generate_batch(prompts, **kwargs)
+        self.calls.append([len(result.sequences_ids[0]) for result in results])
+        return results
+
+
 def recorded(console: Console) -> str:
     return console.export_text()
 
@@ -64,21 +78,22 @@ def test_answers_end_before_a_stop_string_on_both_engines(tiny):
     assert len(min(expected, key=len)) < len(longest)
 
 
-def test_ctranslate2_ends_decoding_at_a_stop_string(tiny, monkeypatch):
-    """The stop saves the decoding after it, not only the text: the row's callback ends it."""
+def test_ctranslate2_ends_decoding_at_a_token_holding_the_stop_string(tiny, monkeypatch):
+    """The stop saves the decoding after it, not only the text: a token holding it ends the row."""
     fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
+    tokenizer = fast.tokenizer
     prompt = tiny[3][3]
     answer = fast.generate([prompt], 24, 1)[0]
-    steps: list[int] = []
-    stop_check = fast._stop_check
-
-    def counting(rows, stop):
-        reached = stop_check(rows, stop)
-        return lambda step: steps.append(step.step) or reached(step)
-
-    monkeypatch.setattr(fast, "_stop_check", counting)
-    assert fast.generate([prompt], 24, 1, stop=[answer[:3]]) == [""]
-    assert len(steps) < 24
+    stop = tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"][:1]).strip()
+    ends = fast._stop_token_ids((stop,))
+    assert ends and all(stop in tokenizer.decode([token]) for token in ends)
+    assert not any(stop in text for token, text in enumerate(tokenizer.batch_decode([[t] for t in range(len(tokenizer))]))
+                   if token not in set(ends))
+    recording = Recording(fast.generator)
+    monkeypatch.setattr(fast, "generator", recording)
+    assert fast.generate([prompt], 24, 1, stop=[stop]) == [""]
+    assert recording.calls == [[1]]  # the first token held the stop string, and decoding ended there
+    assert tokenizer("a\nb", add_special_tokens=False)["input_ids"][1] in fast._stop_token_ids(("\n",))
 
 
 def test_a_one_token_prompt_does_not_leak_its_batch_mates_prompts(tiny):
@@ -105,25 +120,24 @@ def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny):
 
 
 def test_long_prompts_are_decoded_a_few_rows_at_a_time_with_the_same_answers(tiny, monkeypatch):
+    monkeypatch.setattr(generation, "BATCH_TOKENS", 60)
+    lengths = [[0] * n for n in (10, 20, 30, 100)]
+    assert generation.token_budget_batches([0, 1, 2, 3], lengths, 4) == [[0, 1], [2], [3]]
+    assert generation.token_budget_batches([0, 1, 2, 3], lengths, 1) == [[0], [1], [2], [3]]
+
     prompts = tiny[3]
     fast = engine(tiny, InferenceConfig(engine="ctranslate2"))
     expected = fast.generate(prompts, 8, 4)
-    batch_sizes: list[int] = []
-
-    class Recording:  # CTranslate2's own Generator does not let a test replace its methods
-        def __init__(self, generator):
-            self.generator = generator
-
-        def generate_batch(self, *args, max_batch_size, **kwargs):
-            batch_sizes.append(max_batch_size)
-            return self.generator.generate_batch(*args, max_batch_size=max_batch_size, **kwargs)
-
-    monkeypatch.setattr(fast, "generator", Recording(fast.generator))
+    recording = Recording(fast.generator)
+    monkeypatch.setattr(fast, "generator", recording)
     longest = max(len(fast.tokens(prompt)) for prompt in prompts)
     monkeypatch.setattr(generation, "BATCH_TOKENS", 2 * longest)
-    assert fast.generate(prompts, 8, 4) == expected and batch_sizes == [2]
-    monkeypatch.setattr(generation, "BATCH_TOKENS", longest - 1)  # even one row over the budget is decoded
-    assert fast.generate(prompts, 8, 4) == expected and batch_sizes[-1] == 1
+    assert fast.generate(prompts, 8, 4) == expected
+    batches = [len(call) for call in recording.calls]
+    assert max(batches) == 2 and sum(batches) == len(prompts)
+    recording.calls.clear()
+    monkeypatch.setattr(generation, "BATCH_TOKENS", 1)  # every prompt over the budget: one at a time
+    assert fast.generate(prompts, 8, 4) == expected and [len(call) for call in recording.calls] == [1] * len(prompts)
 
 
 def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):

@@ -93,6 +93,7 @@ class CTranslate2Generator:
         # The tokenizer's end token, as torch's generate is given (the converted config may list others);
         # the server passes the generation config's end tokens as its torch engine uses them.
         self.end_ids = end_ids or [tokenizer.eos_token_id]
+        self._stop_ids: dict[tuple[str, ...], list[int]] = {}
 
     def seed(self, value: int) -> None:
         import ctranslate2
@@ -109,39 +110,40 @@ class CTranslate2Generator:
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
-        """Completions for rendered prompts, each ending before the first of `stop` it reaches: a row's
-        decoding ends at the step its text first holds one (the rest of its batch decodes on)."""
+        """Completions for rendered prompts, each ending before the first of `stop` it reaches. A row's
+        decoding ends at a token whose text holds a stop string (a line break is never split over tokens);
+        a stop string that is split over tokens is cut from the text afterwards."""
         if not prompts:
             return []
         tokens = [self.tokens(prompt) for prompt in prompts]
         outputs = [""] * len(prompts)
+        options = self.options(max_new_tokens, temperature)
+        if stop:
+            # Not a per-token callback: CTranslate2 4.8.5 aborted the process now and then after one that
+            # ended rows (SIGABRT in its worker thread, on a busy machine). The end token is kept so the text
+            # a token holds before its stop string is not lost.
+            options.update(end_token=self.end_ids + self._stop_token_ids(tuple(stop)), return_end_token=True)
         for group in one_token_prompts_apart(tokens):
             # Similar lengths batch together, as with torch; CTranslate2 pads each batch itself.
             order = sorted(group, key=lambda i: len(tokens[i]))
             shared = shared_prefix_length([tokens[i] for i in order])
-            rows = max(1, min(batch_size, BATCH_TOKENS // len(tokens[order[-1]])))
-            results = self.generator.generate_batch(
-                [tokens[i][shared:] for i in order], max_batch_size=rows, include_prompt_in_result=False,
-                **({"static_prompt": tokens[order[0]][:shared]} if shared else {}),
-                **({"callback": self._stop_check(len(order), stop)} if stop else {}),
-                **self.options(max_new_tokens, temperature),
-            )
-            for i, result in zip(order, results):
-                text = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True)
-                outputs[i] = until_stop(text, stop).strip()
+            for batch in token_budget_batches(order, tokens, batch_size):
+                results = self.generator.generate_batch(
+                    [tokens[i][shared:] for i in batch], max_batch_size=len(batch), include_prompt_in_result=False,
+                    **({"static_prompt": tokens[order[0]][:shared]} if shared else {}),
+                    **options,
+                )
+                for i, result in zip(batch, results):
+                    text = self.tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True)
+                    outputs[i] = until_stop(text, stop).strip()
         return outputs
 
-    def _stop_check(self, rows: int, stop: Sequence[str]) -> Callable[[object], bool]:
-        """generate_batch's per-token callback: True (end this row) once the row's text holds a stop string."""
-        generated: list[list[int]] = [[] for _ in range(rows)]
-
-        def reached(step) -> bool:  # step.batch_id: the row's index in the list given to generate_batch
-            row = generated[step.batch_id]
-            row.append(step.token_id)
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            return any(end in text for end in stop)
-
-        return reached
+    def _stop_token_ids(self, stop: tuple[str, ...]) -> list[int]:
+        """The vocabulary's tokens whose text holds one of `stop` (decoded once per stop set)."""
+        if stop not in self._stop_ids:
+            texts = self.tokenizer.batch_decode([[token] for token in range(len(self.tokenizer))])
+            self._stop_ids[stop] = [token for token, text in enumerate(texts) if any(end in text for end in stop)]
+        return self._stop_ids[stop]
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float | None = None) -> Iterator[str]:
         """One completion's text in pieces as it is generated; joined and stripped, what `generate` returns."""
@@ -185,6 +187,18 @@ def shared_prefix_length(prompts: list[list]) -> int:
         shared += 1
     shared = min(shared, shortest - 2)
     return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def token_budget_batches(order: list[int], tokens: list[list], batch_size: int) -> list[list[int]]:
+    """`order` (prompt indices, shortest first) cut into batches of at most `batch_size` rows and
+    BATCH_TOKENS rows × longest prompt; a prompt over the budget alone goes in a batch of its own."""
+    batches: list[list[int]] = []
+    for index in order:  # shortest first: each prompt is the longest of its batch so far
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * len(tokens[index]) <= BATCH_TOKENS:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def one_token_prompts_apart(tokens: list[list]) -> list[list[int]]:
