@@ -95,13 +95,13 @@ def block_loss(model, blocks, batch_size: int = 4) -> float | None:
     return total / count
 
 
-@torch.no_grad()
 def until_stop(text: str, stops: Iterable[str]) -> str:
     """The text before the first of `stops` it holds (all of it where it holds none)."""
     cut = min((text.find(stop) for stop in stops if stop in text), default=-1)
     return text[:cut] if cut >= 0 else text
 
 
+@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool,
              temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
     """Completions for rendered prompts, greedy or sampled at `temperature`, each ending before the first
