@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 
@@ -117,3 +118,23 @@ def test_killed_training_resumes_to_the_same_weights_and_metrics(crash_recipe):
         assert logged_steps(run) == expected_steps, f"seed {seed}: metrics.jsonl has gaps or repeats"
         assert not (run.checkpoints / ".partial").exists()
         assert sorted(path.name for path in run.root.iterdir() if path.name.startswith(".")) == []
+
+
+def test_a_kill_after_the_last_checkpoint_resumes_without_training_further(crash_recipe):
+    """The last step's checkpoint is written and the final model is not: resuming loads that checkpoint.
+    transformers alone would train a step past max_steps (10 ends mid-epoch: 48 rows, 4 per step), which a
+    constant learning rate makes visible in the weights."""
+    crash_recipe["training"]["lr_scheduler"] = "constant"
+    run, _ = domaintune.prepare_data(crash_recipe)
+    process = start(run, slow_saves=False)
+    process.join()
+    expected, expected_steps = adapter(run), logged_steps(run)
+    assert (run.checkpoints / "checkpoint-10").is_dir()
+    shutil.rmtree(run.model)
+
+    process = start(run, slow_saves=False)
+    process.join()
+    assert process.exitcode == 0
+    got = adapter(run)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+    assert logged_steps(run) == expected_steps

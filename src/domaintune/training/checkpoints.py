@@ -4,7 +4,11 @@ The Trainer writes checkpoint-N in place, file by file, so a kill mid-save leave
 like the latest checkpoint but holds a truncated trainer_state.json or weights. Here its own
 `_save_checkpoint` writes into <checkpoints>/.partial/ (through `_get_output_dir`, the one place it takes
 the folder from); the folder is then flushed to disk and renamed into place, and old ones are rotated
-after that, so the last complete checkpoint is never deleted before the new one is whole."""
+after that, so the last complete checkpoint is never deleted before the new one is whole.
+
+A kill after the last step's checkpoint but before the final save leaves a checkpoint at max_steps.
+transformers (5.23) resumed from it trains one step more when max_steps ends mid-epoch, so that
+checkpoint is loaded as the trained model instead of being trained from."""
 from __future__ import annotations
 
 import os
@@ -24,6 +28,26 @@ class AtomicCheckpoints:
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_root or super()._get_output_dir(trial)
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        from transformers.trainer import TRAINER_STATE_NAME
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        state_file = resume_from_checkpoint and os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
+        state = TrainerState.load_from_json(state_file) if state_file and os.path.isfile(state_file) else None
+        if state is None or state.global_step < state.max_steps:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.state = state
+        self._load_from_checkpoint(resume_from_checkpoint)
+        # The callbacks see a training that begins and ends at once (metrics.jsonl drops lines past the checkpoint).
+        self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best and os.path.exists(best):
+            self._load_best_model()  # what the uninterrupted training ended with
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        losses = [record["loss"] for record in state.log_history if "loss" in record]
+        return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
     def _save_checkpoint(self, model, trial) -> None:
         from transformers.trainer import TRAINER_STATE_NAME
