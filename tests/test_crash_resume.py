@@ -138,3 +138,22 @@ def test_a_kill_after_the_last_checkpoint_resumes_without_training_further(crash
     got = adapter(run)
     assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert logged_steps(run) == expected_steps
+
+
+def test_a_kill_after_early_stopping_resumes_without_training_further(crash_recipe):
+    """Early stopping ends training at step 8 (a min_delta no validation loss can beat, patience 1), and
+    the final model is not saved: resuming ends at step 8 too, with the best checkpoint's weights."""
+    crash_recipe["training"].update(early_stopping={"patience": 1, "min_delta": 100.0}, save_every=4)
+    run, _ = domaintune.prepare_data(crash_recipe)
+    process = start(run, slow_saves=False)
+    process.join()
+    expected, expected_steps = adapter(run), logged_steps(run)
+    assert expected_steps["eval_loss"] == [4, 8] and (run.checkpoints / "checkpoint-8").is_dir()
+    shutil.rmtree(run.model)
+
+    process = start(run, slow_saves=False)
+    process.join()
+    assert process.exitcode == 0
+    got = adapter(run)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+    assert logged_steps(run) == expected_steps

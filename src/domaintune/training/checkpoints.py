@@ -6,9 +6,10 @@ like the latest checkpoint but holds a truncated trainer_state.json or weights. 
 the folder from); the folder is then flushed to disk and renamed into place, and old ones are rotated
 after that, so the last complete checkpoint is never deleted before the new one is whole.
 
-A kill after the last step's checkpoint but before the final save leaves a checkpoint at max_steps.
-transformers (5.23) resumed from it trains one step more when max_steps ends mid-epoch, so that
-checkpoint is loaded as the trained model instead of being trained from."""
+A kill after the last step's checkpoint but before the final save leaves a checkpoint of a finished
+training (at max_steps, or where early stopping ended it). transformers (5.23) resumed from it trains on:
+one step past max_steps when max_steps ends mid-epoch, up to the next validation after early stopping.
+Such a checkpoint is loaded as the trained model instead of being trained from."""
 from __future__ import annotations
 
 import os
@@ -36,7 +37,8 @@ class AtomicCheckpoints:
 
         state_file = resume_from_checkpoint and os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
         state = TrainerState.load_from_json(state_file) if state_file and os.path.isfile(state_file) else None
-        if state is None or state.global_step < state.max_steps:
+        control = (state.stateful_callbacks.get("TrainerControl") or {}).get("args", {}) if state else {}
+        if state is None or (state.global_step < state.max_steps and not control.get("should_training_stop")):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         self.state = state
         self._load_from_checkpoint(resume_from_checkpoint)
