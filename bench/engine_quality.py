@@ -26,13 +26,12 @@ def main() -> None:
     parser.add_argument("--compute-types", default=None, help="CTranslate2 types (default: all this CPU supports)")
     args = parser.parse_args()
 
-    import ctranslate2
-
     from domaintune.config.inference import InferenceConfig
     from domaintune.config.runtime import configure_threads, cpu_description
     from domaintune.core.chat import final_answer, prompt_text
     from domaintune.evaluation.metric_choice import choose_metrics
     from domaintune.evaluation.metrics import compute_metrics
+    from domaintune.models.ctranslate2_library import ctranslate2
     from domaintune.models.generation import load_generator, weights_folders
     from domaintune.models.loading import load_tokenizer, load_trained_model
     from domaintune.storage.rundir import RunDir
@@ -47,7 +46,7 @@ def main() -> None:
     metrics, _ = choose_metrics(config.metrics, run.read_split("train"), rows)
     prompts = [prompt_text(tokenizer, row["messages"]) for row in rows]
     references = [final_answer(row) for row in rows]
-    kinds = args.compute_types.split(",") if args.compute_types else sorted(ctranslate2.get_supported_compute_types("cpu"))
+    kinds = args.compute_types.split(",") if args.compute_types else sorted(ctranslate2().get_supported_compute_types("cpu"))
     print(f"{run.root.name}: {len(rows)} test prompts, {threads} thread(s) on {cpu_description()}", flush=True)
 
     results, reference = [], None

@@ -37,6 +37,7 @@ def main() -> None:
     from domaintune.config.inference import InferenceConfig
     from domaintune.config.runtime import cpu_description, thread_count
     from domaintune.config.training import TrainingConfig
+    from domaintune.models.ctranslate2_library import ctranslate2
     from domaintune.models.generation import ctranslate2_installed, load_generator, weights_folders
     from domaintune.models.loading import load_causal_lm, load_tokenizer
 
@@ -50,9 +51,7 @@ def main() -> None:
                for topic in (TOPICS * 4)[: max(batches) * args.rounds]]
     engines = [("torch", "float32")]
     if ctranslate2_installed():
-        import ctranslate2
-
-        supported = sorted(ctranslate2.get_supported_compute_types("cpu"))
+        supported = sorted(ctranslate2().get_supported_compute_types("cpu"))
         wanted = args.compute_types.split(",") if args.compute_types else supported
         engines += [("ctranslate2", kind) for kind in wanted if kind in supported]
 

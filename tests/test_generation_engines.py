@@ -11,7 +11,7 @@ from rich.console import Console
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.core.errors import DomaintuneError
-from domaintune.models import conversions, generation
+from domaintune.models import conversions, ctranslate2_library, generation
 from domaintune.models.generation import CTranslate2Generator, TorchGenerator, load_generator, weights_folders
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 
@@ -143,8 +143,7 @@ def test_long_prompts_are_decoded_a_few_rows_at_a_time_with_the_same_answers(tin
 def test_conversion_is_cached_per_weights_and_compute_type(tiny, monkeypatch):
     first = engine(tiny, InferenceConfig(engine="ctranslate2"))
     calls = []
-    import ctranslate2
-
+    ctranslate2 = ctranslate2_library.ctranslate2()
     original = ctranslate2.converters.TransformersConverter.convert
 
     def counting(self, *args, **kwargs):
@@ -205,7 +204,7 @@ def test_an_adapter_run_is_merged_then_converted(tiny, tmp_path):
 
 
 def test_a_model_the_engine_cannot_load_falls_back_to_torch_with_a_notice(tiny, monkeypatch):
-    import ctranslate2
+    ctranslate2 = ctranslate2_library.ctranslate2()
 
     def unsupported(self, *args, **kwargs):
         raise ValueError("No conversion is registered for the model configuration TinyConfig")
@@ -260,3 +259,25 @@ def test_streamed_text_joins_to_the_generated_answer_on_both_engines(tiny):
     stream = engine(tiny, InferenceConfig(engine="torch")).stream(prompts[0], 200)
     next(stream)
     stream.close()
+
+
+def test_ctranslate2_is_imported_with_its_own_openmp_runtime():
+    """Imported after torch (as everywhere in domaintune), ctranslate2 is loaded with RTLD_DEEPBIND, so its
+    OpenMP calls go to the runtime it ships and not torch's (which halved its speed once torch had run),
+    and the process's dlopen flags are restored. A fresh interpreter: this one has ctranslate2 loaded."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys, torch\n"
+        "torch.randn(64, 64) @ torch.randn(64, 64)\n"
+        "flags, seen = sys.getdlopenflags(), []\n"
+        "setter = sys.setdlopenflags\n"
+        "sys.setdlopenflags = lambda value: (seen.append(value), setter(value))\n"
+        "from domaintune.models.ctranslate2_library import ctranslate2\n"
+        "library = ctranslate2()\n"
+        "assert library.get_supported_compute_types('cpu')\n"
+        "print(bool(seen[0] & os.RTLD_DEEPBIND), sys.getdlopenflags() == flags)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"]

@@ -14,6 +14,7 @@ from typing import Callable
 from rich.console import Console
 
 from domaintune.core.errors import DomaintuneError
+from domaintune.models.ctranslate2_library import ctranslate2
 from domaintune.models.registry import cache_dir
 
 # Every evaluated run adds a conversion of its tuned model (~0.5 GB for the bundled one in float32): the cache keeps
@@ -57,9 +58,8 @@ def converted_model(folders: list[Path | str], compute_type: str, write_merged: 
     one plain model folder. A conversion is written aside and renamed into place, so a crash never
     leaves a half-written model that a later run would load.
     """
-    import ctranslate2
-
-    key = weights_digest(folders, f"{compute_type} {ctranslate2.__version__}")
+    library = ctranslate2()
+    key = weights_digest(folders, f"{compute_type} {library.__version__}")
     target = cache_dir() / "ctranslate2" / f"{key}-{compute_type}"
     if (target / "model.bin").exists():
         os.utime(target)  # its last use: the cache evicts the least recently used
@@ -73,7 +73,7 @@ def converted_model(folders: list[Path | str], compute_type: str, write_merged: 
             write_merged(source)
         if console is not None:
             console.print(f"Converting the model for CTranslate2 ({compute_type}), once: {target}")
-        converter = ctranslate2.converters.TransformersConverter(str(source), low_cpu_mem_usage=True)
+        converter = library.converters.TransformersConverter(str(source), low_cpu_mem_usage=True)
         converter.convert(str(work / "model"), quantization=compute_type, force=True)
         try:
             os.replace(work / "model", target)

@@ -21,6 +21,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16
 from domaintune.models.conversions import converted_model
+from domaintune.models.ctranslate2_library import ctranslate2
 from domaintune.models.inference import generate as torch_generate
 from domaintune.models.inference import stream_token_ids, until_stop
 from domaintune.models.loading import (
@@ -82,9 +83,7 @@ class CTranslate2Generator:
     engine = "ctranslate2"
 
     def __init__(self, model_dir: Path, tokenizer, compute_type: str, threads: int, end_ids: list[int] | None = None):
-        import ctranslate2
-
-        self.generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=compute_type,
+        self.generator = ctranslate2().Generator(str(model_dir), device="cpu", compute_type=compute_type,
                                                intra_threads=threads)
         self.tokenizer = tokenizer
         self.compute_type = compute_type
@@ -96,9 +95,7 @@ class CTranslate2Generator:
         self._stop_ids: dict[tuple[str, ...], list[int]] = {}
 
     def seed(self, value: int) -> None:
-        import ctranslate2
-
-        ctranslate2.set_random_seed(value)
+        ctranslate2().set_random_seed(value)
 
     def tokens(self, prompt: str) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -219,9 +216,7 @@ def ctranslate2_installed() -> bool:
 def compute_type_for(setting: InferenceConfig, exact: bool) -> str:
     """The CTranslate2 compute type: the recipe's, or under `auto` float32 where answers must not move
     with the engine (`exact`: evaluation), else the fastest this CPU runs well."""
-    import ctranslate2
-
-    supported = ctranslate2.get_supported_compute_types("cpu")
+    supported = ctranslate2().get_supported_compute_types("cpu")
     if setting.compute_type != "auto":
         return setting.compute_type
     if exact:

@@ -35,7 +35,8 @@ class AtomicCheckpoints:
         from transformers.trainer_callback import TrainerState
         from transformers.trainer_utils import TrainOutput
 
-        state_file = resume_from_checkpoint and os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
+        folder = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
+        state_file = folder and os.path.join(folder, TRAINER_STATE_NAME)
         state = TrainerState.load_from_json(state_file) if state_file and os.path.isfile(state_file) else None
         control = (state.stateful_callbacks.get("TrainerControl") or {}).get("args", {}) if state else {}
         if state is None or (state.global_step < state.max_steps and not control.get("should_training_stop")):
@@ -48,6 +49,7 @@ class AtomicCheckpoints:
         if self.args.load_best_model_at_end and best and os.path.exists(best):
             self._load_best_model()  # what the uninterrupted training ended with
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        # The training loss the Trainer would report: the mean of the logged losses stands in for it.
         losses = [record["loss"] for record in state.log_history if "loss" in record]
         return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 

@@ -1,0 +1,30 @@
+"""CTranslate2, imported so that its native library calls its own OpenMP runtime.
+
+The ctranslate2 wheel ships its own libgomp, and torch loads another one globally. Imported after torch,
+CTranslate2's OpenMP calls bind to torch's runtime, which serves both libraries' thread teams. Once torch
+has run a parallel region, that runtime holds more threads than the machine has cores, so it stops
+spinning between regions. CTranslate2's many short regions then wait on the kernel instead.
+
+Measured on a 2-core AMD EPYC, 8 rows × 80 tokens, float32, after a torch matmul: 10.3 s with the usual
+import, 5.5 s with RTLD_DEEPBIND (the same as in a process without torch). In an evaluation, where torch
+has just computed the losses, the base model's 110 quickstart answers took 102.7 s instead of 55.3 s.
+RTLD_DEEPBIND makes the library look up symbols in its own dependencies first.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def ctranslate2():
+    """The ctranslate2 module (imported on first use, with its own OpenMP runtime)."""
+    if "ctranslate2" not in sys.modules and hasattr(os, "RTLD_DEEPBIND"):
+        flags = sys.getdlopenflags()
+        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+        try:
+            import ctranslate2  # noqa: F401
+        finally:
+            sys.setdlopenflags(flags)
+    import ctranslate2
+
+    return ctranslate2
