@@ -84,7 +84,7 @@ class CTranslate2Generator:
 
     def __init__(self, model_dir: Path, tokenizer, compute_type: str, threads: int, end_ids: list[int] | None = None):
         self.generator = ctranslate2().Generator(str(model_dir), device="cpu", compute_type=compute_type,
-                                               intra_threads=threads)
+                                                 intra_threads=threads)
         self.tokenizer = tokenizer
         self.compute_type = compute_type
         self.model_dir = model_dir
