@@ -120,16 +120,13 @@ def test_killed_training_resumes_to_the_same_weights_and_metrics(crash_recipe):
         assert sorted(path.name for path in run.root.iterdir() if path.name.startswith(".")) == []
 
 
-def test_a_kill_after_the_last_checkpoint_resumes_without_training_further(crash_recipe):
-    """The last step's checkpoint is written and the final model is not: resuming loads that checkpoint.
-    transformers alone would train a step past max_steps (10 ends mid-epoch: 48 rows, 4 per step), which a
-    constant learning rate makes visible in the weights."""
-    crash_recipe["training"]["lr_scheduler"] = "constant"
-    run, _ = domaintune.prepare_data(crash_recipe)
+def resume_without_the_final_model(run: RunDir, checkpoint: str) -> dict[str, list[int]]:
+    """Train `run` to its end, delete its final model (what a kill after `checkpoint`'s save and before
+    the final one leaves), resume: the same adapter bit for bit and the same logged steps. Returns those."""
     process = start(run, slow_saves=False)
     process.join()
     expected, expected_steps = adapter(run), logged_steps(run)
-    assert (run.checkpoints / "checkpoint-10").is_dir()
+    assert (run.checkpoints / checkpoint).is_dir()
     shutil.rmtree(run.model)
 
     process = start(run, slow_saves=False)
@@ -138,6 +135,16 @@ def test_a_kill_after_the_last_checkpoint_resumes_without_training_further(crash
     got = adapter(run)
     assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert logged_steps(run) == expected_steps
+    return expected_steps
+
+
+def test_a_kill_after_the_last_checkpoint_resumes_without_training_further(crash_recipe):
+    """The last step's checkpoint is written and the final model is not: resuming loads that checkpoint.
+    transformers alone would train a step past max_steps (10 ends mid-epoch: 48 rows, 4 per step), which a
+    constant learning rate makes visible in the weights."""
+    crash_recipe["training"]["lr_scheduler"] = "constant"
+    run, _ = domaintune.prepare_data(crash_recipe)
+    resume_without_the_final_model(run, "checkpoint-10")
 
 
 def test_a_kill_after_early_stopping_resumes_without_training_further(crash_recipe):
@@ -145,15 +152,4 @@ def test_a_kill_after_early_stopping_resumes_without_training_further(crash_reci
     the final model is not saved: resuming ends at step 8 too, with the best checkpoint's weights."""
     crash_recipe["training"].update(early_stopping={"patience": 1, "min_delta": 100.0}, save_every=4)
     run, _ = domaintune.prepare_data(crash_recipe)
-    process = start(run, slow_saves=False)
-    process.join()
-    expected, expected_steps = adapter(run), logged_steps(run)
-    assert expected_steps["eval_loss"] == [4, 8] and (run.checkpoints / "checkpoint-8").is_dir()
-    shutil.rmtree(run.model)
-
-    process = start(run, slow_saves=False)
-    process.join()
-    assert process.exitcode == 0
-    got = adapter(run)
-    assert all(torch.equal(got[name], expected[name]) for name in expected)
-    assert logged_steps(run) == expected_steps
+    assert resume_without_the_final_model(run, "checkpoint-8")["eval_loss"] == [4, 8]
