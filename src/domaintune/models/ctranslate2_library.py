@@ -12,19 +12,17 @@ RTLD_DEEPBIND makes the library look up symbols in its own dependencies first.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 
 def ctranslate2():
     """The ctranslate2 module (imported on first use, with its own OpenMP runtime)."""
+    flags = sys.getdlopenflags()
     if "ctranslate2" not in sys.modules and hasattr(os, "RTLD_DEEPBIND"):
-        flags = sys.getdlopenflags()
         sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
-        try:
-            import ctranslate2  # noqa: F401
-        finally:
-            sys.setdlopenflags(flags)
-    import ctranslate2
-
-    return ctranslate2
+    try:
+        return importlib.import_module("ctranslate2")
+    finally:
+        sys.setdlopenflags(flags)
