@@ -2,7 +2,7 @@ import subprocess
 import sys
 import time
 
-from domaintune.config import TrainingConfig
+from domaintune.config import TrainingConfig, runtime
 from domaintune.config.runtime import busy_cores, thread_count
 
 
@@ -30,3 +30,11 @@ def test_auto_threads_leave_busy_cores_alone():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_cpu_description_names_the_features_that_decide_speed(monkeypatch):
+    sapphire_rapids = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: sapphire_rapids)
+    assert "(AVX-512, VNNI, native bf16, AMX)" in runtime.cpu_description()
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert runtime.cpu_description().endswith("(AVX2, no native bf16)")

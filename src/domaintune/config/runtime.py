@@ -35,7 +35,8 @@ def cpu_description() -> str:
     flags = cpu_flags()
     features = [label for label, present in (
         ("AVX-512", "avx512f" in flags), ("VNNI", bool(flags & {"avx512_vnni", "avx_vnni"})),
-        ("native bf16", cpu_has_bf16()), ("AVX2", "avx2" in flags and "avx512f" not in flags)) if present]
+        ("native bf16", cpu_has_bf16()), ("AMX", bool(flags & {"amx_bf16", "amx_int8"})),
+        ("AVX2", "avx2" in flags and "avx512f" not in flags)) if present]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cores}-core {name} ({', '.join(features) or 'no AVX2'}{'' if cpu_has_bf16() else ', no native bf16'})"
 
