@@ -237,6 +237,10 @@ def test_auto_compute_type_is_exact_for_evaluation_and_fast_elsewhere(monkeypatc
     monkeypatch.setattr(generation, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     monkeypatch.setattr(generation, "cpu_has_bf16", lambda: False)
     assert generation.compute_type_for(InferenceConfig(), exact=True) == "float32"
+    # int8 beats float32 on MKL's kernels, not on oneDNN's (the default GEMM): float32 unless MKL is on.
+    monkeypatch.setenv("CT2_USE_MKL", "0")
+    assert generation.compute_type_for(InferenceConfig(), exact=False) == "float32"
+    monkeypatch.setenv("CT2_USE_MKL", "1")
     assert generation.compute_type_for(InferenceConfig(), exact=False) == "int8"
     assert generation.compute_type_for(InferenceConfig(compute_type="int8_float32"), exact=True) == "int8_float32"
     monkeypatch.setattr(generation, "cpu_flags", lambda: frozenset({"avx2"}))
@@ -281,3 +285,20 @@ def test_ctranslate2_is_imported_with_its_own_openmp_runtime():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_ctranslate2_uses_onednn_unless_the_user_asks_for_mkl():
+    """MKL's float32 ran 2.4x slower than oneDNN's on an Intel Xeon (bench/README): CT2_USE_MKL defaults
+    to 0 before the library reads it, and a value the user set is kept. Fresh interpreters, as above."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os\nfrom domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled\n"
+             "ctranslate2()\nprint(os.environ['CT2_USE_MKL'], mkl_enabled())\n")
+    environment = {key: value for key, value in os.environ.items() if key != "CT2_USE_MKL"}
+    default = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=environment)
+    assert default.stdout.split() == ["0", "False"]
+    chosen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**environment, "CT2_USE_MKL": "1"})
+    assert chosen.stdout.split() == ["1", "True"]

@@ -21,7 +21,7 @@ from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16
 from domaintune.models.conversions import converted_model
-from domaintune.models.ctranslate2_library import ctranslate2
+from domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled
 from domaintune.models.inference import generate as torch_generate
 from domaintune.models.inference import stream_token_ids, until_stop
 from domaintune.models.loading import (
@@ -33,7 +33,9 @@ from domaintune.models.loading import (
 )
 from domaintune.models.registry import resolve_model_path
 
-# CPU features under which CTranslate2's int8 kernels beat float32 (VNNI dot products, AVX-512).
+# CPU features under which CTranslate2's int8 kernels on Intel MKL beat float32 (VNNI dot products, AVX-512).
+# On oneDNN, the default GEMM (models/ctranslate2_library.py), int8 was the slower type on a Xeon with VNNI
+# and AMX: 18.5 tok/s at batch 1 against float32's 35.5.
 INT8_FLAGS = {"avx512_vnni", "avx_vnni", "avx512f"}
 # Rows × prompt tokens CTranslate2 decodes together. On a 2-core CPU long prompts gain nothing from
 # batching, and a prompt prefix shared by every row (k-shot examples) is reused only row by row: eight
@@ -224,7 +226,7 @@ def compute_type_for(setting: InferenceConfig, exact: bool) -> str:
     flags = cpu_flags()
     if cpu_has_bf16() and "bfloat16" in supported:
         return "bfloat16"
-    if flags & INT8_FLAGS and "int8" in supported:
+    if flags & INT8_FLAGS and mkl_enabled() and "int8" in supported:
         return "int8"
     return "float32"
 
