@@ -202,8 +202,8 @@ def serve(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (CTranslate2 where it converts the model, else torch), "
                                         "torch, ctranslate2, or vllm (hands the model and adapters to vLLM).")] = "auto",
-    compute_type: Annotated[str, typer.Option("--compute-type", help="CTranslate2's: auto (int8 with VNNI/AVX-512, "
-                                              "bfloat16 with native bf16, else float32), float32, int8, ...")] = "auto",
+    compute_type: Annotated[str, typer.Option("--compute-type", help="CTranslate2's: auto (float32; int8 with VNNI/AVX-512 "
+                                              "where CT2_USE_MKL=1), float32, int8, ...")] = "auto",
     vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="Python of a venv with vLLM installed.")] = None,
 ):
     """Serve models over an OpenAI-compatible API (chat, completions, embeddings, classify) with keys and limits."""

@@ -22,6 +22,6 @@ class InferenceConfig(Section):
     compute_type: ComputeType = Field(
         "auto",
         description="CTranslate2 precision. auto: float32 for evaluation (a verdict must not move with the "
-                    "engine); for serving and synthesis int8 where the CPU has VNNI or AVX-512, bfloat16 where "
-                    "it has native bf16, float32 otherwise.",
+                    "engine); for serving and synthesis float32 too, except int8 where the CPU has VNNI or "
+                    "AVX-512 and CTranslate2 runs on Intel MKL (CT2_USE_MKL=1; oneDNN, the default, ran int8 slower).",
     )
