@@ -61,6 +61,7 @@ def test_upload_see_rejected_row_launch_watch_and_open_the_finished_run(tmp_path
               .observe(document.getElementById('progress'), {childList: true, characterData: true, subtree: true}); }""")
         # The counter moves while the run trains: at least two different steps shown before it ends.
         page.wait_for_function("new Set(window.seen.filter(text => text.startsWith('step'))).size >= 2", timeout=90_000)
+        # The latest line keeps the last training loss when a validation record (no training loss) arrives.
         assert page.inner_text("#status") == "training" and "loss" in page.inner_text("#latest")
         page.wait_for_selector("#evaluation", timeout=120_000)  # the page reloads once the run is over
         assert page.inner_text("#status") == "done"

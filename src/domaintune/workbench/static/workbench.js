@@ -36,7 +36,9 @@ function drawChart(canvas, series) {
 function liveCharts(holder) {
   // Each series maps step -> value, so a value re-sent after a reconnect or a resume replaces the old one.
   const data = {train: new Map(), validation: new Map(), lr: new Map(), grad: new Map(), speed: new Map()};
-  let previous = null, pending = false;
+  // The latest line carries the last training and validation losses forward, as the CLI's progress line
+  // does: a validation record holds no training loss, and the line should not lose it for a moment.
+  let previous = null, pending = false, lastLoss, lastValidation;
   const sorted = m => [...m.entries()].sort((a, b) => a[0] - b[0]);
   const redraw = () => {
     pending = false;
@@ -55,16 +57,21 @@ function liveCharts(holder) {
         data.speed.set(r.step, (r.num_input_tokens_seen - previous.tokens) / (r.time - previous.time));
       previous = {time: r.time, tokens: r.num_input_tokens_seen};
     }
+    if (r.loss !== undefined) lastLoss = r.loss;
+    if (r.eval_loss !== undefined) lastValidation = r.eval_loss;
     const parts = [`step ${r.step}` + (r.max_steps ? `/${r.max_steps}` : "")];
-    if (r.loss !== undefined) parts.push(`loss ${r.loss.toFixed(4)}`);
-    if (r.eval_loss !== undefined) parts.push(`val ${r.eval_loss.toFixed(4)}`);
+    if (lastLoss !== undefined) parts.push(`loss ${lastLoss.toFixed(4)}`);
+    if (lastValidation !== undefined) parts.push(`val ${lastValidation.toFixed(4)}`);
     document.getElementById("latest").textContent = parts.join(" · ");
     if (!pending) { pending = true; requestAnimationFrame(redraw); }
   };
   redraw();
   const events = new EventSource(holder.dataset.events);  // reconnects by itself, resuming at the last id
   events.addEventListener("metric", e => add(JSON.parse(e.data)));
-  events.addEventListener("reset", () => { Object.values(data).forEach(m => m.clear()); previous = null; });
+  events.addEventListener("reset", () => {
+    Object.values(data).forEach(m => m.clear());
+    previous = null; lastLoss = lastValidation = undefined;
+  });
   events.addEventListener("status", e => {
     const s = JSON.parse(e.data);
     const status = document.getElementById("status");
