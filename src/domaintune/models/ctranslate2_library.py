@@ -24,7 +24,7 @@ import sys
 
 def ctranslate2():
     """The ctranslate2 module (imported on first use, with its own OpenMP runtime and oneDNN's GEMM)."""
-    os.environ.setdefault("CT2_USE_MKL", "0")  # read by the library once, at its first matrix product
+    os.environ.setdefault("CT2_USE_MKL", "0")  # read once by the library, when it first picks a GEMM backend
     flags = sys.getdlopenflags()
     if "ctranslate2" not in sys.modules and hasattr(os, "RTLD_DEEPBIND"):
         sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
