@@ -269,9 +269,6 @@ def test_ctranslate2_is_imported_with_its_own_openmp_runtime():
     """Imported after torch (as everywhere in domaintune), ctranslate2 is loaded with RTLD_DEEPBIND, so its
     OpenMP calls go to the runtime it ships and not torch's (which halved its speed once torch had run),
     and the process's dlopen flags are restored. A fresh interpreter: this one has ctranslate2 loaded."""
-    import subprocess
-    import sys
-
     probe = (
         "import os, sys, torch\n"
         "torch.randn(64, 64) @ torch.randn(64, 64)\n"
@@ -283,22 +280,25 @@ def test_ctranslate2_is_imported_with_its_own_openmp_runtime():
         "assert library.get_supported_compute_types('cpu')\n"
         "print(bool(seen[0] & os.RTLD_DEEPBIND), sys.getdlopenflags() == flags)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "True"]
+    assert probe_output(probe) == ["True", "True"]
 
 
 def test_ctranslate2_uses_onednn_unless_the_user_asks_for_mkl():
     """MKL's float32 ran 2.4x slower than oneDNN's on an Intel Xeon (bench/README): CT2_USE_MKL defaults
     to 0 before the library reads it, and a value the user set is kept. Fresh interpreters, as above."""
     import os
-    import subprocess
-    import sys
 
     probe = ("import os\nfrom domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled\n"
              "ctranslate2()\nprint(os.environ['CT2_USE_MKL'], mkl_enabled())\n")
     environment = {key: value for key, value in os.environ.items() if key != "CT2_USE_MKL"}
-    default = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=environment)
-    assert default.stdout.split() == ["0", "False"]
-    chosen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            env={**environment, "CT2_USE_MKL": "1"})
-    assert chosen.stdout.split() == ["1", "True"]
+    assert probe_output(probe, environment) == ["0", "False"]
+    assert probe_output(probe, {**environment, "CT2_USE_MKL": "1"}) == ["1", "True"]
+
+
+def probe_output(probe: str, environment: dict[str, str] | None = None) -> list[str]:
+    """The words a fresh interpreter prints running `probe` (this one has ctranslate2 loaded already)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env=environment).stdout.split()
