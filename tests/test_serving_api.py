@@ -272,19 +272,25 @@ def test_log_content_puts_prompt_and_completion_in_the_audit_line(client, server
     assert "an auditable question" in line["prompt"] and line["completion"] == answer
 
 
-def test_the_default_engine_is_ctranslate2_and_torch_remains_on_request(server, tiny_model_dir):
+def test_the_default_engine_is_ctranslate2_alone_and_torch_concurrently_and_each_remains_on_request(
+        server, tiny_model_dir):
     from domaintune.serving.ctranslate2_engine import CTranslate2Engine, text_engine
     from domaintune.serving.engine import Generator
+    from domaintune.serving.load_router import LoadRouter
     from domaintune.serving.settings import ServeSettings
 
     generator = server["app"].state.domaintune.generator
-    assert isinstance(generator, CTranslate2Engine)
-    assert generator.engine == {"engine": "ctranslate2", "compute_type": "float32"}
-    torch_engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="torch", dtype="float32"))
-    try:
-        assert isinstance(torch_engine, Generator) and torch_engine.engine["engine"] == "torch"
-    finally:
-        torch_engine.close()
+    assert isinstance(generator, LoadRouter)
+    assert isinstance(generator.alone, CTranslate2Engine) and isinstance(generator.together, Generator)
+    assert generator.engine == {"engine": "ctranslate2 (one request at a time) + torch (concurrent)",
+                                "compute_type": "float32 + float32"}
+    for name, kind in (("torch", Generator), ("ctranslate2", CTranslate2Engine)):
+        single = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine=name, dtype="float32",
+                                                                                compute_type="float32"))
+        try:
+            assert isinstance(single, kind) and single.engine["engine"] == name
+        finally:
+            single.close()
 
 
 def test_sampled_requests_batch_apart_from_greedy_ones():

@@ -1,6 +1,7 @@
 """Serving pieces without a server: keys, limits, what gets served, the vLLM hand-over, the CLI's refusals."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -305,3 +306,37 @@ def test_a_stream_the_client_left_is_closed_at_once():
         return list(closed)  # the response (and so the generator) is still referenced here
 
     assert asyncio.run(scenario()) == [True]
+
+
+def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_ones_to_the_other():
+    from domaintune.serving.batching import Event, GenerationRequest
+    from domaintune.serving.load_router import LoadRouter
+
+    class Recording:
+        def __init__(self, engine: str):
+            self.engine = {"engine": engine, "compute_type": "float32"}
+            self.received: list[GenerationRequest] = []
+            self.tokenizer, self.context_length, self.models, self.queued = None, 2048, ["base"], 0
+
+        def submit(self, request):
+            self.received.append(request)
+
+    def request():
+        item = GenerationRequest(model="base", prompt_ids=[1], max_tokens=4, events=asyncio.Queue())
+        item.loop = type("Loop", (), {"call_soon_threadsafe": staticmethod(lambda call, event: call(event))})()
+        return item
+
+    alone, together = Recording("ctranslate2"), Recording("torch")
+    router = LoadRouter(alone, together)
+    first, second, third = request(), request(), request()
+    router.submit(first)  # nothing in progress
+    router.submit(second)  # first still in progress
+    second.cancelled = True  # its client went away
+    router.submit(third)  # first still in progress
+    assert alone.received == [first] and together.received == [second, third]
+    first.send(Event(finish_reason="stop"))
+    assert router.engine_for_next() is together  # third is still being answered
+    third.send(Event(finish_reason="length"))
+    assert router.engine_for_next() is alone  # idle again
+    assert router.engine == {"engine": "ctranslate2 (one request at a time) + torch (concurrent)",
+                             "compute_type": "float32 + float32"}

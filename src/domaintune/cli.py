@@ -200,8 +200,9 @@ def serve(
     log_content: Annotated[bool, typer.Option("--log-content", help="Put prompts and completions in the audit log.")] = False,
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII in outputs with placeholders like [EMAIL].")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="auto (CTranslate2 where it converts the model, else torch), "
-                                        "torch, ctranslate2, or vllm (hands the model and adapters to vLLM).")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="auto (where CTranslate2 converts the model: it answers a "
+                                        "request into an idle server, torch's continuous batching concurrent ones; "
+                                        "else torch), torch, ctranslate2, or vllm (hands the model and adapters to vLLM).")] = "auto",
     compute_type: Annotated[str, typer.Option("--compute-type", help="CTranslate2's: auto (float32; int8 with VNNI/AVX-512 "
                                               "where CT2_USE_MKL=1), float32, int8, ...")] = "auto",
     vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="Python of a venv with vLLM installed.")] = None,

@@ -37,8 +37,10 @@ class GenerationRequest:
     events: asyncio.Queue | None = None
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the client went away: the row leaves the batch at the next step
+    finished: bool = False  # its final event is sent
 
     def send(self, event: Event) -> None:
+        self.finished = self.finished or event.finish_reason is not None
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 

@@ -1,4 +1,5 @@
-"""The causal LM behind the server on CTranslate2, and the choice between it and torch (engine.py).
+"""The causal LM behind the server on CTranslate2, and the choice of engine: CTranslate2, torch (engine.py),
+or under `auto` both, each request routed by the load it arrives into (load_router.py).
 
 The base model and each adapter (merged into it) are converted once into the cache (models/generation.py);
 converted adapters load on first use, the least recently used unloaded beyond --max-loaded-adapters.
@@ -28,6 +29,7 @@ from domaintune.models.generation import (
 from domaintune.models.loading import load_tokenizer
 from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
 from domaintune.serving.engine import Generator
+from domaintune.serving.load_router import LoadRouter
 from domaintune.serving.settings import ServeSettings
 
 
@@ -105,9 +107,10 @@ class CTranslate2Engine(BatchingWorker):
 
 
 def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings: ServeSettings, metrics=None,
-                console: Console | None = None) -> BatchingWorker:
-    """The server's causal LM on the engine `settings.engine` names (auto: CTranslate2 where it converts the
-    model and every adapter, else torch with a one-line notice)."""
+                console: Console | None = None) -> BatchingWorker | LoadRouter:
+    """The server's causal LM on the engine `settings.engine` names. auto: where CTranslate2 converts the
+    model and every adapter, CTranslate2 for a request into an idle server and torch for concurrent ones
+    (load_router.py); else torch with a one-line notice."""
     name, path = served_chat
     batching = {"max_loaded_adapters": settings.max_loaded_adapters, "max_batch_size": settings.max_batch_size,
                 "batch_wait_ms": settings.batch_wait_ms, "metrics": metrics}
@@ -142,4 +145,5 @@ def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings
     base = CTranslate2Generator(base_dir, tokenizer, compute_type, torch.get_num_threads(),
                                 end_token_ids(generation_config, tokenizer))
     model_config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
-    return CTranslate2Engine(name, base, converted, context_length(model_config, tokenizer), **batching)
+    engine = CTranslate2Engine(name, base, converted, context_length(model_config, tokenizer), **batching)
+    return engine if settings.engine == "ctranslate2" else LoadRouter(engine, torch_engine())

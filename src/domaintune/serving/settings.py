@@ -24,7 +24,7 @@ class ServeSettings:
     max_concurrent: int = 1024  # requests in progress; more get 503
     log_content: bool = False  # put prompts and completions in the audit log
     redact_pii: bool = False  # replace PII in outputs with typed placeholders
-    engine: str = "auto"  # auto: CTranslate2 where it converts the model and its adapters, else torch
+    engine: str = "auto"  # auto: CTranslate2 alone and torch under concurrency where CTranslate2 converts, else torch
     compute_type: str = "auto"  # CTranslate2's; auto: float32, or int8 with VNNI/AVX-512 on MKL (CT2_USE_MKL=1)
     dtype: str = "auto"  # torch's; auto: bf16 where the CPU has it, else fp32
     threads: int | str = "auto"  # torch threads; auto: the cores other work leaves free

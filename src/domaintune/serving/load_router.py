@@ -1,0 +1,57 @@
+"""`serve --engine auto` where CTranslate2 loads the model: each request goes to the engine that is
+fastest for the load it arrives into.
+
+Measured with bench/serve_throughput.py, SmolLM2-135M, 128 tokens a request: CTranslate2 answers one
+request at a time about twice as fast as torch (33.6 against 19.0 tok/s on a 2-core Xeon with AMX;
+31.8 against 14.8 on a 2-core AMD EPYC). But it cannot add a request to a running batch, so under 8
+concurrent streams a request that just missed a batch waits for all of it (time to first token p95
+8.6 and 9.2 s), and its aggregate is no better than torch's continuous batching (91 against 118 tok/s;
+69 against 68), whose p95 is 0.34 and 0.78 s. So a request that arrives while nothing else is being
+answered goes to CTranslate2, and one that arrives while others are in progress goes to torch, which
+starts it at its next step. One stream at a time that is CTranslate2 alone; under steady concurrent
+load, torch alone.
+
+Both engines hold the model (and its adapters), so memory is the sum of the two.
+"""
+from __future__ import annotations
+
+from domaintune.serving.batching import BatchingWorker, GenerationRequest
+
+
+class LoadRouter:
+    """The generation engine the routes see (`submit`, `queued`, `models`, ...), made of two engines:
+    `alone` for a request that arrives into an idle server, `together` for one that arrives while others run."""
+
+    def __init__(self, alone: BatchingWorker, together: BatchingWorker):
+        self.alone = alone
+        self.together = together
+        self.tokenizer = together.tokenizer
+        self.context_length = min(alone.context_length, together.context_length)
+        self.in_progress: list[GenerationRequest] = []  # only the event loop's thread touches it (submit)
+
+    @property
+    def engine(self) -> dict:
+        alone, together = self.alone.engine, self.together.engine
+        return {"engine": f"{alone['engine']} (one request at a time) + {together['engine']} (concurrent)",
+                "compute_type": f"{alone['compute_type']} + {together['compute_type']}"}
+
+    @property
+    def models(self) -> list[str]:
+        return self.together.models
+
+    @property
+    def queued(self) -> int:
+        return self.alone.queued + self.together.queued
+
+    def engine_for_next(self) -> BatchingWorker:
+        self.in_progress = [request for request in self.in_progress if not (request.finished or request.cancelled)]
+        return self.together if self.in_progress else self.alone
+
+    def submit(self, request: GenerationRequest) -> None:
+        engine = self.engine_for_next()
+        self.in_progress.append(request)
+        engine.submit(request)
+
+    def close(self) -> None:
+        self.alone.close()
+        self.together.close()
