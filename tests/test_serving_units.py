@@ -262,7 +262,7 @@ def test_a_broken_adapter_fails_its_requests_not_the_worker(tiny_model_dir, tmp_
 
     async def ask(model: str):
         request = GenerationRequest(model=model, prompt_ids=generator.tokenizer("Hi there")["input_ids"], max_tokens=2)
-        generator.submit(request)
+        generator.submit([request])
         events = [await request.events.get()]
         while not events[-1].finish_reason:
             events.append(await request.events.get())
@@ -318,8 +318,8 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
             self.received: list[GenerationRequest] = []
             self.tokenizer, self.context_length, self.models, self.queued = None, 2048, ["base"], 0
 
-        def submit(self, request):
-            self.received.append(request)
+        def submit(self, requests):
+            self.received.append(requests)
 
     def request():
         item = GenerationRequest(model="base", prompt_ids=[1], max_tokens=4, events=asyncio.Queue())
@@ -328,12 +328,12 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
 
     alone, together = Recording("ctranslate2"), Recording("torch")
     router = LoadRouter(alone, together)
-    first, second, third = request(), request(), request()
-    router.submit(first)  # nothing in progress
-    router.submit(second)  # first still in progress
-    second.cancelled = True  # its client went away
-    router.submit(third)  # first still in progress
-    assert alone.received == [first] and together.received == [second, third]
+    first, also_first, second, third = request(), request(), request(), request()
+    router.submit([first, also_first])  # nothing in progress: a request's prompts stay together
+    router.submit([second])  # first still in progress
+    also_first.cancelled = second.cancelled = True  # their clients went away
+    router.submit([third])  # first still in progress
+    assert alone.received == [[first, also_first]] and together.received == [[second], [third]]
     first.send(Event(finish_reason="stop"))
     assert router.engine_for_next() is together  # third is still being answered
     third.send(Event(finish_reason="length"))

@@ -65,10 +65,12 @@ class BatchingWorker(ABC):
         """Requests waiting for a place in a batch (the server refuses new ones beyond --max-pending)."""
         return self.pending.qsize() + len(self.held)
 
-    def submit(self, request: GenerationRequest) -> None:
-        request.loop = asyncio.get_running_loop()
-        request.events = asyncio.Queue()
-        self.pending.put(request)
+    def submit(self, requests: list[GenerationRequest]) -> None:
+        """Queue one API request's prompts (several for /v1/completions with a list of prompts)."""
+        for request in requests:
+            request.loop = asyncio.get_running_loop()
+            request.events = asyncio.Queue()
+            self.pending.put(request)
 
     def close(self) -> None:
         self.pending.put(None)

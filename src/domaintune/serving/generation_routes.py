@@ -44,8 +44,7 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
         record.prompt_tokens = prompt_tokens  # once admitted: a refused request is charged nothing
         work = [GenerationRequest(model=body.model, prompt_ids=ids, max_tokens=limit, temperature=body.temperature,
                                   top_p=body.top_p, stop=body.stops()) for ids, limit in zip(encoded, limits)]
-        for item in work:
-            generator.submit(item)
+        generator.submit(work)
         return work
 
     async def note_prompt(record, redacted) -> None:

@@ -47,10 +47,11 @@ class LoadRouter:
         self.in_progress = [request for request in self.in_progress if not (request.finished or request.cancelled)]
         return self.together if self.in_progress else self.alone
 
-    def submit(self, request: GenerationRequest) -> None:
+    def submit(self, requests: list[GenerationRequest]) -> None:
+        """One API request's prompts, all to the same engine (CTranslate2 batches a request's prompts well)."""
         engine = self.engine_for_next()
-        self.in_progress.append(request)
-        engine.submit(request)
+        self.in_progress += requests
+        engine.submit(requests)
 
     def close(self) -> None:
         self.alone.close()
