@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import json
 import sys
+import threading
 
 import pytest
 from typer.testing import CliRunner
@@ -317,9 +318,13 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
             self.engine = {"engine": engine, "compute_type": "float32"}
             self.received: list[GenerationRequest] = []
             self.tokenizer, self.context_length, self.models, self.queued = None, 2048, ["base"], 0
+            self.making_way = threading.Event()
 
         def submit(self, requests):
             self.received.append(requests)
+
+        def make_way(self):
+            self.making_way.set()
 
     def request():
         item = GenerationRequest(model="base", prompt_ids=[1], max_tokens=4, events=asyncio.Queue())
@@ -330,7 +335,9 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
     router = LoadRouter(alone, together)
     first, also_first, second, third = request(), request(), request(), request()
     router.submit([first, also_first])  # nothing in progress: a request's prompts stay together
-    router.submit([second])  # first still in progress
+    assert not alone.making_way.is_set()
+    router.submit([second])  # first still in progress: ctranslate2 hands it to torch
+    assert alone.making_way.is_set() and alone.successor is together
     also_first.cancelled = second.cancelled = True  # their clients went away
     router.submit([third])  # first still in progress
     assert alone.received == [[first, also_first]] and together.received == [[second], [third]]
@@ -338,5 +345,35 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
     assert router.engine_for_next() is together  # third is still being answered
     third.send(Event(finish_reason="length"))
     assert router.engine_for_next() is alone  # idle again
+    router.submit([request()])
+    assert not alone.making_way.is_set()  # a signal left from before is dropped
     assert router.engine == {"engine": "ctranslate2 (one request at a time) + torch (concurrent)",
                              "compute_type": "float32 + float32"}
+
+
+def test_a_request_ctranslate2_began_is_finished_by_torch_with_the_same_greedy_answer(tiny_model_dir):
+    from domaintune.serving.batching import GenerationRequest
+    from domaintune.serving.ctranslate2_engine import text_engine
+
+    router = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(dtype="float32", compute_type="float32"))
+
+    async def answer(make_way: bool):
+        request = GenerationRequest(model="base", prompt_ids=router.tokenizer("Where is the office?")["input_ids"],
+                                    max_tokens=24)
+        if make_way:  # as when another request arrives: ctranslate2 hands the row over at its first token
+            router.alone.make_way()
+        router.alone.submit([request])
+        events = [await request.events.get()]
+        while not events[-1].finish_reason:
+            events.append(await request.events.get())
+        return request, "".join(event.text for event in events), events[-1]
+
+    try:
+        alone, alone_text, alone_end = asyncio.run(answer(make_way=False))
+        handed, handed_text, handed_end = asyncio.run(answer(make_way=True))
+    finally:
+        router.close()
+    assert alone.carried is None and len(handed.carried.tokens) == 24  # begun on one engine, ended on the other
+    assert alone_end.finish_reason == handed_end.finish_reason == "length"
+    assert handed_text == alone_text and handed_end.completion_tokens == alone_end.completion_tokens == 24
+    assert not router.alone.making_way.is_set()

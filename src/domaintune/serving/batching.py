@@ -38,6 +38,7 @@ class GenerationRequest:
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the client went away: the row leaves the batch at the next step
     finished: bool = False  # its final event is sent
+    carried: Row | None = None  # the row another engine began (load_router): its tokens continue the prompt
 
     def send(self, event: Event) -> None:
         self.finished = self.finished or event.finish_reason is not None
@@ -70,6 +71,11 @@ class BatchingWorker(ABC):
         for request in requests:
             request.loop = asyncio.get_running_loop()
             request.events = asyncio.Queue()
+            self.pending.put(request)
+
+    def take_over(self, requests: list[GenerationRequest]) -> None:
+        """Continue requests another engine began (their `carried` rows) or had queued; any thread may call it."""
+        for request in requests:
             self.pending.put(request)
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ CTranslate2 can't add rows to a running batch, so requests arriving meanwhile st
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -45,6 +47,8 @@ class CTranslate2Engine(BatchingWorker):
         self.tokenizer = base.tokenizer
         self.context_length = context
         self.eos_ids = base.end_ids
+        self.successor: BatchingWorker | None = None  # who continues this engine's rows when it makes way
+        self.making_way = threading.Event()
         self.worker.start()
 
     @property
@@ -85,6 +89,10 @@ class CTranslate2Engine(BatchingWorker):
                 except Exception as error:
                     self._fail(chosen, error)
 
+    def make_way(self) -> None:
+        """Hand the running rows and the queued requests to `successor` at the next token (load_router)."""
+        self.making_way.set()
+
     def _generate(self, requests: list[GenerationRequest]) -> None:
         model = self._model(requests[0].model)
         rows = [Row(request, self.tokenizer, self.eos_ids) for request in requests]
@@ -96,14 +104,40 @@ class CTranslate2Engine(BatchingWorker):
             row = rows[step.batch_id]
             if not row.done:
                 row.add(step.token_id)
-            return row.done  # True ends this row's decoding
+            return row.done or self.making_way.is_set()  # True ends this row's decoding
 
-        model.generator.generate_batch(
+        results = model.generator.generate_batch(
             [self.tokenizer.convert_ids_to_tokens(request.prompt_ids) for request in requests],
-            include_prompt_in_result=False, callback=on_token,
+            include_prompt_in_result=False, callback=on_token, return_end_token=True,
             **model.options(max(request.max_tokens for request in requests), temperature or None, requests[0].top_p))
-        for row in rows:  # an end token ends decoding without reaching the callback
-            row.end()
+        unfinished = []
+        for row, result in zip(rows, results):
+            ids = result.sequences_ids[0]
+            if ids and ids[-1] in row.eos_ids:  # an end token can end decoding without reaching the callback
+                row.end()
+            elif not row.done:
+                unfinished.append(row)
+        if self.making_way.is_set() and self.successor is not None:
+            for row in unfinished:
+                row.request.carried = row
+            self.successor.take_over([row.request for row in unfinished] + self._drain())
+            self.making_way.clear()
+        else:
+            for row in unfinished:
+                row.end()
+
+    def _drain(self) -> list[GenerationRequest]:
+        """The requests waiting here (the stop signal, if queued, stays)."""
+        waiting, self.held = self.held, []
+        while True:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                return waiting
+            if item is None:
+                self.pending.put(None)
+                return waiting
+            waiting.append(item)
 
 
 def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings: ServeSettings, metrics=None,

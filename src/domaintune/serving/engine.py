@@ -111,7 +111,7 @@ class Generator(BatchingWorker):
                 elif batch.can_join and not self.held:  # requests for another model wait: the batch drains for them
                     new = self._gather(batch.model, self.max_batch_size - len(batch.rows), 0)
                 if new:
-                    batch.join([Row(request, self.tokenizer, self.eos_ids) for request in new])
+                    batch.join([request.carried or Row(request, self.tokenizer, self.eos_ids) for request in new])
                 batch.step()
             except Exception as error:
                 self._fail([*(row.request for row in batch.rows), *new] if batch is not None else new, error)
@@ -159,7 +159,9 @@ class Batch:
         from transformers.cache_utils import DynamicLayer
 
         tokenizer = self.generator.tokenizer
-        padded = tokenizer.pad({"input_ids": [row.request.prompt_ids for row in rows]}, return_tensors="pt")
+        # A row another engine began continues from its prompt and the tokens it already has.
+        padded = tokenizer.pad({"input_ids": [row.request.prompt_ids + row.tokens for row in rows]},
+                               return_tensors="pt")
         mask = padded["attention_mask"]
         cache = DynamicCache(config=self.network.config)
         logits = self._forward(padded["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, logits_to_keep=1)
