@@ -361,16 +361,19 @@ def test_a_request_ctranslate2_began_is_finished_by_torch_with_the_same_greedy_a
         request = GenerationRequest(model="base", prompt_ids=router.tokenizer("Where is the office?")["input_ids"],
                                     max_tokens=24)
         if make_way:  # as when another request arrives: ctranslate2 hands the row over at its first token
-            router.alone.make_way()
-        router.alone.submit([request])
+            router.alone.make_way()  # first, while the new engine is surely idle (not ending a batch)
+            router.alone.submit([request])
+        else:
+            assert router.engine_for_next() is router.alone
+            router.submit([request])  # into an idle server: ctranslate2 alone, and the signal is dropped
         events = [await request.events.get()]
         while not events[-1].finish_reason:
             events.append(await request.events.get())
         return request, "".join(event.text for event in events), events[-1]
 
     try:
-        alone, alone_text, alone_end = asyncio.run(answer(make_way=False))
         handed, handed_text, handed_end = asyncio.run(answer(make_way=True))
+        alone, alone_text, alone_end = asyncio.run(answer(make_way=False))
     finally:
         router.close()
     assert alone.carried is None and len(handed.carried.tokens) == 24  # begun on one engine, ended on the other

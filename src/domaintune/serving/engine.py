@@ -1,14 +1,15 @@
 """The causal LM behind the server on torch: one model with lazily loaded peft adapters (LRU-capped)
-and a background worker that batches concurrent requests. The default engine where it loads the
-model is CTranslate2 (ctranslate2_engine.py); both build on batching.py's queue, rows and events.
-Embedding and classification models: encoders.py.
+and a background worker that batches concurrent requests. Under `--engine auto` it answers the requests
+that arrive while others are in progress, and continues the rows CTranslate2 began (load_router.py);
+both engines build on batching.py's queue, rows and events. Embedding and classification models: encoders.py.
 
 Batching on torch: the worker takes the oldest pending request, waits a few milliseconds for others for
 the same model (base or adapter), prefills them together, left-padded, and decodes them one token
 per step with the KV cache. Requests arriving later for that model are prefilled and join the
 running batch between steps (continuous batching); a row leaves at an end token, a stop string or
-its own max_tokens, and its text is streamed as it grows. Requests for another model wait until
-the running batch has drained.
+its own max_tokens, and its text is streamed as it grows. A row another engine began (`carried`) is
+prefilled with its prompt and the tokens it has, and goes on from there. Requests for another model
+wait until the running batch has drained.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ while others are in progress goes to torch, which starts it at its next step, an
 way: at its next token it hands its unfinished rows to torch, which continues each from its prompt and
 the tokens it already has (greedy answers stay what either engine alone would give at float32), and
 its queued requests with them. So the two engines overlap for one token at most: decoding at once on
-two cores, they slowed each other down (measured: one request took 44 s, the aggregate fell to 57 tok/s). Both hold the model and its
-adapters, so memory is the sum of the two.
+two cores, they slowed each other down (measured: one request took 44 s, the aggregate fell to 57 tok/s).
+Both hold the model and its adapters, so memory is the sum of the two.
 """
 from __future__ import annotations
 
