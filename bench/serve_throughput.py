@@ -84,7 +84,8 @@ def main() -> None:
     for engine in args.engines.split(","):
         extra = ["--max-tokens", str(args.max_tokens), "--engine", engine]
         with started_server(["smollm2-135m-instruct"], extra) as (url, key, _):
-            # Warm-up, two at once so that both of auto's engines answer: first-call allocations stay out of the figures.
+            # Warm-up, two requests at once so that both of auto's engines answer: first-call allocations
+            # stay out of the figures.
             phase(url, key, 2, 2, 4, args.timeout)
             batched = phase(url, key, args.concurrency, args.requests, args.max_tokens, args.timeout)
             sequential = phase(url, key, 1, max(1, args.requests // args.concurrency), args.max_tokens, args.timeout)

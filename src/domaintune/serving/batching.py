@@ -95,17 +95,27 @@ class BatchingWorker(ABC):
         taken = [request for request in self.held if self.batch_key(request) == key][:limit]
         self.held = [request for request in self.held if request not in taken]
         deadline = time.perf_counter() + wait
-        while len(taken) < limit:
-            timeout = deadline - time.perf_counter()
-            try:
-                item = self.pending.get(timeout=timeout) if timeout > 0 else self.pending.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self.pending.put(None)  # stop once the running requests are answered
-                break
+        while len(taken) < limit and (item := self._pending_request(deadline - time.perf_counter())) is not None:
             (taken if self.batch_key(item) == key else self.held).append(item)
         return taken
+
+    def _drain(self) -> list[GenerationRequest]:
+        """Every request waiting here, held or pending, taken out of the queue."""
+        waiting, self.held = self.held, []
+        while (item := self._pending_request(0)) is not None:
+            waiting.append(item)
+        return waiting
+
+    def _pending_request(self, timeout: float) -> GenerationRequest | None:
+        """The next queued request, waiting up to `timeout` seconds; None if none comes or the worker is
+        stopping (the stop signal stays queued: the worker stops once the running requests are answered)."""
+        try:
+            item = self.pending.get(timeout=timeout) if timeout > 0 else self.pending.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None:
+            self.pending.put(None)
+        return item
 
     @staticmethod
     def _fail(requests: list[GenerationRequest], error: BaseException) -> None:

@@ -10,7 +10,6 @@ CTranslate2 can't add rows to a running batch, so requests arriving meanwhile st
 """
 from __future__ import annotations
 
-import queue
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -125,19 +124,6 @@ class CTranslate2Engine(BatchingWorker):
         else:
             for row in unfinished:
                 row.end()
-
-    def _drain(self) -> list[GenerationRequest]:
-        """The requests waiting here (the stop signal, if queued, stays)."""
-        waiting, self.held = self.held, []
-        while True:
-            try:
-                item = self.pending.get_nowait()
-            except queue.Empty:
-                return waiting
-            if item is None:
-                self.pending.put(None)
-                return waiting
-            waiting.append(item)
 
 
 def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings: ServeSettings, metrics=None,
