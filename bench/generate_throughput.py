@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="batches timed per batch size")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--compute-types", default=None, help="CTranslate2 types (default: all this CPU supports)")
+    parser.add_argument("--openvino-types", default="int8,float16", help="OpenVINO weights ('' for none)")
     args = parser.parse_args()
 
     import torch
@@ -40,6 +41,7 @@ def main() -> None:
     from domaintune.models.ctranslate2_library import ctranslate2
     from domaintune.models.generation import ctranslate2_installed, load_generator, weights_folders
     from domaintune.models.loading import load_causal_lm, load_tokenizer
+    from domaintune.models.openvino_model import openvino_installed
 
     threads = thread_count(TrainingConfig())
     torch.set_num_threads(threads)
@@ -54,14 +56,19 @@ def main() -> None:
         supported = sorted(ctranslate2().get_supported_compute_types("cpu"))
         wanted = args.compute_types.split(",") if args.compute_types else supported
         engines += [("ctranslate2", kind) for kind in wanted if kind in supported]
+    if openvino_installed():
+        engines += [("openvino", kind) for kind in filter(None, args.openvino_types.split(","))]
 
     print(f"{args.model}, greedy, {args.max_new_tokens} new tokens, {threads} thread(s) on {cpu_description()}",
           flush=True)
     rows, reference = [], {}
     for engine, compute_type in engines:
         started = time.perf_counter()
-        generator = load_generator(lambda: model, tokenizer, InferenceConfig(engine=engine, compute_type=compute_type),
-                                   folders=weights_folders(config), bf16=False, exact=True, threads=threads)
+        if engine == "openvino":
+            generator = OpenVINOBatches(weights_folders(config), compute_type, tokenizer, threads, max(batches))
+        else:
+            generator = load_generator(lambda: model, tokenizer, InferenceConfig(engine=engine, compute_type=compute_type),
+                                       folders=weights_folders(config), bf16=False, exact=True, threads=threads)
         ready = time.perf_counter() - started
         for batch in batches:
             chosen = prompts[: batch * args.rounds]
@@ -92,6 +99,34 @@ def main() -> None:
     out.write_text(json.dumps({"machine": cpu_description(), "threads": threads, "model": args.model,
                                "max_new_tokens": args.max_new_tokens, "rows": rows}, indent=2))
     print(f"\nWrote {out}")
+
+
+class OpenVINOBatches:
+    """The server's OpenVINO pipeline (serving/openvino_engine.py) given the prompts `batch` at a time, as the
+    other engines' `generate` takes them."""
+
+    def __init__(self, folders, compute_type: str, tokenizer, threads: int, max_batch: int):
+        from domaintune.models.openvino_model import continuous_batching_pipeline, openvino_gguf
+
+        self.pipeline = continuous_batching_pipeline(openvino_gguf(folders, compute_type), threads, max_batch)
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+        import numpy
+        import openvino
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens, config.do_sample = max_new_tokens, False
+        config.stop_token_ids = {self.tokenizer.eos_token_id}
+        answers = []
+        for start in range(0, len(prompts), batch_size):
+            ids = [openvino.Tensor(numpy.array([self.tokenizer(prompt, add_special_tokens=False)["input_ids"]],
+                                               dtype=numpy.int64)) for prompt in prompts[start:start + batch_size]]
+            results = self.pipeline.generate(ids, [config] * len(ids))
+            answers += [self.tokenizer.decode(list(result.m_generation_ids[0]), skip_special_tokens=True)
+                        for result in results]
+        return answers
 
 
 if __name__ == "__main__":

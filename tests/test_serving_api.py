@@ -274,8 +274,9 @@ def test_log_content_puts_prompt_and_completion_in_the_audit_line(client, server
 
 def test_the_default_engine_is_ctranslate2_alone_and_torch_concurrently_and_each_remains_on_request(
         server, tiny_model_dir):
-    from domaintune.serving.ctranslate2_engine import CTranslate2Engine, text_engine
+    from domaintune.serving.ctranslate2_engine import CTranslate2Engine
     from domaintune.serving.engine import Generator
+    from domaintune.serving.engine_choice import text_engine
     from domaintune.serving.load_router import LoadRouter
     from domaintune.serving.settings import ServeSettings
 

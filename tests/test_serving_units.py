@@ -353,7 +353,7 @@ def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_o
 
 def test_a_request_ctranslate2_began_is_finished_by_torch_with_the_same_greedy_answer(tiny_model_dir):
     from domaintune.serving.batching import GenerationRequest
-    from domaintune.serving.ctranslate2_engine import text_engine
+    from domaintune.serving.engine_choice import text_engine
 
     router = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(dtype="float32", compute_type="float32"))
 

@@ -209,8 +209,9 @@ def serve(
     """An OpenAI-compatible server until interrupted. `models`: run directories, model folders (causal LM,
     classifier, sentence encoder), bundled names or hub ids, each optionally `NAME=...`; `adapters`:
     `NAME=PATH` peft adapters on the causal LM; `settings`: serving.settings.ServeSettings fields
-    (host, port, keys_file, max_tokens, compute_type, ...). `engine`: auto (CTranslate2 where it converts the
-    model and adapters, else torch), torch, ctranslate2, or vllm (hands the causal LM and adapters to vLLM)."""
+    (host, port, keys_file, max_tokens, compute_type, ...). `engine`: auto (OpenVINO where it loads the model
+    and adapters; else CTranslate2 and torch by load; else torch), openvino, torch, ctranslate2, or vllm (hands
+    the causal LM and adapters to vLLM); serving/engine_choice.py."""
     from domaintune.serving.settings import ServeSettings
     from domaintune.serving.sources import resolve_sources
 

@@ -200,11 +200,14 @@ def serve(
     log_content: Annotated[bool, typer.Option("--log-content", help="Put prompts and completions in the audit log.")] = False,
     redact_pii: Annotated[bool, typer.Option("--redact-pii", help="Replace PII in outputs with placeholders like [EMAIL].")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped with the model.")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="auto (where CTranslate2 converts the model: it answers a "
-                                        "request into an idle server, torch's continuous batching concurrent ones; "
-                                        "else torch), torch, ctranslate2, or vllm (hands the model and adapters to vLLM).")] = "auto",
-    compute_type: Annotated[str, typer.Option("--compute-type", help="CTranslate2's: auto (float32; int8 with VNNI/AVX-512 "
-                                              "where CT2_USE_MKL=1), float32, int8, ...")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="auto (OpenVINO's continuous batching where it loads the "
+                                        "model; else CTranslate2 for a request into an idle server and torch for "
+                                        "concurrent ones; else torch), openvino, torch, ctranslate2, or vllm (hands "
+                                        "the model and adapters to vLLM).")] = "auto",
+    compute_type: Annotated[str, typer.Option("--compute-type", help="auto (OpenVINO: int8 weights with VNNI/AVX-512, "
+                                              "else float16; CTranslate2: float32, int8 where CT2_USE_MKL=1), "
+                                              "int8, float16 (OpenVINO), float32, ... (CTranslate2; auto then "
+                                              "skips OpenVINO).")] = "auto",
     vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="Python of a venv with vLLM installed.")] = None,
 ):
     """Serve models over an OpenAI-compatible API (chat, completions, embeddings, classify) with keys and limits."""

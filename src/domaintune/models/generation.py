@@ -246,28 +246,38 @@ def is_plain_model_folder(path: Path) -> bool:
 
 
 class EngineUnavailable(Exception):
-    """CTranslate2 can't run this model; the message says why."""
+    """An engine (CTranslate2, OpenVINO) can't run this model; the message says why."""
 
 
 def ctranslate2_folder(load_model: Callable[[], object], tokenizer, setting: InferenceConfig, *,
                        folders: list[Path | str], exact: bool, console: Console | None = None) -> tuple[Path, str]:
     """(the converted model's folder, its compute type), converting once; EngineUnavailable where
     CTranslate2 can't take the model. `load_model()` is called only to save a merged adapter."""
-    reason = _cannot_convert(folders)
+    if not ctranslate2_installed():
+        raise EngineUnavailable("ctranslate2 is not installed")
+    compute_type = compute_type_for(setting, exact)
+    return converted_for_engine(lambda write_merged: converted_model(folders, compute_type, write_merged, console),
+                                load_model, tokenizer, folders), compute_type
+
+
+def converted_for_engine(convert: Callable[[Callable[[Path], None] | None], Path], load_model: Callable[[], object],
+                         tokenizer, folders: list[Path | str]) -> Path:
+    """What `convert(write_merged)` gives for the model `folders` make: `write_merged(folder)` saves the merged model
+    where the folders are not one plain model folder (`load_model()` is called only then). EngineUnavailable, with
+    the reason, where an adapter can't be merged or the conversion fails."""
+    reason = next((reason for folder in folders[1:] if (reason := merge_blocker(folder))), None)
     if reason is not None:
         raise EngineUnavailable(reason)
+    plain = len(folders) == 1 and isinstance(folders[0], Path) and is_plain_model_folder(folders[0])
     try:
-        compute_type = compute_type_for(setting, exact)
-        plain = len(folders) == 1 and isinstance(folders[0], Path) and is_plain_model_folder(folders[0])
-        return converted_model(folders, compute_type, None if plain else _merged_writer(load_model, tokenizer),
-                               console), compute_type
-    except Exception as error:  # the converter raises bare errors for architectures it does not know
+        return convert(None if plain else _merged_writer(load_model, tokenizer))
+    except Exception as error:  # converters raise bare errors for architectures they do not know
         raise EngineUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
-def torch_notice(console: Console | None, error: EngineUnavailable) -> None:
+def torch_notice(console: Console | None, error: EngineUnavailable, engine: str = "CTranslate2") -> None:
     if console is not None:
-        console.print(f"[yellow]Generating with torch: CTranslate2 can't load this model ({error}).[/yellow]")
+        console.print(f"[yellow]Generating with torch: {engine} can't load this model ({error}).[/yellow]")
 
 
 def load_generator(load_model: Callable[[], object], tokenizer, setting: InferenceConfig, *,
@@ -320,12 +330,6 @@ def _once(load: Callable[[], object]) -> Callable[[], object]:
         return loaded[0]
 
     return model
-
-
-def _cannot_convert(folders: list[Path | str]) -> str | None:
-    if not ctranslate2_installed():
-        return "ctranslate2 is not installed"
-    return next((reason for folder in folders[1:] if (reason := merge_blocker(folder))), None)
 
 
 def _merged_writer(model: Callable[[], object], tokenizer) -> Callable[[Path], None]:

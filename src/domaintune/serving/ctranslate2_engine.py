@@ -1,5 +1,5 @@
-"""The causal LM behind the server on CTranslate2, and the choice of engine: CTranslate2, torch (engine.py),
-or under `auto` both, each request routed by the load it arrives into (load_router.py).
+"""The causal LM behind the server on CTranslate2 (`--engine ctranslate2`, and with torch in `auto`'s load router
+where OpenVINO can't take the model: engine_choice.py).
 
 The base model and each adapter (merged into it) are converted once into the cache (models/generation.py);
 converted adapters load on first use, the least recently used unloaded beyond --max-loaded-adapters.
@@ -14,24 +14,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from rich.console import Console
-
-from domaintune.config import ModelConfig
-from domaintune.config.inference import InferenceConfig
-from domaintune.models.generation import (
-    CTranslate2Generator,
-    EngineUnavailable,
-    ctranslate2_folder,
-    model_loader,
-    one_token_prompts_apart,
-    torch_notice,
-    weights_folders,
-)
-from domaintune.models.loading import load_tokenizer
-from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
-from domaintune.serving.engine import Generator
-from domaintune.serving.load_router import LoadRouter
-from domaintune.serving.settings import ServeSettings
+from domaintune.models.generation import CTranslate2Generator, one_token_prompts_apart
+from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row
 
 
 class CTranslate2Engine(BatchingWorker):
@@ -124,46 +108,3 @@ class CTranslate2Engine(BatchingWorker):
         else:
             for row in unfinished:
                 row.end()
-
-
-def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings: ServeSettings, metrics=None,
-                console: Console | None = None) -> BatchingWorker | LoadRouter:
-    """The server's causal LM on the engine `settings.engine` names. auto: where CTranslate2 converts the
-    model and every adapter, CTranslate2 for a request into an idle server and torch for concurrent ones
-    (load_router.py); else torch with a one-line notice."""
-    name, path = served_chat
-    batching = {"max_loaded_adapters": settings.max_loaded_adapters, "max_batch_size": settings.max_batch_size,
-                "batch_wait_ms": settings.batch_wait_ms, "metrics": metrics}
-    torch_engine = lambda: Generator(name, path, adapters, dtype=settings.dtype,  # noqa: E731
-                                     trust_remote_code=settings.trust_remote_code, **batching)
-    if settings.engine == "torch":
-        return torch_engine()
-    import torch
-    from transformers import AutoConfig, GenerationConfig
-
-    config = ModelConfig(name=path, trust_remote_code=settings.trust_remote_code)
-    setting = InferenceConfig(engine="ctranslate2", compute_type=settings.compute_type)
-    tokenizer = load_tokenizer(config)
-
-    def convert(adapter: str | None) -> tuple[Path, str]:
-        model_dir = Path(adapter) if adapter else None
-        return ctranslate2_folder(model_loader(config, model_dir), tokenizer, setting,
-                                  folders=weights_folders(config, model_dir), exact=False, console=console)
-
-    # Every model is converted now (once: the cache keeps them), so no request waits for a conversion;
-    # adapters are loaded on first use, within --max-loaded-adapters.
-    try:
-        base_dir, compute_type = convert(None)
-        converted = {adapter: convert(folder)[0] for adapter, folder in adapters.items()}
-    except EngineUnavailable as error:
-        torch_notice(console, error)
-        return torch_engine()
-    try:
-        generation_config = GenerationConfig.from_pretrained(path)
-    except OSError:  # a folder without generation_config.json
-        generation_config = None
-    base = CTranslate2Generator(base_dir, tokenizer, compute_type, torch.get_num_threads(),
-                                end_token_ids(generation_config, tokenizer))
-    model_config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
-    engine = CTranslate2Engine(name, base, converted, context_length(model_config, tokenizer), **batching)
-    return engine if settings.engine == "ctranslate2" else LoadRouter(engine, torch_engine())

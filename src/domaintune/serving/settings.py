@@ -24,8 +24,8 @@ class ServeSettings:
     max_concurrent: int = 1024  # requests in progress; more get 503
     log_content: bool = False  # put prompts and completions in the audit log
     redact_pii: bool = False  # replace PII in outputs with typed placeholders
-    engine: str = "auto"  # auto: CTranslate2 alone and torch under concurrency where CTranslate2 converts, else torch
-    compute_type: str = "auto"  # CTranslate2's; auto: float32, or int8 with VNNI/AVX-512 on MKL (CT2_USE_MKL=1)
+    engine: str = "auto"  # auto: OpenVINO, else CTranslate2 alone and torch under concurrency, else torch (engine_choice.py)
+    compute_type: str = "auto"  # OpenVINO's or CTranslate2's; auto: int8 on OpenVINO with VNNI/AVX-512, else float16
     dtype: str = "auto"  # torch's; auto: bf16 where the CPU has it, else fp32
     threads: int | str = "auto"  # torch threads; auto: the cores other work leaves free
     max_loaded_adapters: int = 4
@@ -40,8 +40,8 @@ class ServeSettings:
                 raise DomaintuneError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
         if self.threads != "auto" and not (isinstance(self.threads, int) and self.threads >= 1):
             raise DomaintuneError(f"--threads: a positive whole number or auto, got {self.threads!r}")
-        if self.engine not in ("auto", "torch", "ctranslate2"):
-            raise DomaintuneError(f"--engine: one of auto, torch, ctranslate2, vllm; got {self.engine!r}")
+        if self.engine not in ("auto", "openvino", "torch", "ctranslate2"):
+            raise DomaintuneError(f"--engine: one of auto, openvino, torch, ctranslate2, vllm; got {self.engine!r}")
         if self.compute_type not in get_args(ComputeType):
             raise DomaintuneError(f"--compute-type: one of {', '.join(get_args(ComputeType))}; got {self.compute_type!r}")
         if self.dtype not in ("auto", "bfloat16", "float32"):

@@ -7,8 +7,8 @@ from fastapi import Request
 from rich.console import Console
 
 from domaintune.serving.auth import ApiKey, KeyStore, check_scope
-from domaintune.serving.ctranslate2_engine import text_engine
 from domaintune.serving.encoders import Classifier, Embedder
+from domaintune.serving.engine_choice import text_engine
 from domaintune.serving.errors import ApiError
 from domaintune.serving.prometheus import Metrics
 from domaintune.serving.settings import ServeSettings

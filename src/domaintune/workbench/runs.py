@@ -167,7 +167,7 @@ def export_choices(run: RunDir) -> dict | None:
     merged, "gguf": kinds (with an Ollama Modelfile), "gguf_missing": why none}; None before training."""
     import shutil
 
-    from domaintune.export.gguf import INSTALL, converter_folder
+    from domaintune.models.gguf_converter import INSTALL, converter_folder, converter_installed
     from domaintune.models.loading import is_adapter_folder, merge_blocker
     from domaintune.objectives import hook
 
@@ -177,7 +177,7 @@ def export_choices(run: RunDir) -> dict | None:
     if hook(recipe.objective, "export"):
         return {"own": True}
     blocker = merge_blocker(run.model)
-    converter = (converter_folder() / "convert_hf_to_gguf.py").is_file()
+    converter = converter_installed()
     kinds = [*GGUF_KINDS, *(GGUF_Q4_KINDS if shutil.which("llama-quantize") else ())] if converter else []
     return {"own": False, "adapter": is_adapter_folder(run.model), "merged": blocker is None, "blocker": blocker,
             "gguf": kinds if blocker is None else [], "dtype": recipe.export.dtype,
