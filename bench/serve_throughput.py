@@ -4,7 +4,8 @@
     .venv/bin/python bench/serve_throughput.py --requests 8 --max-tokens 16   # a quick check that it works
 
 Starts the server on loopback once per engine in --engines (default: torch, today's continuous batching
-on transformers, then auto, the default: CTranslate2), drives it with the official `openai` client, and
+on transformers, then auto, the default: OpenVINO where it loads the model; `ENGINE:COMPUTE_TYPE` picks a
+compute type, e.g. `openvino:float16`, `auto:float32` for CTranslate2 and torch by load), drives it with the official `openai` client, and
 prints aggregate generated tokens/s, time to first token and latency p50/p95 for both phases, and each
 engine's concurrent tok/s as a multiple of the first's. Bounded: --requests per phase and --timeout seconds per phase (no new request after it).
 Writes bench/results/serve_throughput.json.
@@ -82,7 +83,8 @@ def main() -> None:
     report = {"model": "smollm2-135m-instruct", "machine": cpu_description(), "max_tokens": args.max_tokens,
               "engines": {}}
     for engine in args.engines.split(","):
-        extra = ["--max-tokens", str(args.max_tokens), "--engine", engine]
+        name, _, compute_type = engine.partition(":")
+        extra = ["--max-tokens", str(args.max_tokens), "--engine", name, "--compute-type", compute_type or "auto"]
         with started_server(["smollm2-135m-instruct"], extra) as (url, key, _):
             # Warm-up, two requests at once so that both of auto's engines answer: first-call allocations
             # stay out of the figures.
@@ -90,8 +92,8 @@ def main() -> None:
             batched = phase(url, key, args.concurrency, args.requests, args.max_tokens, args.timeout)
             sequential = phase(url, key, 1, max(1, args.requests // args.concurrency), args.max_tokens, args.timeout)
         report["engines"][engine] = {"concurrent": batched, "one_at_a_time": sequential}
-        for name, result in (("concurrent", batched), ("one at a time", sequential)):
-            print(f"{engine:>6} {name:>14}: {result['tokens_per_s']:7.1f} generated tok/s over {result['requests']} "
+        for phase_name, result in (("concurrent", batched), ("one at a time", sequential)):
+            print(f"{engine:>6} {phase_name:>14}: {result['tokens_per_s']:7.1f} generated tok/s over {result['requests']} "
                   f"requests (concurrency {result['concurrency']}); TTFT p50 {result['ttft_s']['p50']:.3f} s p95 "
                   f"{result['ttft_s']['p95']:.3f} s; latency p50 {result['latency_s']['p50']:.2f} s "
                   f"p95 {result['latency_s']['p95']:.2f} s", flush=True)

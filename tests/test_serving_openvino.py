@@ -86,7 +86,6 @@ def test_float16_greedy_answers_equal_torchs_for_the_base_and_an_adapter(openvin
         # The tiny random model never says its end token in 12 tokens, so every row runs to its max_tokens.
         assert [(reason, tokens) for _, reason, tokens in answers] == [("length", 12)] * len(PROMPTS)
         assert [text for text, _, _ in answers] == _torch_greedy(tiny_model_dir, PROMPTS, 12, adapter_dir)
-    assert set(engine.loaded) == {"base", "alpha"}  # the adapter's pipeline stays loaded, within the capacity
 
 
 def test_stop_strings_end_a_row_and_the_others_go_on(openvino_engine):
@@ -158,3 +157,20 @@ def test_auto_takes_openvino_only_for_a_compute_type_it_runs(tiny_model_dir):
     assert isinstance(router, LoadRouter)
     with pytest.raises(DomaintuneError, match="--compute-type float32: the OpenVINO engine takes auto, int8, float16"):
         text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="openvino", compute_type="float32"))
+
+
+def test_requests_fail_with_an_error_rather_than_hang_when_the_openvino_process_dies(tiny_model_dir):
+    engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="openvino", compute_type="float16"))
+    engine.pipelines.process.kill()
+    engine.pipelines.process.join(10)
+
+    async def run():
+        request = GenerationRequest(model="base", prompt_ids=engine.tokenizer(PROMPTS[0])["input_ids"], max_tokens=4)
+        engine.submit([request])
+        return await asyncio.wait_for(request.events.get(), timeout=30)
+
+    try:
+        event = asyncio.run(run())
+    finally:
+        engine.close()
+    assert event.finish_reason == "error" and event.error is not None

@@ -1,5 +1,5 @@
 """OpenVINO GenAI, the server's continuous-batching CPU engine (serving/openvino_engine.py): the model as a GGUF
-file converted once into the cache, and the pipeline that runs it.
+file converted once into the cache (the pipelines that run it: models/openvino_pipelines.py).
 
 Why GGUF: OpenVINO GenAI reads GGUF files itself, and llama.cpp's converter is already installed for
 `export.gguf` (models/gguf_converter.py). Its own converter (optimum-intel) pins an older transformers than
@@ -58,16 +58,3 @@ def openvino_gguf(folders: list[Path | str], compute_type: str, write_merged: Ca
     folder = cached_conversion("openvino", folders, compute_type, f"gguf {outtype}", write, "model.gguf",
                                write_merged, console)
     return folder / "model.gguf"
-
-
-def continuous_batching_pipeline(gguf_file: Path, threads: int, max_batch_size: int):
-    """OpenVINO GenAI's pipeline over one model: requests join and leave between steps, each with its own
-    sampling settings. Activations in float32, so f16 weights give torch fp32's greedy answers."""
-    import openvino_genai
-
-    scheduler = openvino_genai.SchedulerConfig()
-    scheduler.max_num_seqs = max_batch_size
-    scheduler.enable_prefix_caching = True  # a shared system prompt is computed once
-    return openvino_genai.ContinuousBatchingPipeline(
-        str(gguf_file), scheduler, "CPU",
-        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})

@@ -2,21 +2,20 @@
 `auto` where it loads the model).
 
 The base model and each adapter (merged into it) are converted once into the cache as GGUF files
-(models/openvino_model.py); adapters' pipelines load on first use, the least recently used unloaded beyond
---max-loaded-adapters. The worker thread adds each new request to the running pipeline between steps (so a
-request starts at once, however many are in progress), steps it, and feeds each request's new tokens to its
-row, which streams the text and ends at an end token, a stop string, max_tokens or a cancelled stream;
-a row that ends before OpenVINO does is cancelled there. Requests for another model wait until the
-running ones are done, as on torch (engine.py).
-
-Measured with bench/serve_throughput.py on a 2-core Xeon (bench/README): see the README's serve table.
+(models/openvino_model.py). The pipelines run in a process of their own (models/openvino_pipelines.py:
+OpenVINO's step holds the GIL, which starved the server's event loop); adapters' pipelines load there on
+first use, the least recently used unloaded beyond --max-loaded-adapters. The worker thread sends each new
+request to the running pipeline between steps (so a request starts at once, however many are in
+progress) and feeds each request's new tokens to its row, which streams the text and ends at an end token,
+a stop string, max_tokens or a cancelled stream; a row that ends before OpenVINO does is cancelled there.
+Requests for another model wait until the running ones are done, as on torch (engine.py).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from itertools import count
 from pathlib import Path
 
-from domaintune.models.openvino_model import continuous_batching_pipeline
+from domaintune.models.openvino_pipelines import PipelineProcess
 from domaintune.serving.batching import BatchingWorker, Event, GenerationRequest, Row
 
 
@@ -30,30 +29,22 @@ class OpenVINOEngine(BatchingWorker):
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.context_length = context
-        self.threads = threads
-        self.capacity = max(1, max_loaded_adapters)
         self.engine = {"engine": "openvino", "compute_type": compute_type}
-        self.loaded: OrderedDict[str, object] = OrderedDict()
-        self._pipeline(name)  # the base model loads now: a model OpenVINO can't run fails at startup
-        self.request_ids = 0
+        # The base model loads now: a model OpenVINO can't run fails at startup (RuntimeError).
+        self.pipelines = PipelineProcess(files, threads, max_batch_size, max_loaded_adapters)
+        self.request_ids = count()
         self.worker.start()
 
     @property
     def models(self) -> list[str]:
         return list(self.files)
 
-    def _pipeline(self, name: str):
-        if name in self.loaded:
-            self.loaded.move_to_end(name)
-            return self.loaded[name]
-        self.loaded[name] = continuous_batching_pipeline(self.files[name], self.threads, self.max_batch_size)
-        adapters = [model for model in self.loaded if model != self.name]
-        for oldest in adapters[: max(0, len(adapters) - self.capacity)]:
-            del self.loaded[oldest]  # the base stays loaded: it is the default model
-        return self.loaded[name]
+    def close(self) -> None:
+        super().close()
+        self.pipelines.close()
 
     def _run(self) -> None:
-        running: list[tuple[Row, object]] = []  # (row, OpenVINO's handle on its request)
+        running: dict[int, Row] = {}
         model = self.name
         while True:
             new: list[GenerationRequest] = []
@@ -66,49 +57,52 @@ class OpenVINOEngine(BatchingWorker):
                     new = [first, *self._gather(model, self.max_batch_size - 1, self.batch_wait)]
                 elif not self.held:  # requests for another model wait: the running ones finish first
                     new = self._gather(model, self.max_batch_size - len(running), 0)
-                pipeline = self._pipeline(model)
-                running += [(Row(request, self.tokenizer, self.eos_ids), self._add(pipeline, request)) for request in new]
+                for request in new:
+                    request_id = next(self.request_ids)
+                    running[request_id] = Row(request, self.tokenizer, self.eos_ids)
+                    self.pipelines.send(("add", request_id, model, request.prompt_ids, self._sampling(request, request_id)))
+                new = []
                 if self.metrics is not None:
                     self.metrics.batch_size.observe(len(running))
-                pipeline.step()
-                running = [(row, handle) for row, handle in running if not self._read(row, handle)]
+                self._receive(running)
+            except EOFError:  # the OpenVINO process is gone: fail what it held, and every later request
+                self._fail([*(row.request for row in running.values()), *new],
+                           RuntimeError("the OpenVINO process exited"))
+                running = {}
             except Exception as error:
-                self._fail([*(row.request for row, _ in running), *new], error)
-                running = []
+                self._fail([*(row.request for row in running.values()), *new], error)
+                running = {}
 
-    def _add(self, pipeline, request: GenerationRequest):
-        import numpy
-        import openvino
-        import openvino_genai
+    def _sampling(self, request: GenerationRequest, request_id: int) -> dict:
+        sampling = {"max_new_tokens": request.max_tokens, "stop_token_ids": set(self.eos_ids),
+                    "do_sample": request.temperature > 0}
+        if request.temperature > 0:
+            # Each request samples its own sequence.
+            sampling.update(temperature=request.temperature, top_p=request.top_p, rng_seed=request_id)
+        return sampling
 
-        config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = request.max_tokens
-        config.stop_token_ids = set(self.eos_ids)
-        config.do_sample = request.temperature > 0
-        if config.do_sample:
-            config.temperature, config.top_p = request.temperature, request.top_p
-            config.rng_seed = self.request_ids  # each request samples its own sequence
-        self.request_ids += 1
-        prompt = openvino.Tensor(numpy.array([request.prompt_ids], dtype=numpy.int64))
-        return pipeline.add_request(self.request_ids, prompt, config)
-
-    @staticmethod
-    def _read(row: Row, handle) -> bool:
-        """Feed the row the tokens its request generated in the last step; whether the row is finished."""
-        import openvino_genai
-
-        if handle.can_read():
-            for output in handle.read().values():
-                for token in output.generated_ids:
-                    if not row.done:
-                        row.add(token)
-        status = handle.get_status()
-        if status == openvino_genai.GenerationStatus.RUNNING:
+    def _receive(self, running: dict[int, Row]) -> None:
+        """Feed the rows what the next step generated; rows that end leave `running` (and OpenVINO, if it was
+        still generating them)."""
+        message = self.pipelines.receive()
+        if message[0] == "error":
+            _, ids, reason = message
+            self._fail([running.pop(request_id).request for request_id in ids if request_id in running],
+                       RuntimeError(f"OpenVINO: {reason}"))
+            return
+        for request_id, tokens, state in message[1]:
+            row = running.get(request_id)
+            if row is None:  # it ended here before OpenVINO heard of it
+                continue
+            for token in tokens:
+                if not row.done:
+                    row.add(token)
+            if state == "ignored" and not row.done:
+                row.done = True
+                row.request.send(Event(finish_reason="error", error=RuntimeError("OpenVINO could not schedule the request")))
+            elif state == "finished":
+                row.end()  # ended by OpenVINO at an end token it did not pass on (no-op where the row ended itself)
+            elif row.done:
+                self.pipelines.send(("cancel", request_id))  # a stop string, max_tokens or a dropped stream
             if row.done:
-                handle.cancel()  # a stop string, max_tokens or the client went away: OpenVINO stops too
-            return row.done
-        if status == openvino_genai.GenerationStatus.IGNORED and not row.done:  # its scheduler could not fit it
-            row.done = True
-            row.request.send(Event(finish_reason="error", error=RuntimeError("OpenVINO could not schedule the request")))
-        row.end()  # ended by OpenVINO at an end token it did not pass on (no-op where the row ended itself)
-        return True
+                del running[request_id]
