@@ -106,7 +106,8 @@ class OpenVINOBatches:
     other engines' `generate` takes them."""
 
     def __init__(self, folders, compute_type: str, tokenizer, threads: int, max_batch: int):
-        from domaintune.models.openvino_model import continuous_batching_pipeline, openvino_gguf
+        from domaintune.models.openvino_model import openvino_gguf
+        from domaintune.models.openvino_pipelines import continuous_batching_pipeline
 
         self.pipeline = continuous_batching_pipeline(openvino_gguf(folders, compute_type), threads, max_batch)
         self.tokenizer = tokenizer

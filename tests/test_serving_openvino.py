@@ -174,3 +174,42 @@ def test_requests_fail_with_an_error_rather_than_hang_when_the_openvino_process_
     finally:
         engine.close()
     assert event.finish_reason == "error" and event.error is not None
+
+
+def test_the_openai_client_streams_stops_and_picks_an_adapter_on_openvino(openvino_engine, tiny_model_dir, tmp_path):
+    import openai
+    from conftest import free_port, live_server
+
+    from domaintune.serving.server import build_app
+    from domaintune.serving.sources import resolve_sources
+
+    _, adapter = openvino_engine
+    served = resolve_sources([f"base={tiny_model_dir}"], adapters=[f"alpha={adapter}"])
+    settings = ServeSettings(port=free_port(), engine="openvino", compute_type="float16", max_tokens=32)
+    app = build_app(served, settings)
+    with live_server(app, settings.port) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused-on-loopback", max_retries=0)
+        assert app.state.domaintune.generator.engine == {"engine": "openvino", "compute_type": "float16"}
+        chat = [{"role": "user", "content": PROMPTS[0]}]
+        answers = {model: client.chat.completions.create(model=model, messages=chat, max_tokens=10, temperature=0)
+                   for model in ("base", "alpha")}
+        text = answers["base"].choices[0].message.content
+        assert answers["alpha"].choices[0].message.content != text  # the adapter answers differently
+        templated = served_prompt(tiny_model_dir, chat)
+        assert text == _torch_greedy(tiny_model_dir, [templated], 10)[0]
+        assert answers["alpha"].choices[0].message.content == _torch_greedy(tiny_model_dir, [templated], 10, adapter)[0]
+        stream = client.chat.completions.create(model="base", messages=chat, max_tokens=10, temperature=0, stream=True)
+        chunks = list(stream)
+        pieces = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
+        assert len(pieces) > 1 and "".join(pieces) == text
+        stop = text[len(text) // 2:][:3]
+        stopped = client.chat.completions.create(model="base", messages=chat, max_tokens=10, temperature=0, stop=[stop])
+        assert stopped.choices[0].message.content == text[: text.index(stop)]
+        assert stopped.choices[0].finish_reason == "stop"
+
+
+def served_prompt(model_dir: Path, chat: list[dict]) -> str:
+    """The prompt text the server builds for a chat (its chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
