@@ -302,3 +302,17 @@ def probe_output(probe: str, environment: dict[str, str] | None = None) -> list[
 
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env=environment).stdout.split()
+
+
+def test_a_failed_conversion_names_what_failed_and_why(tmp_path):
+    from domaintune.core.errors import DomaintuneError
+    from domaintune.models.generation import EngineUnavailable, converted_for_engine
+
+    def convert(write_merged):
+        raise DomaintuneError("OpenVINO engine: converting /m to q8_0 failed:\nTraceback (most recent call last):\n"
+                              "NotImplementedError: Architecture 'FancyLM' not supported!")
+
+    with pytest.raises(EngineUnavailable) as caught:
+        converted_for_engine(convert, lambda: None, None, [tmp_path])
+    assert str(caught.value) == ("OpenVINO engine: converting /m to q8_0 failed: "
+                                 "NotImplementedError: Architecture 'FancyLM' not supported!")

@@ -126,11 +126,12 @@ def test_a_second_start_reuses_the_conversion(tiny_model_dir, capsys):
     assert capsys.readouterr().err.count("Converting the model for openvino") <= 1  # none if a test before converted
 
 
-def test_a_model_openvino_cant_load_falls_back_with_a_notice(tiny_model_dir, monkeypatch, capsys):
+def test_a_model_openvino_cant_load_falls_back_with_a_notice(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from domaintune.models.gguf_converter import CONVERTER_ENV
     from domaintune.serving.engine import Generator
     from domaintune.serving.load_router import LoadRouter
 
+    monkeypatch.setenv("DOMAINTUNE_CACHE", str(tmp_path / "cache"))  # no conversion from an earlier test
     monkeypatch.setenv(CONVERTER_ENV, "/nowhere")
     console = Console(stderr=True, width=300)
     named = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="openvino", dtype="float32"), console=console)

@@ -272,7 +272,10 @@ def converted_for_engine(convert: Callable[[Callable[[Path], None] | None], Path
     try:
         return convert(None if plain else _merged_writer(load_model, tokenizer))
     except Exception as error:  # converters raise bare errors for architectures they do not know
-        raise EngineUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        lines = str(error).strip().splitlines()
+        # A converter run in a subprocess says what failed first and why last (models/gguf_converter.py).
+        reason = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(error).__name__
+        raise EngineUnavailable(reason) from None
 
 
 def torch_notice(console: Console | None, error: EngineUnavailable, engine: str = "CTranslate2") -> None:

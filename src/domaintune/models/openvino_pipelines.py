@@ -92,7 +92,7 @@ def serve_pipelines(connection, files: dict[str, str], threads: int, max_batch_s
     handles: dict[int, tuple[str, object]] = {}  # request id -> (model, OpenVINO's handle)
     try:
         pipeline(first)
-    except Exception as error:  # noqa: BLE001 - the parent falls back to another engine with this reason
+    except Exception as error:  # the parent falls back to another engine with this reason
         connection.send(("failed", _reason(error)))
         return
     connection.send(("ready",))
@@ -109,7 +109,7 @@ def serve_pipelines(connection, files: dict[str, str], threads: int, max_batch_s
                         setattr(config, key, value)
                     prompt = openvino.Tensor(numpy.array([prompt_ids], dtype=numpy.int64))
                     handles[request_id] = (model, pipeline(model).add_request(request_id, prompt, config))
-                except Exception as error:  # noqa: BLE001 - reported to the request, the others go on
+                except Exception as error:  # reported to the request, the others go on
                     connection.send(("error", [request_id], _reason(error)))
             elif message[0] == "cancel" and message[1] in handles:
                 handles[message[1]][1].cancel()
@@ -118,7 +118,7 @@ def serve_pipelines(connection, files: dict[str, str], threads: int, max_batch_s
             ids = [request_id for request_id, (owner, _) in handles.items() if owner == model]
             try:
                 pipelines[model].step()
-            except Exception as error:  # noqa: BLE001 - this model's requests fail, the process goes on
+            except Exception as error:  # this model's requests fail, the process goes on
                 connection.send(("error", ids, _reason(error)))
                 for request_id in ids:
                     del handles[request_id]
