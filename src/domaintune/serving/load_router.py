@@ -1,5 +1,6 @@
-"""`serve --engine auto` where CTranslate2 loads the model: each request goes to the engine that is
-fastest for the load it arrives into.
+"""`serve --engine auto` where OpenVINO can't serve (not installed, `--compute-type float32`, a model it can't
+load; engine_choice.py) and CTranslate2 loads the model: each request goes to the engine that is fastest
+for the load it arrives into.
 
 Measured with bench/serve_throughput.py, SmolLM2-135M, 128 tokens a request: CTranslate2 answers one
 request at a time about twice as fast as torch (33.6 against 19.0 tok/s on a 2-core Xeon with AMX;
