@@ -47,7 +47,8 @@ class PipelineProcess:
         try:
             reply = self.connection.recv()
         except EOFError:
-            reply = ("failed", f"the OpenVINO process exited with code {self.process.join(5) or self.process.exitcode}")
+            self.process.join(5)
+            reply = ("failed", f"the OpenVINO process exited with code {self.process.exitcode}")
         if reply[0] != "ready":
             self.process.join(5)
             raise RuntimeError(reply[1])

@@ -61,16 +61,12 @@ class OpenVINOEngine(BatchingWorker):
                     request_id = next(self.request_ids)
                     running[request_id] = Row(request, self.tokenizer, self.eos_ids)
                     self.pipelines.send(("add", request_id, model, request.prompt_ids, self._sampling(request, request_id)))
-                new = []
                 if self.metrics is not None:
                     self.metrics.batch_size.observe(len(running))
                 self._receive(running)
-            except EOFError:  # the OpenVINO process is gone: fail what it held, and every later request
+            except Exception as error:  # EOFError: the OpenVINO process is gone, and fails every later request too
                 self._fail([*(row.request for row in running.values()), *new],
-                           RuntimeError("the OpenVINO process exited"))
-                running = {}
-            except Exception as error:
-                self._fail([*(row.request for row in running.values()), *new], error)
+                           RuntimeError("the OpenVINO process exited") if isinstance(error, EOFError) else error)
                 running = {}
 
     def _sampling(self, request: GenerationRequest, request_id: int) -> dict:
