@@ -251,6 +251,16 @@ def test_torch_engine_when_asked(tiny):
     assert isinstance(engine(tiny, InferenceConfig(engine="torch")), TorchGenerator)
 
 
+def test_auto_generates_with_torch_on_the_gpu_where_there_is_one(tiny, monkeypatch):
+    """Any CUDA device outruns the CPU engines: there `auto` is torch, with the model moved to the GPU;
+    CTranslate2 (on the CPU) only when named."""
+    placed = []
+    monkeypatch.setattr(generation, "inference_device", lambda: "cuda")
+    monkeypatch.setattr(generation, "on_inference_device", lambda model: placed.append(model) or model)
+    assert isinstance(engine(tiny, InferenceConfig()), TorchGenerator) and placed == [tiny[1]]
+    assert isinstance(engine(tiny, InferenceConfig(engine="ctranslate2")), CTranslate2Generator)
+
+
 def test_streamed_text_joins_to_the_generated_answer_on_both_engines(tiny):
     """The workbench's arena streams answers; the pieces must add up to what `generate` answers."""
     prompts = tiny[3]

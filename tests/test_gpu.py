@@ -71,6 +71,9 @@ def test_a_model_trained_on_the_gpu_evaluates_exports_and_serves(tiny_recipe, mo
 
     results = domaintune.evaluate(run.root)
     assert set(results["models"]) == {"base", "tuned"}
+    # Evaluation answers on the GPU (auto is torch there), not on a CPU engine.
+    assert all(model["generation"]["engine"] == "torch" and model["generation"]["device"] == "cuda"
+               for model in results["models"].values())
     written = domaintune.export_model(run.root)
     assert written
 

@@ -160,6 +160,16 @@ def test_auto_takes_openvino_only_for_a_compute_type_it_runs(tiny_model_dir):
         text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="openvino", compute_type="float32"))
 
 
+def test_auto_serves_on_torch_where_there_is_a_gpu(tiny_model_dir, monkeypatch):
+    from domaintune.serving import engine_choice
+    from domaintune.serving.engine import Generator
+
+    monkeypatch.setattr(engine_choice, "inference_device", lambda: "cuda")
+    engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(dtype="float32"))
+    engine.close()
+    assert isinstance(engine, Generator)
+
+
 def test_requests_fail_with_an_error_rather_than_hang_when_the_openvino_process_dies(tiny_model_dir):
     engine = text_engine(("base", str(tiny_model_dir)), {}, ServeSettings(engine="openvino", compute_type="float16"))
     engine.pipelines.process.kill()

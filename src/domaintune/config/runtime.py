@@ -60,6 +60,14 @@ def use_bf16(recipe: Recipe) -> bool:
     return cpu_has_bf16()
 
 
+def inference_device() -> str:
+    """Where torch runs a model that is not being trained (evaluation, generation, serving): the GPU where
+    there is one, since any CUDA device outruns these CPUs' engines; else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def thread_count(config: TrainingConfig) -> int:
     if config.threads != "auto":
         return int(config.threads)

@@ -24,7 +24,7 @@ from domaintune.evaluation.metrics import entity_errors
 from domaintune.evaluation.report import write_report
 from domaintune.models.generation import TextGenerator, load_generator, weights_folders
 from domaintune.models.inference import mean_loss, perplexity, row_losses
-from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model
+from domaintune.models.loading import load_causal_lm, load_tokenizer, load_trained_model, on_inference_device
 from domaintune.storage.rundir import RunDir
 
 
@@ -101,7 +101,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
     for label, load, folders in compared_models(recipe, run):
         console.print(f"Evaluating the {label} model on {len(splits['test'])} test rows "
                       f"({len(generation_rows)} generated)...")
-        model = load()
+        model = on_inference_device(load())
         generator = exact_generator(model, tokenizer, recipe, folders, threads, console)
         results["models"][label], outputs[label], stats[label] = evaluate_model(
             model, generator, tokenizer, recipe, splits, generation_rows, bf16, metrics, stop

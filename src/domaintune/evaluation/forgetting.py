@@ -20,7 +20,7 @@ from domaintune.config import format_validation_error
 from domaintune.core.chat import render
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.bootstrap import ItemStats, mean_item_stats
-from domaintune.models.inference import autocast
+from domaintune.models.inference import autocast, model_device
 
 BUILTIN = "built-in general probes"
 # Fixed and short, so both models see the same prompt whatever the recipe's domain system prompt is.
@@ -86,26 +86,28 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
     # Options are right-padded to the longest in their batch: batch items with similar option lengths.
     order = sorted(range(len(prompts)), key=lambda i: (max(map(len, option_ids[i])), len(prompt_ids[i])))
     model.eval()
+    device = model_device(model)
     for start in range(0, len(order), batch_size):
         items = order[start : start + batch_size]
         # Prompts left-padded, so every prompt's last token sits in the last column.
         width = max(len(prompt_ids[i]) for i in items)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(prompt_ids[i])) + prompt_ids[i] for i in items])
-        mask = torch.tensor([[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i in items])
-        with autocast(bf16):
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(prompt_ids[i])) + prompt_ids[i] for i in items],
+                                 device=device)
+        mask = torch.tensor([[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i in items], device=device)
+        with autocast(bf16, device):
             prompt_pass = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                 use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(prompt_pass.logits[:, -1].float(), dim=-1)  # predicts each option's first token
         # One row per option, right-padded, continuing from a copy of its prompt's cache.
-        owner = torch.tensor([row for row, i in enumerate(items) for _ in option_ids[i]])
+        owner = torch.tensor([row for row, i in enumerate(items) for _ in option_ids[i]], device=device)
         rows = [ids for i in items for ids in option_ids[i]]
         length = max(map(len, rows))
-        tokens = torch.tensor([ids + [tokenizer.pad_token_id] * (length - len(ids)) for ids in rows])
-        inside = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in rows])
+        tokens = torch.tensor([ids + [tokenizer.pad_token_id] * (length - len(ids)) for ids in rows], device=device)
+        inside = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in rows], device=device)
         cache = prompt_pass.past_key_values
         cache.batch_select_indices(owner)
-        positions = mask.sum(-1)[owner, None] + torch.arange(length)[None, :]
-        with autocast(bf16):
+        positions = mask.sum(-1)[owner, None] + torch.arange(length, device=device)[None, :]
+        with autocast(bf16, device):
             logits = model(input_ids=tokens, attention_mask=torch.cat([mask[owner], inside], dim=-1),
                            position_ids=positions, past_key_values=cache, use_cache=False).logits
         later = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]

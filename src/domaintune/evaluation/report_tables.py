@@ -231,7 +231,9 @@ def eval_facts(results: dict, models: dict[str, dict]) -> list[tuple[str, str]]:
     # Which engine wrote each model's answers: a verdict is only as exact as its engine.
     baseline_models = dig(results, "baselines", "models") or {}
     facts += [
-        (f"{name} answers by", f"{model['generation']['engine']} ({model['generation']['compute_type']})"
+        (f"{name} answers by", f"{model['generation']['engine']} ({model['generation']['compute_type']}"
+                               + (f" on {model['generation']['device']}" if "device" in model["generation"] else "")
+                               + ")"
                                + (f", {model['generation']['seconds']:.1f} s" if "seconds" in model["generation"] else ""))
         for name, model in {**models, **baseline_models}.items()
         if model.get("generation")

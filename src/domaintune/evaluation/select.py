@@ -21,7 +21,7 @@ from domaintune.evaluation.metric_choice import answer_stops, choose_metrics
 from domaintune.evaluation.metrics import compute_metrics
 from domaintune.models.generation import load_generator, weights_folders
 from domaintune.models.inference import mean_loss, row_losses
-from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.models.loading import load_causal_lm, load_tokenizer, on_inference_device
 from domaintune.storage.jsonl import write_json
 from domaintune.storage.rundir import RunDir
 
@@ -37,7 +37,7 @@ def measure(recipe: Recipe, name: str, rows: list[dict], examples: list[dict], m
     config = recipe.model.model_copy(update={"name": name})
     evaluation, bf16 = recipe.evaluation, use_bf16(recipe)
     started = time.perf_counter()
-    tokenizer, model = load_tokenizer(config), load_causal_lm(config)
+    tokenizer, model = load_tokenizer(config), on_inference_device(load_causal_lm(config))
     # The engine evaluation would use, so the latency compared is the one a user gets.
     generator = load_generator(lambda: model, tokenizer, recipe.inference, folders=weights_folders(config), bf16=bf16,
                                exact=True, console=console)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
-from domaintune.config.runtime import cpu_flags, cpu_has_bf16
+from domaintune.config.runtime import cpu_flags, cpu_has_bf16, inference_device
 from domaintune.models.conversions import converted_model
 from domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled
 from domaintune.models.inference import generate as torch_generate
@@ -30,6 +30,7 @@ from domaintune.models.loading import (
     load_tokenizer,
     load_trained_model,
     merge_blocker,
+    on_inference_device,
 )
 from domaintune.models.registry import resolve_model_path
 
@@ -76,7 +77,8 @@ class TorchGenerator:
             ids.close()  # a reader that stopped early stops the generation too
 
     def describe(self) -> dict:
-        return {"engine": self.engine, "compute_type": self.compute_type}
+        device = next(self.model.parameters()).device.type
+        return {"engine": self.engine, "compute_type": self.compute_type, **({"device": device} if device != "cpu" else {})}
 
 
 class CTranslate2Generator:
@@ -286,7 +288,8 @@ def torch_notice(console: Console | None, error: EngineUnavailable, engine: str 
 def load_generator(load_model: Callable[[], object], tokenizer, setting: InferenceConfig, *,
                    folders: list[Path | str], bf16: bool, exact: bool, threads: int | None = None,
                    console: Console | None = None) -> TextGenerator:
-    """The engine that will write this model's text.
+    """The engine that will write this model's text: `setting.engine`, where `auto` is torch on a GPU and
+    CTranslate2 on a CPU (torch where CTranslate2 can't load the model).
 
     `load_model()` gives the torch model (called only when needed: the torch engine, or saving a merged
     adapter for its one conversion); `folders` are where its weights come from (weights_folders).
@@ -296,14 +299,16 @@ def load_generator(load_model: Callable[[], object], tokenizer, setting: Inferen
     import torch
 
     model = _once(load_model)
-    if setting.engine == "torch" or (setting.engine == "auto" and not ctranslate2_installed()):
-        return TorchGenerator(model(), tokenizer, bf16)
+    # On a GPU torch outruns every CPU engine; CTranslate2 runs there only when asked for by name.
+    if setting.engine == "torch" or (setting.engine == "auto" and (inference_device() == "cuda"
+                                                                   or not ctranslate2_installed())):
+        return TorchGenerator(on_inference_device(model()), tokenizer, bf16)
     try:
         model_dir, compute_type = ctranslate2_folder(model, tokenizer, setting, folders=folders, exact=exact,
                                                      console=console)
     except EngineUnavailable as error:
         torch_notice(console, error)
-        return TorchGenerator(model(), tokenizer, bf16)
+        return TorchGenerator(on_inference_device(model()), tokenizer, bf16)
     return CTranslate2Generator(model_dir, tokenizer, compute_type, threads or torch.get_num_threads())
 
 

@@ -14,8 +14,13 @@ import torch
 from domaintune.core.chat import IGNORE_INDEX, encode_rows
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def model_device(model) -> torch.device:
+    """The device of the model's weights: its inputs go there."""
+    return next(model.parameters()).device
+
+
+def autocast(bf16: bool, device: torch.device | str = "cpu"):
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def row_losses(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, bf16: bool) -> np.ndarray | None:
@@ -44,17 +49,18 @@ def example_losses(model, tokenizer, examples: list[dict], batch_size: int, bf16
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     model.eval()
     supervised_only = accepts_logits_to_keep(model)
+    device = model_device(model)
     order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
     sums, counts = [0.0] * len(examples), [0] * len(examples)
     for start in range(0, len(examples), batch_size):
         indices = order[start : start + batch_size]
-        batch = collate([examples[index] for index in indices])
+        batch = collate([examples[index] for index in indices]).to(device)
         targets = batch["labels"][:, 1:]  # logits at position t predict the token at t + 1
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
         if positions.numel() == 0:
             continue
         keep = {"logits_to_keep": positions} if supervised_only else {}
-        with autocast(bf16):
+        with autocast(bf16, device):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
                            **keep).logits
         if not supervised_only:
@@ -85,9 +91,10 @@ def block_loss(model, blocks, batch_size: int = 4) -> float | None:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    device = model_device(model)
     with torch.no_grad():
         for block in blocks:
-            ids = torch.tensor([block["input_ids"]])
+            ids = torch.tensor([block["input_ids"]], device=device)
             logits = model(input_ids=ids, use_cache=False).logits[:, -ids.shape[1] :].float()
             total += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
             count += ids.shape[1] - 1
@@ -111,11 +118,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
+    device = model_device(model)
     try:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False)
-            with autocast(bf16):
+            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            with autocast(bf16, device):
                 generated = model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
@@ -159,14 +168,15 @@ def stream_token_ids(model, tokenizer, prompt: str, max_new_tokens: int, bf16: b
 
     class Stop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool)
+            return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool, device=input_ids.device)
 
-    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    device = model_device(model)
+    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(device)
     failure: list[BaseException] = []
 
     def run():
         try:
-            with torch.no_grad(), autocast(bf16):
+            with torch.no_grad(), autocast(bf16, device):
                 model.generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=temperature is not None,
                     **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature is not None else {}),

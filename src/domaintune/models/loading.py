@@ -75,6 +75,16 @@ def load_causal_lm(config: ModelConfig, path: str | None = None, dtype=None, loa
     return model
 
 
+def on_inference_device(model):
+    """The model moved to `inference_device()` (the GPU where there is one) to answer, score or serve.
+    A model its loader placed itself (quantised, or spread over devices) stays where it is."""
+    from domaintune.config.runtime import inference_device
+
+    if getattr(model, "is_quantized", False) or getattr(model, "hf_device_map", None):
+        return model
+    return model.to(inference_device())
+
+
 PEFT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 

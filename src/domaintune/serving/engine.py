@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from domaintune.config.runtime import cpu_has_bf16
+from domaintune.config.runtime import cpu_has_bf16, inference_device
 from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
 
 
@@ -83,12 +83,13 @@ class Generator(BatchingWorker):
         self.tokenizer.padding_side = "left"
         base = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
-        ).eval()
+        ).to(inference_device()).eval()
         base.config.use_cache = True
         self.context_length = context_length(base.config, self.tokenizer)
         self.eos_ids = end_token_ids(base.generation_config, self.tokenizer)
         self.pool = AdapterPool(base, adapters, max_loaded_adapters)
-        self.engine = {"engine": "torch", "compute_type": str(base.dtype).removeprefix("torch.")}
+        self.engine = {"engine": "torch", "compute_type": str(base.dtype).removeprefix("torch."),
+                       **({"device": base.device.type} if base.device.type != "cpu" else {})}
         self.worker.start()
 
     @property
@@ -162,7 +163,7 @@ class Batch:
         tokenizer = self.generator.tokenizer
         # A row another engine began continues from its prompt and the tokens it already has.
         padded = tokenizer.pad({"input_ids": [row.request.prompt_ids + row.tokens for row in rows]},
-                               return_tensors="pt")
+                               return_tensors="pt").to(self.network.device)
         mask = padded["attention_mask"]
         cache = DynamicCache(config=self.network.config)
         logits = self._forward(padded["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, logits_to_keep=1)
@@ -207,7 +208,7 @@ class Batch:
         self.rows = [self.rows[index] for index in keep]
         if not keep:
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.mask.device)
         self.mask, self.last = self.mask[index], self.last[index]
         # Columns that are padding in every remaining row are dropped: attention no longer pays for them.
         start = int((self.mask.sum(0) > 0).nonzero()[0])

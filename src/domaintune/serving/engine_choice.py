@@ -3,9 +3,9 @@
 - `openvino`: OpenVINO GenAI's continuous batching (openvino_engine.py) on the model converted to GGUF;
 - `ctranslate2`: CTranslate2 alone (ctranslate2_engine.py);
 - `torch`: transformers on torch with the server's own continuous batching (engine.py);
-- `auto`: OpenVINO where it is installed, the compute type is one it runs (auto, int8, float16) and it
-  loads the model and every adapter; else CTranslate2 for a request into an idle server and torch for
-  concurrent ones (load_router.py); else torch.
+- `auto`: torch on a GPU, where there is one. On a CPU: OpenVINO where it is installed, the compute type
+  is one it runs (auto, int8, float16) and it loads the model and every adapter; else CTranslate2 for a
+  request into an idle server and torch for concurrent ones (load_router.py); else torch.
 
 An engine named that can't load the model gives torch, with a one-line notice that says why.
 Measured side by side with bench/serve_throughput.py (bench/README, "serve_throughput.py").
@@ -18,6 +18,7 @@ from rich.console import Console
 
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
+from domaintune.config.runtime import inference_device
 from domaintune.models.generation import (
     CTranslate2Generator,
     EngineUnavailable,
@@ -45,7 +46,7 @@ def text_engine(served_chat: tuple[str, str], adapters: dict[str, str], settings
                 "batch_wait_ms": settings.batch_wait_ms, "metrics": metrics}
     torch_engine = lambda: Generator(name, path, adapters, dtype=settings.dtype,  # noqa: E731
                                      trust_remote_code=settings.trust_remote_code, **batching)
-    if settings.engine == "torch":
+    if settings.engine == "torch" or (settings.engine == "auto" and inference_device() == "cuda"):
         return torch_engine()
     model = _ModelFacts(path, settings.trust_remote_code)
     if settings.engine == "openvino" or (settings.engine == "auto" and openvino_installed()
