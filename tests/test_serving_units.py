@@ -380,3 +380,21 @@ def test_a_request_ctranslate2_began_is_finished_by_torch_with_the_same_greedy_a
     assert alone_end.finish_reason == handed_end.finish_reason == "length"
     assert handed_text == alone_text and handed_end.completion_tokens == alone_end.completion_tokens == 24
     assert not router.alone.making_way.is_set()
+
+
+def test_a_failed_generation_logs_its_own_error_even_outside_the_handler(caplog):
+    """Engines report errors they did not catch themselves (OpenVINO's child sends them over a pipe)."""
+    from domaintune.serving.batching import BatchingWorker, GenerationRequest
+
+    async def fail() -> GenerationRequest:
+        request = GenerationRequest(model="base", prompt_ids=[1, 2], max_tokens=4, loop=asyncio.get_running_loop(),
+                                    events=asyncio.Queue())
+        BatchingWorker._fail([request, request], RuntimeError("the pipeline stopped"))
+        await asyncio.sleep(0)  # the events are handed over with call_soon_threadsafe
+        return request
+
+    with caplog.at_level("ERROR", logger="domaintune.serving"):
+        request = asyncio.run(fail())
+    assert "RuntimeError: the pipeline stopped" in caplog.text and "NoneType: None" not in caplog.text
+    event = request.events.get_nowait()
+    assert event.finish_reason == "error" and request.events.empty()  # one event per request, not per mention

@@ -120,7 +120,8 @@ class BatchingWorker(ABC):
     @staticmethod
     def _fail(requests: list[GenerationRequest], error: BaseException) -> None:
         """A failing batch must not kill the worker: its requests get a 500."""
-        logging.getLogger("domaintune.serving").exception("generation failed")
+        # The error's own traceback: `_fail` is also called outside the handler that caught it.
+        logging.getLogger("domaintune.serving").error("generation failed", exc_info=error)
         for request in {id(request): request for request in requests}.values():
             request.send(Event(finish_reason="error", error=error))
 
