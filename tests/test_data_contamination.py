@@ -53,3 +53,26 @@ def test_benchmark_file_copied_into_train_warns_or_fails(tmp_path):
     config["contamination"]["action"] = "fail"
     with pytest.raises(DomaintuneError, match=r"evaluation data overlaps the train split: .*bench\.jsonl 1/2"):
         prepare_dataset(DataConfig(**config), tmp_path / "out", seed=0, console=Console(file=io.StringIO()))
+
+
+def instructed(text: str, answer: str, line: int) -> dict:
+    instruction = ("Do the following two product descriptions refer to the same real-world product? Answer with 'Yes' "
+                   "if they do and 'No' if they do not.")
+    return {"messages": [{"role": "user", "content": f"{instruction}\n\n{text}"}, {"role": "assistant", "content": answer}],
+            "label": None, "source": {"file": "pairs.json", "line": line}}
+
+
+def test_the_instruction_every_row_repeats_is_not_contamination_but_a_near_copy_with_another_answer_is():
+    titles = ["Samsung 970 EVO Plus NVMe M.2 SSD 500 GB", "Logitech H390 Stereo USB Computer Headset",
+              "Intel Core i7-9700F 3.0 GHz eight core processor", "Corsair Vengeance LPX 8GB DDR4 2666MHz memory",
+              "Zebra 800033-801 black monochrome ribbon 1000 prints"]
+    train = [instructed(f"Product 1: {title}\nProduct 2: {title} boxed retail", "Yes", line)
+             for line, title in enumerate(titles, 1)]
+    unseen = instructed("Product 1: Dymo D1 label tape 24 mm black on yellow\nProduct 2: Tissot T-Touch Expert Solar watch",
+                        "No", 20)
+    # The first product paired with the second's title: nearly the same words as a training row, another answer.
+    repaired = instructed(f"Product 1: {titles[0]}\nProduct 2: {titles[0]} boxed retail", "No", 21)
+    report = check_contamination(train, {"test": [unseen, repaired]}, ContaminationConfig())["test"]
+    assert report["contaminated"] == 1 and report["other_answer"] == 1
+    assert report["examples"][0]["line"] == 21
+    assert (report["examples"][0]["answer"], report["examples"][0]["train_answer"]) == ("No", "Yes")

@@ -59,3 +59,21 @@ def test_alike_prompts_with_different_answers_are_kept():
     ]
     kept, removed, _ = near_dedup_rows(rows, NearDedupConfig(threshold=0.5))
     assert len(kept) == 4 and not removed
+
+
+def test_rows_with_their_own_document_in_the_system_prompt_are_not_copies():
+    """OpenAI chat files often carry the row's document (an email, a passage) in a system message; rows that ask
+    the same question of other documents are other rows. A system prompt every row shares still counts for none."""
+    def email(line: int, body: str, answer: str) -> dict:
+        messages = [{"role": "system", "content": "Read the email, then answer the question."},
+                    {"role": "system", "content": body},
+                    {"role": "user", "content": "Q: Find the $ value paid to Deel?"},
+                    {"role": "assistant", "content": answer}]
+        return {"messages": messages, "label": None, "source": {"file": "mail.jsonl", "line": line}}
+
+    rows = [email(1, "Your card was charged $80.00 by Deel for the March invoice of the contractor plan.", "unknown"),
+            email(2, "Mercury: Upwork initiated an ACH charge of $1,240.50 against checking account 7681.", "unknown"),
+            email(3, "Your card was charged $80.00 by Deel for the March invoice of the contractor plan!", "unknown")]
+    kept, removed, _ = near_dedup_rows(rows, NearDedupConfig())
+    assert [row["source"]["line"] for row in kept] == [1, 2]
+    assert removed[0].reason == "near-duplicate of mail.jsonl:1 (similarity 1.00)"

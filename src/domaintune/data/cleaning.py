@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Callable, NamedTuple
 
 from domaintune.core.chat import message_text
@@ -58,6 +58,23 @@ def row_text(row: dict) -> str:
         return row["text"]
     turns = [message_text(message) for message in row["messages"] if message["role"] != "system"]
     return "\n".join(turns + row.get("worse", []))
+
+
+def system_text(row: dict) -> str:
+    """A conversation's system prompts: shared by every row in some files, in others the row's own document."""
+    return "\n".join(message_text(message) for message in row.get("messages", []) if message["role"] == "system")
+
+
+TEMPLATE_SHARE = 0.2
+
+
+def template_grams(gram_sets: list[set]) -> set:
+    """The word n-grams that more than a fifth of the rows hold (and 2 rows or more): the data's template (an
+    instruction, a label prompt, a system prompt every row shares), which says nothing about any one row. Rows
+    compared with it left out can carry their own content anywhere, a document in the system prompt included."""
+    rows_with = Counter(gram for grams in gram_sets for gram in grams)
+    common = max(1, TEMPLATE_SHARE * len(gram_sets))
+    return {gram for gram, rows in rows_with.items() if rows > common}
 
 
 def where(row: dict) -> str:

@@ -41,9 +41,10 @@ img { max-width: 100%; } .muted { color: #6b7785; }
 {% for pair in near_pairs %}<tr><td>{{ pair.kept }}</td><td>{{ pair.removed }}</td><td class="n">{{ pair.similarity }}</td></tr>{% endfor %}
 </table>{% endif %}
 {% if contamination %}<h2>Contamination (n-gram overlap with train)</h2>
-<table><tr><th>evaluation set</th><th>rows</th><th>contaminated</th><th>examples</th></tr>
+<table><tr><th>evaluation set</th><th>rows</th><th>contaminated</th><th>a training row answers otherwise</th><th>examples</th></tr>
 {% for name, item in contamination.items() %}<tr><td>{{ name }}</td><td class="n">{{ item.rows }}</td><td class="n">{{ item.contaminated }}</td>
-<td>{% for ex in item.examples %}{{ ex.file }}:{{ ex.line }} ({{ ex.overlap }}) {{ ex.text }}<br>{% endfor %}</td></tr>{% endfor %}
+<td class="n">{{ item.get("other_answer", "–") }}</td>
+<td>{% for ex in item.examples %}{{ ex.file }}:{{ ex.line }} ({{ ex.overlap }}) {{ ex.text }}{% if ex.train_answer is defined %} (answer {{ ex.answer }}; in train {{ ex.train_answer }}){% endif %}<br>{% endfor %}</td></tr>{% endfor %}
 </table>{% endif %}
 {% if skipped %}<h2>Documents skipped</h2>
 <table>{% for item in skipped %}<tr><td>{{ item.file }}</td><td>{{ item.reason }}</td></tr>{% endfor %}</table>{% endif %}

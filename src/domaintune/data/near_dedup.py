@@ -12,6 +12,10 @@ A conversation is a near-duplicate only if its answer is alike too, case include
 what the model learns to write, and "[SILICON VALLEY BANK - ORGANIZATION]" for the prompt in capitals
 is not "[Silicon Valley Bank - ORGANIZATION]". Like prompts with different answers are kept, as
 exact dedup keeps them.
+
+System prompts count, less what many rows' system prompts share (`template_grams`): a file that gives
+each row its own document there (an email to read, a passage) has rows that differ only in it. Left
+out, 16 of the task suite's 100 invoice emails were set aside as copies of others with the same question.
 """
 from __future__ import annotations
 
@@ -19,14 +23,17 @@ import functools
 import re
 
 from domaintune.config import NearDedupConfig
-from domaintune.data.cleaning import Removed, answer_text, row_text, where
+from domaintune.data.cleaning import Removed, answer_text, row_text, system_text, template_grams, where
 
 SHINGLE = 3  # words
 _WORD = re.compile(r"\w+")
 
 
-def shingles(row: dict) -> set[bytes]:
-    return _word_grams(row_text(row).lower())
+def shingles(rows: list[dict]) -> list[set[bytes]]:
+    """Each row's word 3-grams: its turns', and its system prompt's that are not the data's template."""
+    system = [_word_grams(text.lower()) if (text := system_text(row)) else set() for row in rows]
+    shared = template_grams(system)
+    return [_word_grams(row_text(row).lower()) | (grams - shared) for row, grams in zip(rows, system)]
 
 
 def _answer_grams(row: dict) -> set[bytes] | None:
@@ -58,7 +65,7 @@ def near_dedup_rows(rows: list[dict], config: NearDedupConfig, seed: int = 1) ->
     """(kept rows, set-aside rows, example pairs {kept, removed, similarity})."""
     from datasketch import MinHash, MinHashLSH
 
-    sets = [shingles(row) for row in rows]
+    sets = shingles(rows)
     # bulk() hashes all rows with numpy in one go: far faster than update() per shingle.
     sketches = MinHash.bulk(sets, num_perm=config.num_perm, seed=seed)
     lsh = MinHashLSH(num_perm=config.num_perm, params=_bands_and_rows(config.threshold, config.num_perm))

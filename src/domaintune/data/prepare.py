@@ -230,7 +230,9 @@ def _check_contamination(splits: dict[str, list[dict]], config: DataConfig) -> d
 
 
 def _contamination_text(contamination: dict) -> str:
-    return ", ".join(f"{name} {c['contaminated']}/{c['rows']}" for name, c in contamination.items() if c["contaminated"])
+    return ", ".join(f"{name} {c['contaminated']}/{c['rows']}"
+                     + (f" ({c['other_answer']} answered otherwise in train)" if c.get("other_answer") else "")
+                     for name, c in contamination.items() if c["contaminated"])
 
 
 def _remove_leaks(splits: dict[str, list[dict]], removed: list[Removed]) -> int:
