@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import domaintune
-from domaintune.evaluation import bootstrap
+from domaintune.evaluation import baselines, bootstrap
 from domaintune.evaluation.baselines import lenient_label, majority_answer, strongest_baseline
 from domaintune.evaluation.metric_choice import answer_stops, choose_metrics, closed_label_set
 from domaintune.evaluation.metrics import choice_accuracy, macro_f1
@@ -144,3 +144,12 @@ def test_a_labelled_task_is_compared_with_every_baseline(sentiment_run):
     assert "precision, recall and F1 per class" in html
     assert "answers end at" in html
     assert "the answers form a closed set of 3 labels" in html
+
+
+def test_the_advice_counts_test_rows_a_near_copy_in_training_answers_otherwise():
+    copies = ["No", None, "No", "$5.00", None, None, None, None, None, None]
+    tuned = ["No", "Yes", "Yes ", "$5.00", "No", "No", "No", "No", "No", "No"]
+    text = baselines.near_copy_advice(tuned, copies)
+    assert text.startswith("3 of the 10 test rows scored have a training row with nearly the same words and another "
+                           "answer, and tuned gave 2 of them that training row's answer")
+    assert baselines.near_copy_advice(tuned, [None] * 8 + ["No", "No"]) is None  # too few to explain a verdict

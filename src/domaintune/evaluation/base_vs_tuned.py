@@ -14,6 +14,7 @@ from rich.console import Console
 
 from domaintune.config.runtime import configure_threads, use_bf16
 from domaintune.core.chat import final_answer, prompt_text, question_text
+from domaintune.data.contamination import TrainIndex, near_copy_answers
 from domaintune.data.split import sample_rows
 from domaintune.evaluation import baselines, bootstrap, judge
 from domaintune.evaluation import harness as lm_harness  # lm-eval is an optional extra
@@ -164,9 +165,9 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
             results["baselines"].update(baselines.strongest_baseline(key, stats, config.confidence,
                                                                      config.bootstrap_resamples, recipe.seed,
                                                                      reading, labels) or {})
-            if "advice" in results["baselines"] and (answer := baselines.collapsed_answer(outputs["tuned"])):
-                results["baselines"]["advice"] = (baselines.collapse_advice(answer, recipe.data.balance_labels)
-                                                  + results["baselines"]["advice"])
+            if "advice" in results["baselines"]:
+                results["baselines"]["advice"] = _why_not_better(recipe, train, generation_rows, outputs["tuned"]) \
+                    + results["baselines"]["advice"]
     if samples:
         results["errors"] = _error_analysis(config, metrics, generation_rows, samples, outputs, stats)
     if config.judge and samples and "base" in outputs:
@@ -174,6 +175,15 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
 
     write_results(run, results, samples)
     return results
+
+
+def _why_not_better(recipe, train: list[dict], generation_rows: list[dict], tuned_answers: list[str]) -> str:
+    """What the tuned answers and the data show about a verdict that is not 'better', before the general advice."""
+    contamination = recipe.data.contamination
+    copies = near_copy_answers(TrainIndex(train, contamination.ngram), generation_rows, contamination.threshold)
+    answer = baselines.collapsed_answer(tuned_answers)
+    return ((baselines.collapse_advice(answer, recipe.data.balance_labels) if answer else "")
+            + (baselines.near_copy_advice(tuned_answers, copies) or ""))
 
 
 def compared_models(recipe, run: RunDir) -> list[tuple[str, Callable, list]]:

@@ -135,6 +135,20 @@ def collapse_advice(answer: str, balanced: bool = False) -> str:
             f"run learns first); {remedy}")
 
 
+def near_copy_advice(tuned_answers: list[str], copies: list[str | None]) -> str | None:
+    """Where a fifth or more of the scored rows (and 3 or more) have a training row with nearly the same words
+    and another answer (`copies`: data.contamination.near_copy_answers), what that means for the verdict."""
+    pairs = [(answer.strip(), copy) for answer, copy in zip(tuned_answers, copies) if copy is not None]
+    if len(pairs) < max(3, 0.2 * len(copies)):
+        return None
+    echoed = sum(answer == copy for answer, copy in pairs)
+    return (f"{len(pairs)} of the {len(copies)} test rows scored have a training row with nearly the same words and "
+            f"another answer, and tuned gave {echoed} of them that training row's answer: what tells such rows apart "
+            "is a detail (a name left out, a title paired with another), and a short run learns what the rows look "
+            "like before it. More rows that differ only in that detail would help (the data report lists such rows "
+            "under contamination). ")
+
+
 def advice(metric: str, strongest: dict, labels: list[str] | None) -> str:
     """Why tuning may not have won, and what would help, in words for the report."""
     lead = (f"Tuned is not clearly better than the strongest baseline ({strongest['baseline']}, "
