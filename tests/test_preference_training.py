@@ -131,6 +131,17 @@ def test_ppo_raises_a_python_reward_and_the_kl_penalty_bounds_the_drift(tmp_path
     assert sum(r["kl"] for r in penalised[-5:]) < 0.6 * sum(r["kl"] for r in free[-5:])
 
 
+@pytest.mark.gpu
+def test_ppo_runs_its_own_loop_on_the_gpu(tmp_path, word_model_dir):
+    """PPO's loop is not a Trainer: it places the policy, reference and value head on the GPU itself."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rewards = [record["reward"] for record in ppo_run(tmp_path / "gpu", word_model_dir, 0.05)]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.3, rewards
+
+
 def test_stages_rank_then_reward_model_then_ppo_on_the_original_model(tmp_path, tiny_model_dir):
     rows = [{"prompt": f"Request {i}: where is the office?", "responses": [f"[City{i} - LOCATION]", f"[City{i} - PERSON]",
                                                                            f"It is in City{i}, I think."]} for i in range(15)]

@@ -26,8 +26,8 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.data.preferences import prompts_of
 from domaintune.evaluation.preference import evaluate_policy
 from domaintune.evaluation.reward_sources import reward_function
-from domaintune.models.inference import autocast
-from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.models.inference import autocast, model_device
+from domaintune.models.loading import load_causal_lm, load_tokenizer, on_inference_device
 from domaintune.training import trl_trainer
 from domaintune.training.trainer import count_parameters
 
@@ -53,11 +53,14 @@ class Policy:
         import torch
         from peft import PeftModel
 
-        self.model = trl_trainer.load_policy(recipe)
+        # On the GPU where there is one: the loop is ours, not a Trainer that would place the model.
+        self.model = on_inference_device(trl_trainer.load_policy(recipe))
         self.model.eval()  # dropout off: the ratio of new to old probabilities must see the same network
+        self.device = model_device(self.model)
         # A peft model is its own reference with the adapter disabled; a fully trained one needs a frozen copy.
-        self.reference = None if isinstance(self.model, PeftModel) else load_causal_lm(recipe.model).eval().requires_grad_(False)
-        self.value_head = torch.nn.Linear(self.model.config.get_text_config().hidden_size, 1)
+        self.reference = None if isinstance(self.model, PeftModel) else \
+            on_inference_device(load_causal_lm(recipe.model)).eval().requires_grad_(False)
+        self.value_head = torch.nn.Linear(self.model.config.get_text_config().hidden_size, 1, device=self.device)
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 
@@ -91,9 +94,10 @@ def rollout(policy: Policy, tokenizer, prompts: list[list[dict]], config: Config
 
     texts = [render(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    device = policy.device
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     prompt_length = batch["input_ids"].shape[1]
-    with torch.no_grad(), autocast(bf16):
+    with torch.no_grad(), autocast(bf16, device):
         sequences = policy.model.generate(
             **batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
             max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -104,19 +108,19 @@ def rollout(policy: Policy, tokenizer, prompts: list[list[dict]], config: Config
     mask = ((ended.cumsum(1) - ended.long()) == 0).float()
     attention = torch.cat([batch["attention_mask"], mask.long()], dim=1)
     completions = [tokenizer.decode(ids[mask_row.bool()], skip_special_tokens=True).strip() for ids, mask_row in zip(answer, mask)]
-    scores = torch.tensor(score(prompts, completions), dtype=torch.float32)
-    with torch.no_grad(), autocast(bf16):
+    scores = torch.tensor(score(prompts, completions), dtype=torch.float32, device=device)
+    with torch.no_grad(), autocast(bf16, device):
         old_logprobs, old_values = policy.logprobs_and_values(sequences, attention, prompt_length, config.temperature)
         reference = policy.reference_logprobs(sequences, attention, prompt_length, config.temperature)
     old_values = old_values * mask
     kl = (old_logprobs - reference) * mask
     rewards = -config.kl_coef * kl
     last = mask.sum(1).long() - 1
-    rewards[torch.arange(len(prompts)), last] += scores
+    rewards[torch.arange(len(prompts), device=device), last] += scores
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros(len(prompts))
+    running = torch.zeros(len(prompts), device=device)
     for t in reversed(range(rewards.shape[1])):  # GAE; masked positions hold zeros and pass nothing back
-        next_value = old_values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(len(prompts))
+        next_value = old_values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(len(prompts), device=device)
         delta = rewards[:, t] + config.gamma * next_value - old_values[:, t]
         running = (delta + config.gamma * config.lam * running) * mask[:, t]
         advantages[:, t] = running
@@ -140,7 +144,7 @@ def ppo_update(policy: Policy, optimizer, data: dict, config: Config, max_grad_n
         for piece in pieces:
             part = {key: value[piece] for key, value in data.items() if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size}
             mask = part["mask"]
-            with autocast(bf16):
+            with autocast(bf16, policy.device):
                 logprobs, values = policy.logprobs_and_values(part["sequences"], part["attention"], data["prompt_length"], config.temperature)
             ratio = torch.exp(logprobs - part["old_logprobs"])
             policy_losses = torch.max(-part["advantages"] * ratio,
