@@ -136,7 +136,8 @@ def evaluate_export_serve(run) -> None:
     started = time.perf_counter()
     results = domaintune.evaluate(run.root)
     emit("evaluate", seconds=round(time.perf_counter() - started, 1),
-         metrics={label: model["metrics"] for label, model in results["models"].items()})
+         metrics={label: model["metrics"] for label, model in results["models"].items()},
+         generation={label: model["generation"] for label, model in results["models"].items()})
     started = time.perf_counter()
     written = domaintune.export_model(run.root)
     emit("export", seconds=round(time.perf_counter() - started, 1), written=sorted(written))
