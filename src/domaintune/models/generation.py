@@ -23,7 +23,7 @@ from domaintune.config.runtime import cpu_flags, cpu_has_bf16, inference_device
 from domaintune.models.conversions import converted_model
 from domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled
 from domaintune.models.inference import generate as torch_generate
-from domaintune.models.inference import stream_token_ids, until_stop
+from domaintune.models.inference import model_device, stream_token_ids, until_stop
 from domaintune.models.loading import (
     is_adapter_folder,
     load_causal_lm,
@@ -77,7 +77,7 @@ class TorchGenerator:
             ids.close()  # a reader that stopped early stops the generation too
 
     def describe(self) -> dict:
-        device = next(self.model.parameters()).device.type
+        device = model_device(self.model).type
         return {"engine": self.engine, "compute_type": self.compute_type, **({"device": device} if device != "cpu" else {})}
 
 
