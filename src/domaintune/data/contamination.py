@@ -48,6 +48,7 @@ class TrainIndex:
         row_grams = [_ngrams(words, n) for words in map(_words, train)]
         self.template = template_grams(row_grams)
         self.first_row: dict[tuple[str, ...], int] = {}
+        self._grams_of: dict[int, set[tuple[str, ...]]] = {}  # training rows `nearest` compared, as it met them
         self.short: set[tuple[str, ...]] = set()
         for index, (row, grams) in enumerate(zip(train, row_grams)):
             for gram in grams - self.template:
@@ -74,7 +75,9 @@ class TrainIndex:
         candidates = {self.first_row[gram] for gram in grams if gram in self.first_row}
         if not candidates:
             return None
-        return self.train[max(candidates, key=lambda index: len(grams & self._own_grams(self.train[index])))]
+        for index in candidates - self._grams_of.keys():
+            self._grams_of[index] = self._own_grams(self.train[index])
+        return self.train[max(candidates, key=lambda index: len(grams & self._grams_of[index]))]
 
 
 def near_copy_answers(index: TrainIndex, rows: list[dict], threshold: float) -> list[str | None]:
