@@ -178,12 +178,13 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
 
 
 def _why_not_better(recipe, train: list[dict], generation_rows: list[dict], tuned_answers: list[str]) -> str:
-    """What the tuned answers and the data show about a verdict that is not 'better', before the general advice."""
+    """What the data and the tuned answers show about a verdict that is not 'better', before the general advice:
+    near-copies first, since more steps need not get past them (product-matching: 100 steps did not)."""
     contamination = recipe.data.contamination
     copies = near_copy_answers(TrainIndex(train, contamination.ngram), generation_rows, contamination.threshold)
     answer = baselines.collapsed_answer(tuned_answers)
-    return ((baselines.collapse_advice(answer, recipe.data.balance_labels) if answer else "")
-            + (baselines.near_copy_advice(tuned_answers, copies) or ""))
+    return ((baselines.near_copy_advice(tuned_answers, copies) or "")
+            + (baselines.collapse_advice(answer, recipe.data.balance_labels) if answer else ""))
 
 
 def compared_models(recipe, run: RunDir) -> list[tuple[str, Callable, list]]:

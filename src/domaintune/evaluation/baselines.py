@@ -131,7 +131,7 @@ def collapse_advice(answer: str, balanced: bool = False) -> str:
               "more rows of the rarer answers, or a larger base model (`domaintune select`). " if balanced else
               "with a closed answer set, data.balance_labels repeats the rarer answers' rows. ")
     return (f"The tuned model gave the same answer, {answer[:60]!r}, to every test row: it learned the most common "
-            "answer, not the task. More training steps usually get past this (the answer's prior is what a short "
+            "answer, not the task. More training steps often get past this (the answer's prior is what a short "
             f"run learns first); {remedy}")
 
 
