@@ -45,16 +45,17 @@ class TrainIndex:
     def __init__(self, train: list[dict], n: int):
         self.n = n
         self.train = train
-        row_grams = [_ngrams(words, n) for words in map(_words, train)]
+        row_words = [_words(row) for row in train]
+        row_grams = [_ngrams(words, n) for words in row_words]
         self.template = template_grams(row_grams)
         self.first_row: dict[tuple[str, ...], int] = {}
-        self._grams_of: dict[int, set[tuple[str, ...]]] = {}  # training rows `nearest` compared, as it met them
+        self._grams_of: dict[int, set[tuple[str, ...]]] = {}  # training rows `other_answer` compared, as it met them
         self.short: set[tuple[str, ...]] = set()
-        for index, (row, grams) in enumerate(zip(train, row_grams)):
+        for index, (words, grams) in enumerate(zip(row_words, row_grams)):
             for gram in grams - self.template:
                 self.first_row.setdefault(gram, index)
             if not grams:
-                self.short.add(tuple(_words(row)))
+                self.short.add(tuple(words))
 
     def _own_grams(self, row: dict) -> set[tuple[str, ...]]:
         return _ngrams(_words(row), self.n) - self.template
@@ -69,26 +70,24 @@ class TrainIndex:
         # A row that is all template has nothing of its own to have leaked (identical prompts: the leakage check).
         return sum(gram in self.first_row for gram in grams) / len(grams) if grams else 0.0
 
-    def nearest(self, row: dict) -> dict | None:
-        """The training row that shares most of this row's n-grams, among those that first hold one."""
+    def other_answer(self, row: dict) -> str | None:
+        """The answer of the training row that shares most of this row's n-grams (among those that first hold
+        one), where it differs from the row's own; else None."""
         grams = self._own_grams(row)
         candidates = {self.first_row[gram] for gram in grams if gram in self.first_row}
         if not candidates:
             return None
         for index in candidates - self._grams_of.keys():
             self._grams_of[index] = self._own_grams(self.train[index])
-        return self.train[max(candidates, key=lambda index: len(grams & self._grams_of[index]))]
+        nearest = self.train[max(candidates, key=lambda index: len(grams & self._grams_of[index]))]
+        other = _answer(nearest)
+        return other if other is not None and other != _answer(row) else None
 
 
 def near_copy_answers(index: TrainIndex, rows: list[dict], threshold: float) -> list[str | None]:
     """Per row: the answer of its nearest training row where the row is contaminated and that answer differs
     from its own, else None."""
-    answers = []
-    for row in rows:
-        near = index.nearest(row) if index.overlap(row) >= threshold else None
-        other = _answer(near) if near is not None else None
-        answers.append(other if other is not None and other != _answer(row) else None)
-    return answers
+    return [index.other_answer(row) if index.overlap(row) >= threshold else None for row in rows]
 
 
 def check_contamination(train: list[dict], eval_sets: dict[str, list[dict]], config: ContaminationConfig) -> dict:
@@ -98,7 +97,7 @@ def check_contamination(train: list[dict], eval_sets: dict[str, list[dict]], con
     report = {}
     for name, rows in eval_sets.items():
         hits = [(row, score) for row in rows if (score := index.overlap(row)) >= config.threshold]
-        others = near_copy_answers(index, [row for row, _ in hits], config.threshold)
+        others = [index.other_answer(row) for row, _ in hits]
         report[name] = {
             "rows": len(rows),
             "contaminated": len(hits),
