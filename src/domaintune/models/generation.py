@@ -7,7 +7,8 @@ Engines, chosen by the recipe's `inference` section:
 - `ctranslate2`: the merged model converted once per (weights, compute type) into the cache and run by
   CTranslate2's C++ generator. On the 2-core CPUs measured (README, "Generation engines") it decodes
   3-5x faster than `generate` at float32 with the same greedy answers, more with int8.
-`auto` takes CTranslate2 where it is installed and converts the model, else torch with a one-line notice.
+`auto` is torch on the GPU where there is one; on a CPU, CTranslate2 where it is installed and converts the
+model, else torch with a one-line notice.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import cpu_flags, cpu_has_bf16, inference_device
 from domaintune.models.conversions import converted_model
 from domaintune.models.ctranslate2_library import ctranslate2, mkl_enabled
+from domaintune.models.inference import device_named, stream_token_ids, until_stop
 from domaintune.models.inference import generate as torch_generate
-from domaintune.models.inference import model_device, stream_token_ids, until_stop
 from domaintune.models.loading import (
     is_adapter_folder,
     load_causal_lm,
@@ -77,8 +78,7 @@ class TorchGenerator:
             ids.close()  # a reader that stopped early stops the generation too
 
     def describe(self) -> dict:
-        device = model_device(self.model).type
-        return {"engine": self.engine, "compute_type": self.compute_type, **({"device": device} if device != "cpu" else {})}
+        return {"engine": self.engine, "compute_type": self.compute_type, **device_named(self.model)}
 
 
 class CTranslate2Generator:

@@ -19,6 +19,12 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def device_named(model) -> dict:
+    """{"device": ...} where the model is not on the CPU, for the engine facts results and metrics report."""
+    device = model_device(model).type
+    return {"device": device} if device != "cpu" else {}
+
+
 def autocast(bf16: bool, device: torch.device | str = "cpu"):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 

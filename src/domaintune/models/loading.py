@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from domaintune.config import ModelConfig
+from domaintune.config.runtime import inference_device
 from domaintune.core.errors import DomaintuneError
 from domaintune.methods import own_artifact_method
 from domaintune.models.registry import resolve_model_path
@@ -78,8 +79,6 @@ def load_causal_lm(config: ModelConfig, path: str | None = None, dtype=None, loa
 def on_inference_device(model):
     """The model moved to `inference_device()` (the GPU where there is one) to answer, score or serve.
     A model its loader placed itself (quantised, or spread over devices) stays where it is."""
-    from domaintune.config.runtime import inference_device
-
     if getattr(model, "is_quantized", False) or getattr(model, "hf_device_map", None):
         return model
     return model.to(inference_device())

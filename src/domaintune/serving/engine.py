@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from domaintune.config.runtime import cpu_has_bf16, inference_device
+from domaintune.models.inference import device_named
 from domaintune.serving.batching import BatchingWorker, GenerationRequest, Row, context_length, end_token_ids
 
 
@@ -88,8 +89,7 @@ class Generator(BatchingWorker):
         self.context_length = context_length(base.config, self.tokenizer)
         self.eos_ids = end_token_ids(base.generation_config, self.tokenizer)
         self.pool = AdapterPool(base, adapters, max_loaded_adapters)
-        self.engine = {"engine": "torch", "compute_type": str(base.dtype).removeprefix("torch."),
-                       **({"device": base.device.type} if base.device.type != "cpu" else {})}
+        self.engine = {"engine": "torch", "compute_type": str(base.dtype).removeprefix("torch."), **device_named(base)}
         self.worker.start()
 
     @property
