@@ -1,5 +1,6 @@
 """`domaintune select` ranks a model trained on the task above an untrained one."""
 import json
+import tempfile
 
 from typer.testing import CliRunner
 
@@ -9,10 +10,14 @@ from domaintune.core.chat import with_examples
 from domaintune.evaluation.select import rank
 
 
-def test_select_ranks_the_model_trained_for_the_task_first(tmp_path, tiny_recipe, tiny_model_dir):
+def test_select_ranks_the_model_trained_for_the_task_first(tmp_path, tiny_recipe, tiny_model_dir, monkeypatch):
     run = domaintune.train(tiny_recipe)
     trained = domaintune.export_model(run.root)["merged"]
+    scratch = tmp_path / "system-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     selection = domaintune.select(tiny_recipe, [str(tiny_model_dir), trained], samples=4, shots=1)
+    assert list(scratch.iterdir()) == []  # the prepared sample (the user's data) does not stay behind
     assert selection["ranking"] == [trained, str(tiny_model_dir)]
     assert selection["recommendation"] == trained and selection["reasons"]
     first, second = selection["candidates"]

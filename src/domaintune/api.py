@@ -147,10 +147,10 @@ def select(
     recipe = load(recipe, overrides)
     if not candidates:
         raise DomaintuneError("--candidates: name at least one model, e.g. --candidates smollm2-135m-instruct,./my-model")
-    # The prepared sample is scratch: it must not show up among the user's runs.
-    scratch = recipe.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="domaintune-select-")})
-    run_dir, _ = prepare_data(scratch, console=console)
-    selection = select_base_model(recipe, run_dir.data, candidates, samples, shots, console)
+    # The prepared sample is scratch: it must not show up among the user's runs, nor stay behind in /tmp.
+    with tempfile.TemporaryDirectory(prefix="domaintune-select-") as scratch:
+        run_dir, _ = prepare_data(recipe.model_copy(update={"output_dir": scratch}), console=console)
+        selection = select_base_model(recipe, run_dir.data, candidates, samples, shots, console)
     if estimate_training:
         for candidate in selection["candidates"]:
             forecast = estimate(recipe, overrides=[f"model.name={candidate['model']}"], console=console)
