@@ -14,6 +14,7 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.models import conversions, ctranslate2_library, generation
 from domaintune.models.generation import CTranslate2Generator, TorchGenerator, load_generator, weights_folders
 from domaintune.models.loading import load_causal_lm, load_tokenizer
+from domaintune.models.registry import publish_folder
 
 pytest.importorskip("ctranslate2")
 
@@ -172,6 +173,47 @@ def test_the_conversion_cache_evicts_the_least_recently_used_beyond_its_budget(t
     monkeypatch.setenv("DOMAINTUNE_CONVERSIONS_GB", "lots")
     with pytest.raises(DomaintuneError, match="DOMAINTUNE_CONVERSIONS_GB='lots'"):
         conversions.conversions_budget()
+
+
+def test_a_model_folder_is_published_whole_and_one_already_complete_stays(tmp_path):
+    def written(name: str, *files: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in files:
+            (folder / file).write_text(name)
+        return folder
+
+    target = tmp_path / "model"
+    publish_folder(written("first", "model.bin"), target, "model.bin")
+    assert (target / "model.bin").read_text() == "first"
+    # Another process finished first: its folder, perhaps loaded right now, is not replaced.
+    second = written("second", "model.bin")
+    publish_folder(second, target, "model.bin")
+    assert (target / "model.bin").read_text() == "first" and second.exists()
+    # A folder without its marker was left half-written (an older version wrote in place): replaced.
+    (target / "model.bin").unlink()
+    (target / "part").write_text("half")
+    publish_folder(written("third", "model.bin"), target, "model.bin")
+    assert sorted(path.name for path in target.iterdir()) == ["model.bin"]
+
+
+def test_a_failed_conversion_of_the_bundled_gguf_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    import transformers
+
+    from domaintune.models import registry
+
+    class FailingSave:
+        config = object()
+
+        def save_pretrained(self, folder):
+            (Path(folder) / "model.safetensors").write_bytes(b"half")
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: object())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *args, **kwargs: FailingSave())
+    with pytest.raises(OSError, match="No space"):
+        registry.convert_gguf_to_safetensors(tmp_path, "model.gguf", tmp_path / "cache" / "smollm2")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_a_cache_hit_marks_the_conversion_as_just_used(tiny):

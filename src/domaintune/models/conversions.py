@@ -15,7 +15,7 @@ from rich.console import Console
 
 from domaintune.core.errors import DomaintuneError
 from domaintune.models.ctranslate2_library import ctranslate2
-from domaintune.models.registry import cache_dir
+from domaintune.models.registry import cache_dir, publish_folder
 
 # Every evaluated run adds a conversion of its tuned model (~0.5 GB for the bundled one in float32): the cache keeps
 # the most recently used up to this size (DOMAINTUNE_CONVERSIONS_GB), and never one used within RECENT_USE_SECONDS
@@ -88,11 +88,7 @@ def cached_conversion(engine: str, folders: list[Path | str], variant: str, key_
         if console is not None:
             console.print(f"Converting the model for {engine} ({variant}), once: {target}")
         convert(Path(source), work / "model")
-        try:
-            os.replace(work / "model", target)
-        except OSError:  # another process converted the same model meanwhile: keep theirs
-            if not (target / marker).exists():
-                raise
+        publish_folder(work / "model", target, marker)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     os.utime(target)

@@ -70,10 +70,25 @@ def convert_gguf_to_safetensors(folder: Path, gguf_name: str, target: Path) -> N
     # Write to a temporary folder and rename, so an interrupted conversion never leaves a half cache.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        publish_folder(staging, target, "model.safetensors")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_folder(staging: Path, target: Path, marker: str) -> None:
+    """Move a folder written aside into place in one rename, so no reader sees half of it. Where another
+    process put a complete one (holding `marker`) there first, theirs stays: it may be loaded right now.
+    `staging` is then left for the caller to remove."""
+    try:
+        os.replace(staging, target)
+    except OSError:  # the target exists and is not empty
+        if (target / marker).exists():
+            return
+        shutil.rmtree(target)  # an incomplete folder, written in place by an older version
+        os.replace(staging, target)
 
 
 def _minilm_folder() -> Path:
