@@ -86,3 +86,29 @@ def test_a_model_trained_on_the_gpu_evaluates_exports_and_serves(tiny_recipe, mo
                                          headers={"Content-Type": "application/json", "Authorization": "Bearer sk-gpu-test"})
         with urllib.request.urlopen(request, timeout=120) as response:
             assert response.status == 200 and json.loads(response.read())["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_the_servers_encoders_answer_on_the_gpu_as_on_the_cpu(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from domaintune.models.registry import resolve_model_path
+    from domaintune.serving import encoders
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1})
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "head")
+    tokenizer.save_pretrained(tmp_path / "head")
+    texts = ["Acme Bank lends", "hi"]
+    on_gpu = encoders.Classifier(str(tmp_path / "head"))
+    embedder = encoders.Embedder(resolve_model_path("minilm-l6"))
+    assert on_gpu.model.device.type == "cuda" and embedder.model.device.type == "cuda"
+    gpu_results, gpu_embeddings = on_gpu.classify(texts)[0], embedder.embed(texts)
+
+    monkeypatch.setattr(encoders, "inference_device", lambda: "cpu")
+    monkeypatch.setattr("domaintune.models.loading.inference_device", lambda: "cpu")
+    cpu_results = encoders.Classifier(str(tmp_path / "head")).classify(texts)[0]
+    cpu_embeddings = encoders.Embedder(resolve_model_path("minilm-l6")).embed(texts)
+    assert [row["label"] for row in gpu_results] == [row["label"] for row in cpu_results]
+    assert torch.allclose(torch.tensor(gpu_embeddings), torch.tensor(cpu_embeddings), atol=1e-3)

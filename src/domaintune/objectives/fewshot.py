@@ -23,7 +23,7 @@ from rich.console import Console
 
 from domaintune.config import EarlyStoppingConfig, ModelConfig
 from domaintune.config.objectives import FewshotConfig
-from domaintune.config.runtime import configure_threads, use_bf16
+from domaintune.config.runtime import configure_threads, inference_device, use_bf16
 from domaintune.core.answers import answer_label
 from domaintune.core.chat import last_user_turn, prompt_text, render
 from domaintune.core.errors import DomaintuneError
@@ -117,7 +117,8 @@ def load_setfit(folder: Path):
     head.coef_, head.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
     head.classes_ = np.arange(len(labels))
     head.n_features_in_ = head.coef_.shape[1]
-    return SetFitModel(model_body=SentenceTransformer(str(folder), device="cpu"), model_head=head, labels=labels)
+    body = SentenceTransformer(str(folder), device=inference_device())
+    return SetFitModel(model_body=body, model_head=head, labels=labels)
 
 
 def setfit_model(config: ModelConfig, labels: list[str]):

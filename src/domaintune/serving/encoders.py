@@ -1,16 +1,20 @@
 """The non-generative models the server answers with: sentence embeddings (/v1/embeddings) and
-sequence or token classification heads (/v1/classify). Each runs one request at a time under a lock."""
+sequence or token classification heads (/v1/classify). Each runs one request at a time under a lock, on the
+GPU where there is one (as the generation engines do)."""
 from __future__ import annotations
 
 import threading
 from typing import Any
+
+from domaintune.config.runtime import inference_device
+from domaintune.models.loading import on_inference_device
 
 
 class Embedder:
     def __init__(self, path: str, trust_remote_code: bool = False):
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(path, device="cpu", trust_remote_code=trust_remote_code)
+        self.model = SentenceTransformer(path, device=inference_device(), trust_remote_code=trust_remote_code)
         self.lock = threading.Lock()
 
     def count_tokens(self, texts: list[str]) -> int:
@@ -34,7 +38,8 @@ class Classifier:
         self.per_token = architecture.endswith("ForTokenClassification")
         loader = AutoModelForTokenClassification if self.per_token else AutoModelForSequenceClassification
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code).eval()
+        self.model = on_inference_device(
+            loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code).eval())
         self.labels = {int(key): value for key, value in self.model.config.id2label.items()}
         self.lock = threading.Lock()
 
@@ -45,8 +50,10 @@ class Classifier:
             batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
                                    return_offsets_mapping=self.per_token)
             offsets = batch.pop("offset_mapping", None)
-            probabilities = self.model(**batch).logits.float().softmax(-1)
-        tokens = int(batch["attention_mask"].sum())
+            mask = batch["attention_mask"]
+            inputs = {name: values.to(self.model.device) for name, values in batch.items()}
+            probabilities = self.model(**inputs).logits.float().softmax(-1).cpu()
+        tokens = int(mask.sum())
         if not self.per_token:
             return [self._scores(row) for row in probabilities], tokens
         results = []
@@ -54,7 +61,7 @@ class Classifier:
             entities = []
             for position, row in enumerate(probabilities[index]):
                 start, end = (int(value) for value in offsets[index, position])
-                if end > start and batch["attention_mask"][index, position]:
+                if end > start and mask[index, position]:
                     entities.append({"text": text[start:end], "start": start, "end": end, **self._scores(row)})
             results.append({"tokens": entities})
         return results, tokens
