@@ -20,7 +20,7 @@ from domaintune.core.errors import DomaintuneError
 from domaintune.serving.auth import load_keys
 
 KEYS = {"ops": "sk-ops-0123456789", "scoped": "sk-scoped-0123456789", "counted": "sk-counted-0123456789",
-        "budget": "sk-budget-0123456789", "streamer": "sk-streamer-0123456789"}
+        "budget": "sk-budget-0123456789", "streamer": "sk-streamer-0123456789", "leaver": "sk-leaver-0123456789"}
 OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
@@ -53,6 +53,10 @@ def server(tmp_path_factory, tiny_model_dir):
     tokens_per_minute: 100
   - id: streamer
     key: {KEYS['streamer']}
+    models: ["*"]
+    tokens_per_minute: 100000
+  - id: leaver
+    key: {KEYS['leaver']}
     models: ["*"]
     tokens_per_minute: 100000
 """)
@@ -202,6 +206,34 @@ def test_a_dropped_stream_is_audited_and_charged_for_what_was_generated(server, 
     assert line["status"] == 499
     assert 3 <= line["completion_tokens"] < 250
     key = next(key for key in server["state"].keys.keys if key.id == "streamer")
+    assert sum(spend.tokens for spend in key.tokens) == line["prompt_tokens"] + line["completion_tokens"]
+
+
+def test_an_abandoned_whole_answer_stops_decoding_and_is_audited_and_charged(server, caplog, monkeypatch):
+    from domaintune.serving import batching
+
+    add, decoded = batching.Row.add, []
+
+    def slow_add(self, token):  # 250 tokens would take 5 s: the client gives up long before
+        time.sleep(0.02)
+        decoded.append(token)
+        add(self, token)
+
+    monkeypatch.setattr(batching.Row, "add", slow_add)
+    with caplog.at_level(logging.INFO, logger="domaintune.audit"):
+        body = {"model": "base", "prompt": "Tell me a long story", "max_tokens": 250}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(server["url"] + "/v1/completions", headers=_headers("leaver"), json=body, timeout=1.0)
+        deadline = time.monotonic() + 90
+        while not any(line["key_id"] == "leaver" for line in _audit_lines(caplog)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    line = next(line for line in _audit_lines(caplog) if line["key_id"] == "leaver")
+    assert line["status"] == 499 and 1 <= line["completion_tokens"] < 250
+    time.sleep(0.5)  # the row leaves the batch at its next step
+    settled = len(decoded)
+    time.sleep(1.0)
+    assert len(decoded) == settled < 250
+    key = next(key for key in server["state"].keys.keys if key.id == "leaver")
     assert sum(spend.tokens for spend in key.tokens) == line["prompt_tokens"] + line["completion_tokens"]
 
 

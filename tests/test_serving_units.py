@@ -137,9 +137,23 @@ class _FakeWork:
     def __init__(self, events):
         import asyncio
 
+        self.cancelled = False
         self.events = asyncio.Queue()
         for event in events:
             self.events.put_nowait(event)
+
+
+class _Connected:
+    """A request whose client stays (or leaves after `polls` checks)."""
+
+    def __init__(self, polls: int | None = None):
+        self.polls = polls
+
+    async def is_disconnected(self) -> bool:
+        if self.polls is None:
+            return False
+        self.polls -= 1
+        return self.polls < 0
 
 
 def test_pii_redaction_covers_whole_and_streamed_answers():
@@ -158,8 +172,9 @@ def test_pii_redaction_covers_whole_and_streamed_answers():
     state = types.SimpleNamespace(scanner=scanner, metrics=Metrics(), redact=lambda text: scanner.redact(text)[0],
                                   keys=KeyStore([]), settings=ServeSettings())
     events = [Event(text="write to jane.doe@"), Event(text="example.com today"), Event(finish_reason="stop", completion_tokens=6)]
-    text, reason, tokens = asyncio.run(generation_replies.collect(state, _FakeWork(events)))
-    assert text == "write to [EMAIL] today" and (reason, tokens) == ("stop", 6)
+    record = Record("/v1/chat/completions")
+    [(text, reason)] = asyncio.run(generation_replies.collect_all(state, _Connected(), record, [_FakeWork(events)]))
+    assert text == "write to [EMAIL] today" and (reason, record.completion_tokens) == ("stop", 6)
 
     async def stream():
         body = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
@@ -307,6 +322,64 @@ def test_a_stream_the_client_left_is_closed_at_once():
         return list(closed)  # the response (and so the generator) is still referenced here
 
     assert asyncio.run(scenario()) == [True]
+
+
+def _whole_answers(work, client, record):
+    import asyncio
+    import types
+
+    from domaintune.serving import generation_replies
+
+    state = types.SimpleNamespace(scanner=None, redact=lambda text: text)
+    return asyncio.run(generation_replies.collect_all(state, client, record, work))
+
+
+def test_whole_answers_the_client_left_stop_decoding_and_are_charged_what_was_decoded():
+    from domaintune.serving.accounting import Record
+    from domaintune.serving.batching import Event
+    from domaintune.serving.errors import ApiError
+
+    record = Record("/v1/completions")
+    # Two prompts still decoding (no finish event yet), 3 and 5 tokens in.
+    work = [_FakeWork([Event(text="a b c", completion_tokens=3)]), _FakeWork([Event(text="d", completion_tokens=5)])]
+    with pytest.raises(ApiError) as raised:
+        _whole_answers(work, _Connected(polls=1), record)
+    assert raised.value.status == 499 and all(item.cancelled for item in work) and record.completion_tokens == 8
+
+
+def test_one_failed_prompt_cancels_the_others_of_its_request():
+    from domaintune.serving.accounting import Record
+    from domaintune.serving.batching import Event
+    from domaintune.serving.errors import ApiError
+
+    failing = _FakeWork([Event(finish_reason="error", error=RuntimeError("engine died"))])
+    running = _FakeWork([Event(text="x", completion_tokens=1)])
+    with pytest.raises(ApiError) as raised:
+        _whole_answers([running, failing], _Connected(), Record("/v1/completions"))
+    assert raised.value.status == 500 and running.cancelled
+
+
+def test_a_stream_closed_right_after_its_role_chunk_cancels_its_row(monkeypatch):
+    import asyncio
+    import types
+
+    from domaintune.serving import generation_replies
+    from domaintune.serving.accounting import Record
+    from domaintune.serving.schemas import ChatRequest
+
+    statuses = []
+    monkeypatch.setattr(generation_replies, "finish", lambda state, record, status: statuses.append(status))
+    state = types.SimpleNamespace(scanner=None, redact=lambda text: text)
+    work = _FakeWork([])
+    body = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
+
+    async def drop_after_first_chunk():
+        stream = generation_replies._stream(state, body, Record("/v1/chat/completions"), work, "chat.completion")
+        assert '"role": "assistant"' in await stream.__anext__()
+        await stream.aclose()  # what ClosingStreamingResponse does when the client has gone at this point
+
+    asyncio.run(drop_after_first_chunk())
+    assert work.cancelled and statuses == [499]
 
 
 def test_auto_sends_a_request_into_an_idle_server_to_one_engine_and_concurrent_ones_to_the_other():

@@ -1,11 +1,13 @@
 """A generation's events as OpenAI's answer: a whole chat or text completion body, or its server-sent event stream."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from typing import AsyncIterator
 
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from domaintune.serving.accounting import Record, finish
@@ -15,6 +17,9 @@ from domaintune.serving.schemas import Sampling
 from domaintune.serving.state import State
 
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned: the audit line of a dropped stream
+# How often a whole (not streamed) answer checks that its client is still there: nothing else reads the
+# connection while the rows decode, and a row nobody waits for would decode up to max_tokens.
+DISCONNECT_POLL_SECONDS = 0.25
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -42,13 +47,38 @@ async def _events(work: GenerationRequest) -> AsyncIterator[Event]:
         work.cancelled = True  # a no-op once finished; if the client went away, its row leaves the batch
 
 
-async def collect(state: State, work: GenerationRequest) -> tuple[str, str, int]:
-    text, reason, tokens = "", "stop", 0
-    async for event in _events(work):
-        text += event.text
-        if event.finish_reason:
-            reason, tokens = event.finish_reason, event.completion_tokens
-    return state.redact(text), reason, tokens
+async def collect_all(state: State, request: Request, record: Record,
+                      work: list[GenerationRequest]) -> list[tuple[str, str]]:
+    """Every prompt's whole answer and finish reason; `record.completion_tokens` counts the tokens as they come.
+    Where the client goes away first (a 499 in the audit line) or one prompt fails, every row still decoding
+    is cancelled, none goes on to max_tokens for nobody, and the key is charged what was decoded."""
+    so_far = [0] * len(work)
+
+    async def collect(index: int, item: GenerationRequest) -> tuple[str, str]:
+        text, reason = "", "stop"
+        async for event in _events(item):
+            text += event.text
+            so_far[index] = event.completion_tokens
+            record.completion_tokens = sum(so_far)
+            reason = event.finish_reason or reason
+        return state.redact(text), reason
+
+    tasks = [asyncio.ensure_future(collect(index, item)) for index, item in enumerate(work)]
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=DISCONNECT_POLL_SECONDS,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            failed = next((task for task in done if task.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()
+            if pending and await request.is_disconnected():
+                raise ApiError(CLIENT_CLOSED, "The client closed the connection before the answer was complete.")
+        return [task.result() for task in tasks]
+    finally:
+        for task, item in zip(tasks, work):
+            task.cancel()
+            item.cancelled = True  # a no-op once finished
 
 
 def completion_choice(chat: bool, index: int, text: str, reason: str) -> dict:
@@ -64,11 +94,10 @@ def completion_body(model: str, kind: str, choices: list[dict], record: Record) 
                       "total_tokens": record.prompt_tokens + record.completion_tokens}}
 
 
-async def respond(state: State, body: Sampling, record: Record, work: GenerationRequest, kind: str):
+async def respond(state: State, request: Request, body: Sampling, record: Record, work: GenerationRequest, kind: str):
     chat = kind == "chat.completion"
     if not body.stream:
-        text, reason, tokens = await collect(state, work)
-        record.completion_tokens = tokens
+        [(text, reason)] = await collect_all(state, request, record, [work])
         record.content["completion"] = text
         return completion_body(body.model, kind, [completion_choice(chat, 0, text, reason)], record)
     record.deferred = True
@@ -118,7 +147,9 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
         state.metrics.errors.labels(error.type).inc()
         yield f"data: {json.dumps(error.body())}\n\n"
     finally:
+        # The row leaves the batch if the client went away, even before `_events` started (after the role chunk).
+        work.cancelled = True
         if not finished and status == 200:
-            status = CLIENT_CLOSED  # the client went away mid-stream (its row leaves the batch)
+            status = CLIENT_CLOSED  # the client went away mid-stream
         record.content["completion"] = state.redact(text)
         finish(state, record, status)

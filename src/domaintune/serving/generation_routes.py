@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from domaintune.serving.auth import ApiKey
 from domaintune.serving.batching import BatchingWorker, GenerationRequest
 from domaintune.serving.errors import ApiError, overloaded
-from domaintune.serving.generation_replies import collect, completion_body, completion_choice, respond
+from domaintune.serving.generation_replies import collect_all, completion_body, completion_choice, respond
 from domaintune.serving.schemas import ChatRequest, CompletionRequest, Sampling
 from domaintune.serving.state import State
 
@@ -74,7 +74,7 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
         record = request.state.record
         work = submit(generator, body, key, record, [prompt_ids], [max_tokens])
         await note_prompt(record, lambda: [{**message, "content": state.redact(message["content"])} for message in messages])
-        return await respond(state, body, record, work[0], "chat.completion")
+        return await respond(state, request, body, record, work[0], "chat.completion")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(state.authenticated)):
@@ -96,9 +96,8 @@ def add_generation_routes(app: FastAPI, state: State) -> None:
         work = submit(generator, body, key, record, encoded, limits)
         await note_prompt(record, lambda: [state.redact(prompt) for prompt in prompts])
         if body.stream:
-            return await respond(state, body, record, work[0], "text_completion")
-        results = [await collect(state, item) for item in work]
-        record.completion_tokens = sum(tokens for _, _, tokens in results)
-        record.content["completion"] = json.dumps([text for text, _, _ in results])
-        choices = [completion_choice(False, index, text, reason) for index, (text, reason, _) in enumerate(results)]
+            return await respond(state, request, body, record, work[0], "text_completion")
+        results = await collect_all(state, request, record, work)
+        record.content["completion"] = json.dumps([text for text, _ in results])
+        choices = [completion_choice(False, index, text, reason) for index, (text, reason) in enumerate(results)]
         return completion_body(body.model, "text_completion", choices, record)

@@ -2,7 +2,7 @@
 the accounting of each request. Every refusal is an error in OpenAI's shape."""
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from starlette.routing import Match
 
 from domaintune.core.net import LOOPBACK_HOSTS, is_loopback
@@ -22,19 +22,42 @@ def add_middleware(app: FastAPI, state: State) -> None:
         # Keyless is safe only for this machine's own clients: refusing other Host names stops a web
         # page from reaching the server through DNS rebinding.
         app.add_middleware(HostAllowList, allowed=LOOPBACK_HOSTS)
-    # Inside the `account` middleware (added later, so outer): its receive wrapper would hide the 413.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def account(request: Request, call_next):
-        record = request.state.record = Record(_route_template(app, request.scope))
-        response = await call_next(request)
-        if not record.deferred:
-            finish(state, record, response.status_code)
-        return response
+    app.add_middleware(Accounting, state=state, routes=app)
 
     # Outermost: an overloaded server refuses before doing any work for the request.
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent, errors=state.metrics.errors)
+
+
+class Accounting:
+    """Each request's record (`request.state.record`), finished with its status when the response has gone out;
+    a stream finishes its own. Plain ASGI, not Starlette's BaseHTTPMiddleware: behind that, a route's
+    `request.is_disconnected()` never sees the client go (its receive wrapper is cancelled before it can
+    answer), and an exception no handler took would leave the request without an audit line."""
+
+    def __init__(self, app, state: State, routes: FastAPI):
+        self.app = app
+        self.state = state
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        record = scope.setdefault("state", {})["record"] = Record(_route_template(self.routes, scope))
+        status = 500  # unless a response starts: an error nothing turned into one
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if not record.deferred:
+                finish(self.state, record, status)
 
 
 def _route_template(app: FastAPI, scope) -> str:
