@@ -471,3 +471,60 @@ def test_a_failed_generation_logs_its_own_error_even_outside_the_handler(caplog)
     assert "RuntimeError: the pipeline stopped" in caplog.text and "NoneType: None" not in caplog.text
     event = request.events.get_nowait()
     assert event.finish_reason == "error" and request.events.empty()  # one event per request, not per mention
+
+
+def test_the_openvino_process_never_unloads_the_adapter_it_was_just_asked_for(monkeypatch):
+    """One adapter loaded at most; adapter A still holds a row whose cancel has just arrived when B is asked for."""
+    import multiprocessing
+    import sys
+    import threading
+    import types
+
+    from domaintune.models import openvino_pipelines
+
+    class Handle:
+        def __init__(self):
+            self.status = 0  # running
+
+        def cancel(self):
+            self.status = 2
+
+        def can_read(self):
+            return True
+
+        def read(self):
+            return {0: types.SimpleNamespace(generated_ids=[7])}
+
+        def get_status(self):
+            return self.status
+
+    class Pipeline:
+        def add_request(self, request_id, prompt, config):
+            return Handle()
+
+        def step(self):
+            pass
+
+    genai = types.SimpleNamespace(GenerationStatus=types.SimpleNamespace(RUNNING=0, IGNORED=1),
+                                  GenerationConfig=types.SimpleNamespace)
+    monkeypatch.setitem(sys.modules, "openvino_genai", genai)
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(Tensor=lambda array: array))
+    monkeypatch.setattr(openvino_pipelines, "continuous_batching_pipeline", lambda *args: Pipeline())
+    parent, child = multiprocessing.Pipe()
+    files = {"base": "base.gguf", "A": "a.gguf", "B": "b.gguf"}
+    worker = threading.Thread(target=openvino_pipelines.serve_pipelines, args=(child, files, 1, 4, 1), daemon=True)
+    worker.start()
+    try:
+        assert parent.recv() == ("ready",)
+        parent.send(("add", 0, "A", [1, 2], {}))
+        assert parent.recv()[0] == "step"
+        parent.send(("cancel", 0))
+        parent.send(("add", 1, "B", [1, 2], {}))
+        replies = []
+        while parent.poll(2) and not any(update[0] == 1 for reply in replies for update in reply[1]):
+            replies.append(parent.recv())
+            assert replies[-1][0] == "step", replies[-1]  # not ("error", [1], "'B'")
+        assert any(update[0] == 1 for reply in replies for update in reply[1])  # B's row stepped
+    finally:
+        parent.send(None)
+        worker.join(5)

@@ -68,6 +68,7 @@ class PipelineProcess:
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
+        self.connection.close()
 
 
 def serve_pipelines(connection, files: dict[str, str], threads: int, max_batch_size: int, capacity: int) -> None:
@@ -84,8 +85,10 @@ def serve_pipelines(connection, files: dict[str, str], threads: int, max_batch_s
         if name not in pipelines:
             pipelines[name] = continuous_batching_pipeline(files[name], threads, max_batch_size)
         pipelines.move_to_end(name)
-        busy = {model for model, _ in handles.values()}
-        idle_adapters = [model for model in pipelines if model != first and model not in busy]
+        # Not `name`: where the other adapters are busy (or hold rows whose cancel is still on its way here)
+        # the one just asked for would be the only idle one, and go.
+        busy = {first, name} | {model for model, _ in handles.values()}
+        idle_adapters = [model for model in pipelines if model not in busy]
         for oldest in idle_adapters[: max(0, len(pipelines) - 1 - capacity)]:
             del pipelines[oldest]
         return pipelines[name]
