@@ -1,14 +1,18 @@
 """The workbench's arena over HTTP on a tiny model: both answers stream, a blind choice lands in the
-run's feedback store in `domaintune feedback`'s format, and hostile requests are refused."""
+run's feedback store in `domaintune feedback`'s format, hostile requests are refused, and a chat abandoned
+mid-answer leaves the arena free for the next."""
+import http.client
 import json
 import re
+import time
 
 import pytest
-from conftest import make_trained_run
+from conftest import free_port, live_server, make_trained_run
 from fastapi.testclient import TestClient
 
 from domaintune.evaluation.feedback import export_pairs, session_summary
 from domaintune.evaluation.judge import read_feedback
+from domaintune.workbench import arena as arena_module
 from domaintune.workbench.app import create_app
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS, Arena
 
@@ -106,3 +110,52 @@ def test_hostile_requests_are_refused(web, tmp_path):
     assert not (root / "eval" / "feedback.jsonl").exists()
     (root / "model" / "training.json").unlink()  # not trained: nothing to chat with
     assert "not trained yet" in chat(client, token, name, "hi").json()["detail"]
+
+
+class SlowModel:
+    """Stands in for a model (no torch): a piece every 20 ms up to the tokens asked; notes when its stream ends."""
+
+    tokenizer = None
+
+    def __init__(self):
+        self.streams_ended = 0
+
+    def stream(self, prompt, max_new_tokens):
+        try:
+            for index in range(max_new_tokens):
+                time.sleep(0.02)
+                yield f"w{index} "
+        finally:
+            self.streams_ended += 1
+
+
+def test_a_chat_abandoned_mid_answer_frees_the_arena_for_the_next(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    root = runs / "slow-20260101-000000"
+    (root / "model").mkdir(parents=True)
+    (root / "recipe.yaml").write_text("name: slow\n", encoding="utf-8")
+    (root / "model" / "training.json").write_text("{}", encoding="utf-8")
+    model, arena = SlowModel(), Arena()
+    monkeypatch.setattr(arena_module, "render", lambda tokenizer, messages, add_generation_prompt: "prompt")
+    monkeypatch.setattr(arena, "generator", lambda run, side: model)
+    port = free_port()
+    with live_server(create_app(runs, arena=arena), port):
+        page = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        page.request("GET", "/")
+        headers = {"X-CSRF-Token": re.search(r'name="csrf" content="([^"]+)"', page.getresponse().read().decode()).group(1),
+                   "Content-Type": "application/json"}
+        abandoned = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        abandoned.request("POST", f"/runs/{root.name}/arena/chat", json.dumps({"message": "hi", "max_new_tokens": 500}),
+                          headers)
+        answer = abandoned.getresponse()
+        while not answer.readline().startswith(b"event: piece"):
+            pass
+        abandoned.close()  # mid-answer: the tab is closed
+        deadline = time.monotonic() + 5
+        while (arena.lock.locked() or not model.streams_ended) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not arena.lock.locked() and model.streams_ended == 1  # the abandoned answer stopped decoding
+        page.request("POST", f"/runs/{root.name}/arena/chat", json.dumps({"message": "again", "max_new_tokens": 3}),
+                     headers)
+        following = page.getresponse().read().decode()
+        assert answers_of(events(following)) == {"base": "w0 w1 w2", "tuned": "w0 w1 w2"}

@@ -15,6 +15,7 @@ import random
 import secrets
 import threading
 from collections import OrderedDict
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -113,9 +114,10 @@ class Arena:
                     generator = self.generator(run, side)
                     prompt = render(generator.tokenizer, conversation.messages(side, message), add_generation_prompt=True)
                     pieces = []
-                    for piece in generator.stream(prompt, max_new_tokens):
-                        pieces.append(piece)
-                        yield _event("piece", {"column": column, "text": piece})
+                    with closing(generator.stream(prompt, max_new_tokens)) as stream:  # this closed, it stops too
+                        for piece in stream:
+                            pieces.append(piece)
+                            yield _event("piece", {"column": column, "text": piece})
                 except Exception as error:  # noqa: BLE001 - the page shows why, the stream ends cleanly
                     yield _event("error", {"message": f"{side} model: {error}"})
                     return
