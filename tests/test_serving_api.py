@@ -133,6 +133,8 @@ def test_embeddings_from_the_bundled_encoder(client):
     assert torch.allclose(torch.tensor([item.embedding for item in reply.data]), torch.tensor(expected), atol=1e-5)
     floats = client.embeddings.create(model="minilm-l6", input="loan agreement", encoding_format="float")
     assert torch.allclose(torch.tensor(floats.data[0].embedding), torch.tensor(expected[0]), atol=1e-5)
+    # A text past the encoder's 256 tokens is read (and charged) up to them.
+    assert client.embeddings.create(model="minilm-l6", input="loan " * 400).usage.prompt_tokens == 256
 
 
 def test_classification_endpoint(server):

@@ -17,12 +17,12 @@ class Embedder:
         self.model = SentenceTransformer(path, device=inference_device(), trust_remote_code=trust_remote_code)
         self.lock = threading.Lock()
 
-    def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(ids) for ids in self.model.tokenizer(texts)["input_ids"])
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """The texts' vectors, and the tokens the model read: each text cut at its max_seq_length, as encode does."""
+        read = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        tokens = sum(map(len, read))
         with self.lock:
-            return self.model.encode(texts, convert_to_numpy=True).tolist()
+            return self.model.encode(texts, convert_to_numpy=True).tolist(), tokens
 
 
 class Classifier:
