@@ -38,6 +38,16 @@ def test_training_records_its_speed_for_the_next_estimate(tiny_recipe):
     assert measured["tokens_per_second"] > 0 and measured["peak_rss_mb"] > 0
 
 
+def test_a_cut_short_speed_file_is_measured_again_not_an_error(tmp_path, monkeypatch):
+    from domaintune.training import forecast
+
+    monkeypatch.setattr(forecast, "throughput_file", lambda: tmp_path / "throughput.json")
+    (tmp_path / "throughput.json").write_text('{"model|lora": {"tokens_per_sec')  # a write that was cut off
+    assert lookup_throughput("model|lora") is None
+    forecast.record_throughput("model|lora", {"tokens_per_second": 100.0})
+    assert lookup_throughput("model|lora") == {"tokens_per_second": 100.0}
+
+
 def test_a_curriculum_is_estimated_stage_by_stage(tiny_recipe):
     tiny_recipe["stages"] = [{"label": "first", "training": {"max_steps": 4}}, {"label": "second"}]
     result = domaintune.estimate(tiny_recipe)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from domaintune.core.errors import DomaintuneError
-from domaintune.storage.jsonl import read_json, read_jsonl, write_jsonl
+from domaintune.storage.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from domaintune.storage.rundir import RunDir
 
 
@@ -29,6 +29,22 @@ def test_missing_files_read_as_empty_and_bad_json_is_a_user_error(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DomaintuneError, match="bad.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_a_json_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "result.json"
+    write_json(target, {"status": "running"})
+    original = type(target).write_text
+
+    def crash_halfway(self, text, *args, **kwargs):
+        original(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(type(target), "write_text", crash_halfway)
+    with pytest.raises(OSError):
+        write_json(target, {"status": "finished", "scores": list(range(50))})
+    monkeypatch.undo()
+    assert read_json(target) == {"status": "running"} and [path.name for path in tmp_path.iterdir()] == ["result.json"]
 
 
 def test_run_directory_writes_and_reads_results_samples_and_summary(tmp_path):

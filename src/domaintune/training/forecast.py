@@ -3,12 +3,13 @@ training run records its speed here, keyed by the setup it depends on, so the ne
 same setup prints its plan with a time; `domaintune estimate` (workflows/estimate.py) measures one."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from domaintune.config import Recipe
+from domaintune.core.errors import DomaintuneError
 from domaintune.models.registry import cache_dir
+from domaintune.storage.jsonl import read_json, write_json
 
 EXPORT_SECONDS = 15.0  # merging and writing a ~135M model; small next to training
 
@@ -34,16 +35,22 @@ def setup_key(recipe: Recipe, threads: int, bf16: bool) -> str:
     )
 
 
+def _known_throughputs() -> dict:
+    # A cache: a file cut short (by a version that wrote it in place) is measured again, not an error.
+    try:
+        return read_json(throughput_file(), {})
+    except DomaintuneError:
+        return {}
+
+
 def record_throughput(key: str, measurement: dict) -> None:
-    path = throughput_file()
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = _known_throughputs()
     known[key] = {**known.get(key, {}), **measurement}
-    path.write_text(json.dumps(known, indent=2))
+    write_json(throughput_file(), known)
 
 
 def lookup_throughput(key: str) -> dict | None:
-    path = throughput_file()
-    return json.loads(path.read_text()).get(key) if path.exists() else None
+    return _known_throughputs().get(key)
 
 
 def real_tokens_per_step(recipe: Recipe, lengths: dict[str, list[int]]) -> float:
