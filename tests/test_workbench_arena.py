@@ -142,8 +142,8 @@ def test_a_chat_abandoned_mid_answer_frees_the_arena_for_the_next(tmp_path, monk
     with live_server(create_app(runs, arena=arena), port):
         page = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         page.request("GET", "/")
-        headers = {"X-CSRF-Token": re.search(r'name="csrf" content="([^"]+)"', page.getresponse().read().decode()).group(1),
-                   "Content-Type": "application/json"}
+        token = re.search(r'name="csrf" content="([^"]+)"', page.getresponse().read().decode()).group(1)
+        headers = {"X-CSRF-Token": token, "Content-Type": "application/json"}
         abandoned = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         abandoned.request("POST", f"/runs/{root.name}/arena/chat", json.dumps({"message": "hi", "max_new_tokens": 500}),
                           headers)

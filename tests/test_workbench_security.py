@@ -1,14 +1,16 @@
 """The workbench refuses hostile requests: a post without the page's CSRF token, another Host, a
-non-loopback bind without a token, a request without the token, an upload over the cap, and any path
-that leaves the runs folder. No model is loaded here (fast)."""
+non-loopback bind without a token, a request without the token, an upload or form over its cap (refused
+before it is read), and any path that leaves the runs folder. No model is loaded here (fast)."""
 import re
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from domaintune.cli import app as cli_app
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.local_pages import FORM_BODY_CAP
 from domaintune.workbench.app import create_app
 from domaintune.workbench.guard import check_bind
 
@@ -133,3 +135,41 @@ def test_recipe_errors_are_shown_at_their_field(tmp_path):
     assert re.search(r"line 6: <b>training.lr</b>: input should be a valid number", response.text)
     response = web.post("/launch", data={"recipe": "name: [x\n", "csrf": token})
     assert response.status_code == 400 and "not valid YAML" in response.text
+
+
+def post_unbuffered(app, path: str, body_chunks, headers=()) -> tuple[int, int]:
+    """POST straight into the ASGI app, handing over the body a chunk at a time only as the app asks for it
+    (a test client would buffer it all first): the status and how many bytes the app took."""
+    taken, chunks, started = 0, iter(body_chunks), []
+
+    async def receive():
+        nonlocal taken
+        chunk = next(chunks, b"")
+        taken += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 7860),
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"application/x-www-form-urlencoded"),
+                         *headers]}
+    anyio.run(app, scope, receive, send)
+    return started[0], taken
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(tmp_path):
+    """Any web page can post to 127.0.0.1 without the token: the body must not be read whole to find it missing."""
+    app = create_app(tmp_path / "runs")
+    megabyte = b"a" * 2**20
+    for path in ("/launch", "/estimate", "/runs/demo/stop"):
+        # A declared length over the cap: refused before a byte is read.
+        status, taken = post_unbuffered(app, path, [b"recipe=", *[megabyte] * 16],
+                                        [(b"content-length", str(7 + 16 * 2**20).encode())])
+        assert (status, taken) == (413, 0), path
+        # No length declared (chunked): read only up to the cap.
+        status, taken = post_unbuffered(app, path, [b"recipe=", *[megabyte] * 16])
+        assert status == 413 and taken <= FORM_BODY_CAP + len(megabyte), (path, taken)

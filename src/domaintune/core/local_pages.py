@@ -10,6 +10,10 @@ from fastapi.responses import PlainTextResponse
 
 from domaintune.core.net import host_name, local_host_names, parse_form
 
+# A form posted to a local page holds a few fields and at most a recipe's YAML; data files come by the
+# workbench's upload, which has its own (larger, configurable) cap.
+FORM_BODY_CAP = 2**20
+
 
 def answer_this_machine_only(app: FastAPI, host: str, opened_by: str) -> None:
     """Answer only requests whose Host header names this machine or the address bound (`host`)."""
@@ -34,9 +38,25 @@ class PageToken:
 
     async def form(self, request: Request) -> dict[str, str]:
         """The posted form, once its token (form field or X-CSRF-Token header) is checked."""
+        body = await read_body(request, FORM_BODY_CAP)  # the token may be in the body: capped before it is checked
         try:
-            form = parse_form(await request.body())
+            form = parse_form(body)
         except ValueError as error:
             raise HTTPException(400, f"bad form: {error}") from None
         self.check(request.headers.get("x-csrf-token") or form.get("csrf"))
         return form
+
+
+async def read_body(request: Request, cap: int, too_large: str | None = None) -> bytearray:
+    """The request's body; 413 (`too_large`) past `cap` bytes: on a declared length before a byte is read,
+    else as the body arrives, so a hostile request costs at most `cap` bytes of memory."""
+    refusal = HTTPException(413, too_large or f"request larger than {cap:,} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise refusal
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise refusal
+    return body  # not copied to bytes: an upload may be 100 MiB

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from domaintune.config import EvaluationConfig
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.local_pages import read_body
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS
 from domaintune.workbench.context import Workbench
 from domaintune.workbench.runs import name_of, raw_recipe, summarise
@@ -53,9 +54,7 @@ def router(bench: Workbench) -> APIRouter:
     async def arena_chat(name: str, request: Request):
         """Both answers to a message as server-sent events (read by fetch: a POST, so it carries the CSRF token)."""
         bench.csrf.check(request.headers.get("x-csrf-token"))
-        body = await request.body()
-        if len(body) > CHAT_BODY_CAP:
-            raise HTTPException(413, f"request larger than {CHAT_BODY_CAP:,} bytes")
+        body = await read_body(request, CHAT_BODY_CAP)
         run = bench.run_of(name)
         try:
             asked = json.loads(body)

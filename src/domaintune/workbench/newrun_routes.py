@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from domaintune.config import ModelConfig
 from domaintune.core.errors import DomaintuneError
+from domaintune.core.local_pages import read_body
 from domaintune.storage.rundir import RunDir
 from domaintune.workbench import jobs
 from domaintune.workbench.context import Workbench
@@ -18,19 +19,12 @@ def router(bench: Workbench) -> APIRouter:
     @router.post("/upload")
     async def upload(request: Request, name: str):
         bench.csrf.check(request.headers.get("x-csrf-token"))
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > bench.upload_cap:
-            raise HTTPException(413, f"{name}: larger than the upload cap of {bench.upload_cap:,} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > bench.upload_cap:  # a body without a length, or longer than it said
-                raise HTTPException(413, f"{name}: larger than the upload cap of {bench.upload_cap:,} bytes")
-            chunks.append(chunk)
+        body = await read_body(request, bench.upload_cap,
+                               f"{name}: larger than the upload cap of {bench.upload_cap:,} bytes")
         from domaintune.workbench.newrun import save_upload
 
         try:
-            saved = save_upload(bench.runs, name, chunks, bench.upload_cap)
+            saved = save_upload(bench.runs, name, [body], bench.upload_cap)
         except DomaintuneError as error:
             raise HTTPException(400, str(error)) from None
         return JSONResponse({"file": saved.relative_to(bench.runs).as_posix()})
