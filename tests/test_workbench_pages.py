@@ -110,3 +110,20 @@ def test_the_data_card_draws_rows_by_stage_and_by_split(tmp_path):
         ("split", "train", 24), ("split", "validation", 3), ("split", "test", 3)]
     widths = [float(width) for *_, width in bars]
     assert widths[0] == max(widths) and abs(widths[3] / widths[0] - 24 / 40) < 0.01  # one scale for all bars
+
+
+def test_a_multitask_run_shows_its_tasks_data_card(tmp_path):
+    runs = tmp_path / "runs"
+    root = make_run(runs, "multitask", results=RESULTS)
+    card = {"splits": {"train": 30, "validation": 4, "test": 4},  # what objectives.multitask writes: no totals
+            "tasks": {"ner": {"weight": 2.0, "tag": "[ner]", "train": 10, "validation": 2, "test": 2},
+                      "qa": {"weight": 1.0, "tag": None, "train": 10, "validation": 2, "test": 2}}}
+    (root / "data" / "data_card.json").write_text(json.dumps(card), encoding="utf-8")
+    response = web(runs).get("/runs/multitask")
+    assert response.status_code == 200
+    table = re.search(r'<table id="data-card">(.*?)</table>', response.text, re.S).group(1)
+    assert "train 30 · validation 4 · test 4" in table and "read" not in table
+    tasks = re.findall(r'<tr class="task"><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>',
+                       response.text)
+    assert tasks == [("ner", "2.0", "[ner]", "train 10 · validation 2 · test 2"),
+                     ("qa", "1.0", "–", "train 10 · validation 2 · test 2")]
