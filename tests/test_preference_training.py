@@ -94,6 +94,19 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
     assert (run.model / "adapter_config.json").exists()
 
 
+def test_a_preference_objective_can_be_tuned_with_early_stopping(tmp_path, tiny_model_dir):
+    import domaintune
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", ner_pairs(24))
+    search = recipe(tmp_path, tiny_model_dir, data, {"name": "dpo", "beta": 0.5}, max_steps=4, eval_every=2,
+                    early_stopping={"patience": 2})
+    search["tune"] = {"space": {"training.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}, "pruner": "none"}
+    result = domaintune.tune(search, trials=1)
+    [trial] = result.study.trials
+    run = api.RunDir.open(trial.user_attrs["run_dir"])
+    assert trial.value == run.training_summary()["best_eval_loss"] > 0
+
+
 def test_grpo_with_a_regex_reward_raises_the_share_of_matching_answers(tmp_path, word_model_dir):
     prompts = [{"prompt": f"{a} {b}", "chosen": "yes", "rejected": "no"} for a in WORDS[5:12] for b in WORDS[12:16]]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)

@@ -69,6 +69,8 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
         "method": recipe.method.name,
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
+        "best_eval_loss": trainer.state.best_metric,  # what `tune` minimises where early stopping restored the best
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "train_rows": train_rows,
         "parameters": parameters,
         "runtime_seconds": output.metrics.get("train_runtime"),

@@ -190,7 +190,8 @@ def _validation_loss(run: RunDir, recipe: Recipe, reporter: PruningCallback) -> 
     if recipe.training.early_stopping is None:
         return reporter.eval_losses[-1]  # the saved model is the last one
     # Early stopping restored the best checkpoint, so that is the model this trial produced.
-    return run.training_summary()["best_eval_loss"]
+    best = run.training_summary().get("best_eval_loss")
+    return best if best is not None else min(reporter.eval_losses)
 
 
 def _write_best_recipe(recipe: Recipe, best: optuna.trial.FrozenTrial, path: Path, n_trials: int) -> None:
