@@ -127,3 +127,23 @@ def test_a_multitask_run_shows_its_tasks_data_card(tmp_path):
                        response.text)
     assert tasks == [("ner", "2.0", "[ner]", "train 10 · validation 2 · test 2"),
                      ("qa", "1.0", "–", "train 10 · validation 2 · test 2")]
+
+
+def test_a_run_with_an_unreadable_file_is_listed_as_unreadable_and_the_others_as_usual(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "good", results=RESULTS)
+    (make_run(runs, "cut-short") / "workbench").mkdir()
+    (runs / "cut-short" / "workbench" / "result.json").write_text('{"state": "do', encoding="utf-8")
+    make_run(runs, "binary", results=RESULTS)
+    (runs / "binary" / "eval" / "results.json").write_bytes(b"\xff\xfe{}")
+    make_run(runs, "bad-line", metrics=[{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
+    (runs / "bad-line" / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 3}\n', encoding="utf-8")
+    response = web(runs).get("/")
+    assert response.status_code == 200
+    row = r'<tr class="run" data-status="(\w+)">.*?<a href="/runs/([\w-]+)">.*?<td class="status[^"]*">(.*?)</td>'
+    rows = {name: (status, error) for status, name, error in re.findall(row, response.text, re.S)}
+    statuses = {name: status for name, (status, _) in rows.items()}
+    assert statuses == {"good": "done", "cut-short": "unreadable", "binary": "unreadable", "bad-line": "unreadable"}
+    assert "result.json: not valid JSON" in rows["cut-short"][1] and "metrics.jsonl line 2" in rows["bad-line"][1]
+    assert "exact_match 0.200 → 0.700" in response.text  # the good run's headline
+    assert "unreadable" in web(runs).get("/", params={"status": "unreadable"}).text

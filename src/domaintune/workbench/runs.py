@@ -87,7 +87,7 @@ class Summary:
     recipe_name: str
     method: str
     objective: str
-    status: str  # preparing, training, evaluating, exporting, done, failed, stopped, prepared, trained
+    status: str  # preparing, training, evaluating, exporting, done, failed, stopped, prepared, trained, unreadable
     error: str | None
     step: int | None
     total: int | None
@@ -110,6 +110,24 @@ def stage(run: RunDir) -> str:
 
 
 def summarise(run: RunDir) -> Summary:
+    """The run as the runs page lists it; status `unreadable` (with why) when one of its files can't be read
+    (cut short by a crash, not UTF-8), so one broken run doesn't take the page down for the others."""
+    try:
+        return _summary(run)
+    except (DomaintuneError, OSError, ValueError) as error:  # ValueError: a file that is not UTF-8
+        return Summary(**_labels(run, raw_recipe(run)), status="unreadable", error=str(error), step=None, total=None,
+                       eta_seconds=None, headline=None, started=run.recipe_file.stat().st_mtime, seconds=None,
+                       running=False)
+
+
+def _labels(run: RunDir, recipe: dict) -> dict:
+    """What names a run in the list: its folder, its recipe's name, method and objective."""
+    return {"name": run.root.name, "recipe_name": str(recipe.get("name", run.root.name)),
+            "method": name_of(recipe.get("method")),
+            "objective": name_of(recipe.get("objective")) if recipe.get("objective") else "sft"}
+
+
+def _summary(run: RunDir) -> Summary:
     recipe = raw_recipe(run)
     records = read_jsonl(run.metrics) if run.metrics.is_file() else []
     job, result = jobs.job_files(run.root)
@@ -133,9 +151,8 @@ def summarise(run: RunDir) -> Summary:
     evaluation = recipe.get("evaluation") if isinstance(recipe.get("evaluation"), dict) else {}
     metrics = evaluation.get("metrics") if isinstance(evaluation.get("metrics"), list) else None
     return Summary(
-        name=run.root.name, recipe_name=str(recipe.get("name", run.root.name)), method=name_of(recipe.get("method")),
-        objective=name_of(recipe.get("objective")) if recipe.get("objective") else "sft", status=status, error=error,
-        step=found.get("step"), total=found.get("total"), eta_seconds=found.get("eta_seconds") if running else None,
+        **_labels(run, recipe), status=status, error=error, step=found.get("step"), total=found.get("total"),
+        eta_seconds=found.get("eta_seconds") if running else None,
         headline=headline(read_json(run.eval / "results.json", {}) or {}, metrics), started=started, seconds=seconds,
         running=running,
     )
