@@ -2,6 +2,7 @@
 non-loopback bind without a token, a request without the token, an upload or form over its cap (refused
 before it is read), and any path that leaves the runs folder. No model is loaded here (fast)."""
 import re
+import time
 
 import anyio
 import pytest
@@ -173,3 +174,16 @@ def test_an_oversized_form_is_refused_before_it_is_read(tmp_path):
         # No length declared (chunked): read only up to the cap.
         status, taken = post_unbuffered(app, path, [b"recipe=", *[megabyte] * 16])
         assert status == 413 and taken <= FORM_BODY_CAP + len(megabyte), (path, taken)
+
+
+def test_the_same_file_uploaded_twice_in_a_second_is_kept_twice(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    web = client(runs)
+    token = csrf_of(web.get("/").text)
+    monkeypatch.setattr(time, "strftime", lambda format: "20260101-000000")  # both in the same second
+    first, second, third = (web.post("/upload?name=d.jsonl", content=content, headers={"X-CSRF-Token": token})
+                            for content in (b'{"text": "first"}\n', b'{"text": "second"}\n', b'{"text": "third"}\n'))
+    assert [response.json()["file"] for response in (first, second, third)] == [
+        "uploads/20260101-000000-d.jsonl", "uploads/20260101-000000.2-d.jsonl", "uploads/20260101-000000.3-d.jsonl"]
+    assert (runs / second.json()["file"]).read_bytes() == b'{"text": "second"}\n'
+    assert (runs / first.json()["file"]).read_bytes() == b'{"text": "first"}\n'

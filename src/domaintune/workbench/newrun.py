@@ -33,17 +33,25 @@ SHOWN_REJECTED = 50
 
 
 def save_upload(runs: Path, filename: str, chunks, cap: int) -> Path:
-    """Write the uploaded bytes to runs/uploads/<time>-<name>; DomaintuneError for a name that is not a data
-    file or more bytes than `cap` (the partial file is removed)."""
+    """Write the uploaded bytes to runs/uploads/<time>-<name> (<time>.2-<name>, ... for another one of that
+    name in that second); DomaintuneError for a name that is not a data file or more bytes than `cap`
+    (the partial file is removed)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename).name).lstrip(".")
     if not name or Path(name).suffix.lower() not in (*SUFFIXES, *DOCUMENT_SUFFIXES):
         raise DomaintuneError(f"{filename!r}: not a data file ({', '.join((*SUFFIXES, *DOCUMENT_SUFFIXES))})")
     folder = runs / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    handle, copy = None, 1
+    while handle is None:  # opened exclusively: two uploads at once can't take the same name
+        target = folder / f"{stamp}{f'.{copy}' if copy > 1 else ''}-{name}"
+        try:
+            handle = target.open("xb")
+        except FileExistsError:
+            copy += 1
     written = 0
     try:
-        with target.open("xb") as handle:
+        with handle:
             for chunk in chunks:
                 written += len(chunk)
                 if written > cap:
