@@ -175,6 +175,22 @@ def test_the_conversion_cache_evicts_the_least_recently_used_beyond_its_budget(t
         conversions.conversions_budget()
 
 
+def test_a_conversion_a_running_server_holds_is_not_evicted(tmp_path):
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name in ("served", "abandoned"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.bin").write_bytes(b"x" * 100)
+    conversions.hold_conversion(tmp_path / "served")  # by this process, alive
+    (tmp_path / "abandoned" / f"{conversions.LEASE_PREFIX}{ended.stdout.strip()}").touch()  # by an ended one
+    for name in ("served", "abandoned"):
+        os.utime(tmp_path / name, (0, 0))  # last used long ago
+    assert conversions.evict_conversions(tmp_path, budget=0, now=10**9) == [tmp_path / "abandoned"]
+    assert (tmp_path / "served" / "model.bin").exists()
+
+
 def test_a_model_folder_is_published_whole_and_one_already_complete_stays(tmp_path):
     def written(name: str, *files: str) -> Path:
         folder = tmp_path / name

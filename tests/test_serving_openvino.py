@@ -3,12 +3,14 @@ cancelled streams, the conversion cache and the fall-backs when it can't load a 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
 
+from domaintune.models.conversions import LEASE_PREFIX
 from domaintune.serving.batching import GenerationRequest
 from domaintune.serving.engine_choice import text_engine
 from domaintune.serving.settings import ServeSettings
@@ -122,8 +124,11 @@ def test_sampling_follows_each_requests_temperature(openvino_engine):
 def test_a_second_start_reuses_the_conversion(tiny_model_dir, capsys):
     settings = ServeSettings(engine="openvino", compute_type="float16")
     for _ in range(2):
-        text_engine(("base", str(tiny_model_dir)), {}, settings, console=Console(stderr=True)).close()
+        engine = text_engine(("base", str(tiny_model_dir)), {}, settings, console=Console(stderr=True))
+        engine.close()
     assert capsys.readouterr().err.count("Converting the model for openvino") <= 1  # none if a test before converted
+    # Held against the cache's eviction while this process lives.
+    assert (engine.files["base"].parent / f"{LEASE_PREFIX}{os.getpid()}").exists()
 
 
 def test_a_model_openvino_cant_load_falls_back_with_a_notice(tiny_model_dir, tmp_path, monkeypatch, capsys):

@@ -110,9 +110,33 @@ def conversions_budget() -> int:
     return int(gigabytes * 2**30)
 
 
+LEASE_PREFIX = ".in-use-"
+
+
+def hold_conversion(folder: Path) -> Path:
+    """Keep a conversion out of eviction for as long as this process lives: a server loads its adapters'
+    conversions again after unloading them, maybe hours after it started. A lease file named by process id."""
+    (folder / f"{LEASE_PREFIX}{os.getpid()}").touch()
+    return folder
+
+
+def _held(conversion: Path) -> bool:
+    """Whether a living process holds the conversion; the leases of ended processes are removed."""
+    held = False
+    for lease in conversion.glob(f"{LEASE_PREFIX}*"):
+        try:
+            os.kill(int(lease.name.removeprefix(LEASE_PREFIX)), 0)
+            held = True
+        except PermissionError:  # alive, another user's
+            held = True
+        except (ProcessLookupError, ValueError):
+            lease.unlink(missing_ok=True)
+    return held
+
+
 def evict_conversions(folder: Path, budget: int, now: float | None = None) -> list[Path]:
     """Delete the least recently used conversions in `folder` until the rest fit in `budget` bytes, sparing any
-    used within RECENT_USE_SECONDS; returns what was deleted."""
+    used within RECENT_USE_SECONDS or held by a running server (`hold_conversion`); returns what was deleted."""
     now = time.time() if now is None else now
     last_used = {entry: entry.stat().st_mtime for entry in folder.iterdir()
                  if entry.is_dir() and not entry.name.startswith(".")}  # ".converting-*": work in progress
@@ -122,7 +146,7 @@ def evict_conversions(folder: Path, budget: int, now: float | None = None) -> li
     for entry in sorted(last_used, key=last_used.get):
         if total <= budget:
             break
-        if now - last_used[entry] < RECENT_USE_SECONDS:
+        if now - last_used[entry] < RECENT_USE_SECONDS or _held(entry):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         total -= sizes[entry]

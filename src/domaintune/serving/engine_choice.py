@@ -19,6 +19,7 @@ from rich.console import Console
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
 from domaintune.config.runtime import inference_device
+from domaintune.models.conversions import hold_conversion
 from domaintune.models.generation import (
     CTranslate2Generator,
     EngineUnavailable,
@@ -97,8 +98,10 @@ def _openvino_engine(name: str, model: _ModelFacts, adapters: dict[str, str], se
 
     def convert(adapter: str | None) -> Path:
         load, folders = model.sources(adapter)
-        return converted_for_engine(lambda write_merged: openvino_gguf(folders, compute_type, write_merged, console),
+        gguf = converted_for_engine(lambda write_merged: openvino_gguf(folders, compute_type, write_merged, console),
                                     load, model.tokenizer, folders)
+        hold_conversion(gguf.parent)  # an adapter unloaded now is loaded again from it later
+        return gguf
 
     # Every model is converted now (once: the cache keeps them), so no request waits for a conversion.
     files = {name: convert(None), **{adapter: convert(folder) for adapter, folder in adapters.items()}}
@@ -117,7 +120,9 @@ def _ctranslate2_engine(name: str, model: _ModelFacts, adapters: dict[str, str],
 
     def convert(adapter: str | None) -> tuple[Path, str]:
         load, folders = model.sources(adapter)
-        return ctranslate2_folder(load, model.tokenizer, setting, folders=folders, exact=False, console=console)
+        folder, compute_type = ctranslate2_folder(load, model.tokenizer, setting, folders=folders, exact=False,
+                                                  console=console)
+        return hold_conversion(folder), compute_type  # an adapter unloaded now is loaded again from it later
 
     # Every model is converted now (once: the cache keeps them), so no request waits for a conversion;
     # adapters are loaded on first use, within --max-loaded-adapters.
