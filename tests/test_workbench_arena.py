@@ -102,6 +102,10 @@ def test_hostile_requests_are_refused(web, tmp_path):
                        content=json.dumps({"message": "y" * 100_000}))
     assert body.status_code == 413
     assert chat(client, token, name, "   ").status_code == 400
+    for tokens in (b"1e999", b'"many"'):  # JSON's 1e999 is a float: infinity
+        response = client.post(f"/runs/{name}/arena/chat", headers={"X-CSRF-Token": token},
+                               content=b'{"message": "hi", "max_new_tokens": ' + tokens + b"}")
+        assert response.status_code == 400 and "max_new_tokens: a whole number" in response.json()["detail"], tokens
     for outside in ("..%2F..", "..%2Fruns", "%2Fetc", "uploads"):
         assert chat(client, token, outside, "hi").status_code == 404, outside
         assert client.get(f"/runs/{outside}/arena").status_code == 404, outside

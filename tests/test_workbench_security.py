@@ -187,3 +187,19 @@ def test_the_same_file_uploaded_twice_in_a_second_is_kept_twice(tmp_path, monkey
         "uploads/20260101-000000-d.jsonl", "uploads/20260101-000000.2-d.jsonl", "uploads/20260101-000000.3-d.jsonl"]
     assert (runs / second.json()["file"]).read_bytes() == b'{"text": "second"}\n'
     assert (runs / first.json()["file"]).read_bytes() == b'{"text": "first"}\n'
+
+
+def test_names_the_file_system_cant_take_are_refused_without_a_crash(tmp_path):
+    """A NUL byte or an over-long name in a run, a download, a preview or a recipe's data path: a 4xx, not a 500."""
+    runs = tmp_path / "runs"
+    root = fake_run(runs)
+    web = TestClient(create_app(runs), base_url="http://127.0.0.1:7860", raise_server_exceptions=False)
+    token = csrf_of(web.get("/").text)
+    for bad in ("a%00b", "a" * 300):
+        assert web.get(f"/runs/{bad}").status_code == 404, bad
+        assert web.get(f"/runs/{root.name}/files/eval/{bad}").status_code in (403, 404), bad
+        preview = web.get(f"/new?data=uploads/{bad}.jsonl")
+        assert preview.status_code == 200 and 'id="preview-error"' in preview.text, bad
+    response = web.post("/launch", data={"recipe": 'name: x\ndata: {train: ["a\\0b.jsonl"]}\n', "csrf": token})
+    assert response.status_code == 400 and "not a valid path" in response.text
+    assert sorted(path.name for path in runs.iterdir()) == [root.name]

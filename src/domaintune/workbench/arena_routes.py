@@ -58,10 +58,14 @@ def router(bench: Workbench) -> APIRouter:
         run = bench.run_of(name)
         try:
             asked = json.loads(body)
-            stream = bench.arena.chat(run, str(asked.get("conversation") or ""), str(asked["message"]),
-                                      bool(asked.get("blind")), int(asked.get("max_new_tokens") or 128))
+            message, max_new_tokens = str(asked["message"]), asked.get("max_new_tokens") or 128
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise HTTPException(400, f"bad request: expected JSON with a message ({error})") from None
+        if type(max_new_tokens) is not int:  # not a float: JSON's 1e999 is infinity
+            raise HTTPException(400, f"max_new_tokens: a whole number, not {max_new_tokens!r}")
+        try:
+            stream = bench.arena.chat(run, str(asked.get("conversation") or ""), message, bool(asked.get("blind")),
+                                      max_new_tokens)
         except DomaintuneError as error:
             raise HTTPException(400, str(error)) from None
         return ClosingEventStream(stream)

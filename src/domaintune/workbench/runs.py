@@ -24,9 +24,14 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def inside(root: Path, relative: str) -> Path:
     """`relative` resolved under `root` (symbolic links followed); DomaintuneError when it leaves `root`,
-    so a request can never name a file elsewhere."""
+    so a request can never name a file elsewhere, or a name no file can have (a NUL byte, too long)."""
     root = root.resolve()
-    target = (root / relative).resolve()
+    try:
+        target = (root / relative).resolve()
+        target.exists()  # raises for a name too long for the file system, as any later use of it would
+    except (ValueError, OSError) as error:  # ValueError: a NUL byte
+        reason = getattr(error, "strerror", None) or error
+        raise DomaintuneError(f"{relative!r}: not a valid path ({reason})") from None
     if target != root and not target.is_relative_to(root):
         raise DomaintuneError(f"{relative}: outside the runs folder")
     return target
