@@ -117,9 +117,10 @@ class MultitaskConfig(ObjectiveSection):
         return tasks
 
     def resolve_paths(self, resolve) -> None:
-        """Make each task's files absolute with `resolve(files)` (against the recipe's folder)."""
-        for task in self.tasks:
-            task.train, task.validation, task.test = resolve(task.train), resolve(task.validation), resolve(task.test)
+        """Make each task's files absolute with `resolve(field, files)` (against the recipe's folder)."""
+        for number, task in enumerate(self.tasks):
+            for part in ("train", "validation", "test"):
+                setattr(task, part, resolve(f"objective.tasks.{number}.{part}", getattr(task, part)))
 
 
 class RewardSpec(BaseModel):  # one reward source of `rewards:` (ppo, grpo; evaluating preference-tuned models)

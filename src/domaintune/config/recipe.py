@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -169,22 +169,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return resolve_data_paths(recipe, path.parent)
 
 
-def resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
-    def resolve(files: list[str]) -> list[str]:
-        return [f if Path(f).is_absolute() else str((base / f).resolve()) for f in files]
+def resolve_data_paths(recipe: Recipe, base: Path, resolve_file: Callable[[str, str], str] | None = None) -> Recipe:
+    """Every file the recipe reads data from, made absolute against `base` (the recipe's folder), or replaced by
+    `resolve_file(field, path)` where given (the workbench confines each to its runs folder)."""
+    def against_base(field: str, path: str) -> str:
+        return path if Path(path).is_absolute() else str((base / path).resolve())
 
-    recipe.data.train = resolve(recipe.data.train)
-    recipe.data.validation = resolve(recipe.data.validation)
-    recipe.data.test = resolve(recipe.data.test)
-    for stage in recipe.stages or []:
+    resolve_one = resolve_file or against_base
+
+    def resolve(field: str, files: list[str]) -> list[str]:
+        return [resolve_one(f"{field}.{index}", file) for index, file in enumerate(files)]
+
+    for part in ("train", "validation", "test"):
+        setattr(recipe.data, part, resolve(f"data.{part}", getattr(recipe.data, part)))
+    for number, stage in enumerate(recipe.stages or []):
         for part in ("train", "validation", "test"):
             if isinstance(stage.data.get(part), list):
-                stage.data[part] = resolve(stage.data[part])
-    recipe.data.contamination.benchmarks = resolve(recipe.data.contamination.benchmarks)
-    recipe.data.synthesize.documents = resolve(recipe.data.synthesize.documents)
+                stage.data[part] = resolve(f"stages.{number}.data.{part}", stage.data[part])
+    recipe.data.contamination.benchmarks = resolve("data.contamination.benchmarks", recipe.data.contamination.benchmarks)
+    recipe.data.synthesize.documents = resolve("data.synthesize.documents", recipe.data.synthesize.documents)
     if recipe.evaluation.probes:
-        recipe.evaluation.probes = resolve([recipe.evaluation.probes])[0]
-    recipe.evaluation.harness_files = resolve(recipe.evaluation.harness_files)
+        recipe.evaluation.probes = resolve_one("evaluation.probes", recipe.evaluation.probes)
+    recipe.evaluation.harness_files = resolve("evaluation.harness_files", recipe.evaluation.harness_files)
     if hasattr(recipe.objective, "resolve_paths"):  # multitask: each task's files
         recipe.objective.resolve_paths(resolve)
     return recipe
