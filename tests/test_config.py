@@ -104,3 +104,15 @@ def test_overrides_reach_into_list_items_by_number():
         apply_overrides(data, ["stages.3.training.max_steps=2"])
     with pytest.raises(DomaintuneError, match="stages is a list"):
         apply_overrides(data, ["stages.x=1"])
+
+
+def test_a_curriculum_written_back_whole_still_has_valid_stages(tiny_recipe):
+    """A run's recipe file is the whole recipe, so each stage's unset objective and method come back as null."""
+    from domaintune.config.recipe import stage_recipes
+
+    tiny_recipe["stages"] = [{"label": "first", "training": {"max_steps": 2}}, {"label": "second"}]
+    written = validate_recipe(tiny_recipe).model_dump(mode="json")
+    assert written["stages"][0]["method"] is None
+    stages = stage_recipes(validate_recipe(written))
+    assert [stage["name"] for stage in stages] == ["tiny-first", "tiny-second"]
+    assert stages[0]["method"] == written["method"] and stages[0]["training"]["max_steps"] == 2

@@ -218,7 +218,9 @@ def stage_recipes(recipe: Recipe) -> list[dict]:
     base = recipe.model_dump(mode="json", exclude={"stages", "compare", "tune"})
     stages = []
     for index, stage in enumerate(recipe.stages):
-        data = merge(base, {key: value for key, value in stage.model_dump(mode="json", exclude_unset=True).items() if key in STAGE_SECTIONS})
+        # A stage's objective or method of None is the recipe's: a recipe written back whole (run.yaml) sets them so.
+        changes = stage.model_dump(mode="json", exclude_unset=True)
+        data = merge(base, {key: value for key, value in changes.items() if key in STAGE_SECTIONS and value is not None})
         data["name"] = f"{recipe.name}-{stage.label or f'stage{index + 1}'}"
         last = index == len(recipe.stages) - 1
         if not last:
