@@ -147,3 +147,30 @@ def test_a_run_with_an_unreadable_file_is_listed_as_unreadable_and_the_others_as
     assert "result.json: not valid JSON" in rows["cut-short"][1] and "metrics.jsonl line 2" in rows["bad-line"][1]
     assert "exact_match 0.200 → 0.700" in response.text  # the good run's headline
     assert "unreadable" in web(runs).get("/", params={"status": "unreadable"}).text
+
+
+def test_a_negative_or_stale_last_event_id_starts_the_stream_over(tmp_path):
+    runs = tmp_path / "runs"
+    records = [{"step": step, "max_steps": 4, "time": 100.0 + step, "loss": 1.0 / step} for step in (1, 2, 3, 4)]
+    make_run(runs, "done", results=RESULTS, metrics=records)
+    second_line = len(json.dumps(records[0])) + 1
+    # A stale id (sent before the log was rewritten from a checkpoint) can land in the middle of a line.
+    for last_id in ("-5", str(second_line + 3)):
+        text = web(runs).get("/runs/done/events", headers={"Last-Event-ID": last_id}).text
+        steps = [json.loads(data)["step"] for data in re.findall(r"event: metric\ndata: (.*)\n", text)]
+        assert steps == [1, 2, 3, 4], last_id
+        assert ("event: reset" in text) == (last_id != "-5"), last_id  # the page drops what it drew from the old log
+
+
+def test_a_metric_line_holding_a_line_separator_resumes_at_the_next_line(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "done", results=RESULTS)
+    records = [{"step": 1, "note": "a\u2028b"}, {"step": 2}, {"step": 3}]  # written raw, as ensure_ascii=False does
+    (runs / "done" / "metrics.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                                 encoding="utf-8")
+    text = web(runs).get("/runs/done/events").text
+    ids = re.findall(r"id: (\d+)\n", text)
+    assert int(ids[0]) == len(json.dumps(records[0], ensure_ascii=False).encode()) + 1
+    resumed = web(runs).get("/runs/done/events", headers={"Last-Event-ID": ids[0]}).text
+    assert "event: reset" not in resumed
+    assert [json.loads(data)["step"] for data in re.findall(r"event: metric\ndata: (.*)\n", resumed)] == [2, 3]

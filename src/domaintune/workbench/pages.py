@@ -82,7 +82,7 @@ def router(bench: Workbench) -> APIRouter:
         reconnect resumes where it stopped) and its status as `status` events; `end` once it is over."""
         run = bench.run_of(name)
         try:
-            offset = int(request.headers.get("last-event-id") or 0)
+            offset = max(0, int(request.headers.get("last-event-id") or 0))
         except ValueError:
             offset = 0
 
@@ -93,18 +93,20 @@ def router(bench: Workbench) -> APIRouter:
             while not await request.is_disconnected():
                 summary = summarise(run)
                 size = run.metrics.stat().st_size if run.metrics.is_file() else 0
-                if size < offset:  # a resumed run rewrote the log from its checkpoint
+                # A resumed run rewrote the log from its checkpoint: shorter now, or the id lands mid-line.
+                if size < offset or (size > offset and not _line_starts_at(run.metrics, offset)):
                     offset = 0
                     yield "event: reset\ndata: {}\n\n"
                 if size > offset:
                     with run.metrics.open("rb") as handle:
                         handle.seek(offset)
                         chunk = handle.read(size - offset)
-                    complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
-                    for line in complete.decode("utf-8").splitlines():
-                        offset += len(line.encode("utf-8")) + 1
+                    # Split on b"\n" only (a line still being written waits): str.splitlines would also cut at
+                    # U+2028 inside a line, and the offset would no longer be a line start.
+                    for line in chunk.split(b"\n")[:-1]:
+                        offset += len(line) + 1
                         if line.strip():
-                            yield f"id: {offset}\nevent: metric\ndata: {line}\n\n"
+                            yield f"id: {offset}\nevent: metric\ndata: {line.decode('utf-8')}\n\n"
                 status = json.dumps(_status_fields(summary))
                 if status != last_status:
                     last_status = status
@@ -139,6 +141,15 @@ def _quietly(function, run: RunDir):
         return function(run)
     except DomaintuneError:
         return None
+
+
+def _line_starts_at(path, offset: int) -> bool:
+    """Whether a line of the file starts at byte `offset` (every id the stream sends does)."""
+    if offset == 0:
+        return True
+    with path.open("rb") as handle:
+        handle.seek(offset - 1)
+        return handle.read(1) == b"\n"
 
 
 def _status_fields(summary) -> dict:
