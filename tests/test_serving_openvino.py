@@ -187,9 +187,29 @@ def test_requests_fail_with_an_error_rather_than_hang_when_the_openvino_process_
 
     try:
         event = asyncio.run(run())
+        assert not engine.alive  # so /health says 503
     finally:
         engine.close()
     assert event.finish_reason == "error" and event.error is not None
+
+
+def test_health_says_503_once_the_engine_has_stopped(tiny_model_dir):
+    from starlette.testclient import TestClient
+
+    from domaintune.serving.server import build_app
+    from domaintune.serving.sources import resolve_sources
+
+    app = build_app(resolve_sources([f"base={tiny_model_dir}"]), ServeSettings(engine="openvino", compute_type="float16"))
+    engine = app.state.domaintune.generator
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            assert client.get("/health").json()["status"] == "ok"
+            engine.pipelines.process.kill()
+            engine.pipelines.process.join(10)
+            reply = client.get("/health")
+            assert reply.status_code == 503 and reply.json()["status"] == "unavailable"
+    finally:
+        engine.close()
 
 
 def test_the_openai_client_streams_stops_and_picks_an_adapter_on_openvino(openvino_engine, tiny_model_dir, tmp_path):

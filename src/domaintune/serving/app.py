@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from domaintune.serving.auth import ApiKey, KeyStore
 from domaintune.serving.encoder_routes import add_encoder_routes
@@ -39,6 +39,8 @@ def create_app(served: Served, settings: ServeSettings, keys: KeyStore) -> FastA
 def _add_server_routes(app: FastAPI, state: State) -> None:
     @app.get("/health")
     async def health(request: Request):
+        if state.generator is not None and not state.generator.alive:  # e.g. the OpenVINO process died
+            return JSONResponse({"status": "unavailable", "reason": "the generation engine has stopped"}, status_code=503)
         # Probes need no key; the served names are only for a caller whose key may see them.
         try:
             key = state.keys.authenticate(request.headers.get("authorization"))

@@ -78,6 +78,11 @@ class BatchingWorker(ABC):
         for request in requests:
             self.pending.put(request)
 
+    @property
+    def alive(self) -> bool:
+        """Whether it can still answer: /health says 503 otherwise, for a load balancer or supervisor to act on."""
+        return self.worker.is_alive()
+
     def close(self) -> None:
         self.pending.put(None)
         self.worker.join(timeout=30)

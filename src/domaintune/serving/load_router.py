@@ -50,6 +50,10 @@ class LoadRouter:
         return self.together.models
 
     @property
+    def alive(self) -> bool:
+        return self.alone.alive and self.together.alive
+
+    @property
     def queued(self) -> int:
         return self.alone.queued + self.together.queued
 

@@ -39,6 +39,10 @@ class OpenVINOEngine(BatchingWorker):
     def models(self) -> list[str]:
         return list(self.files)
 
+    @property
+    def alive(self) -> bool:
+        return super().alive and self.pipelines.process.is_alive()  # a dead child fails every request
+
     def close(self) -> None:
         super().close()
         self.pipelines.close()
