@@ -124,6 +124,51 @@ def test_paths_outside_the_runs_folder_are_refused(tmp_path):
     assert sorted(path.name for path in runs.iterdir()) == [name]
 
 
+def test_every_file_a_recipe_reads_must_be_inside_the_runs_folder(tmp_path):
+    from domaintune.workbench.newrun import check_recipe
+
+    runs = tmp_path / "runs"
+    (runs / "uploads").mkdir(parents=True)
+    inside_file = runs / "uploads" / "a.jsonl"
+    inside_file.write_text('{"prompt": "a", "completion": "b"}\n', encoding="utf-8")
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"prompt": "private", "completion": "do not show"}\n', encoding="utf-8")
+    recipe = f"""name: x
+data:
+  train: [uploads/a.jsonl]
+  contamination: {{benchmarks: [{secret}]}}
+objective:
+  name: multitask
+  tasks:
+    - {{name: one, train: [uploads/a.jsonl]}}
+    - {{name: two, train: [{secret}]}}
+evaluation: {{harness_files: [../secret.jsonl]}}
+stages:
+  - data: {{train: [{secret}]}}
+  - label: second
+"""
+    checked, problems = check_recipe(runs, recipe)
+    assert checked is None
+    assert {problem["field"] for problem in problems} == {
+        "data.contamination.benchmarks.0", "objective.tasks.1.train.0", "evaluation.harness_files.0",
+        "stages.0.data.train.0"}
+    assert all("outside the runs folder" in problem["message"] for problem in problems)
+    # Inside the runs folder, a relative path is resolved against it.
+    checked, problems = check_recipe(runs, "name: x\ndata: {train: [uploads/a.jsonl]}\n")
+    assert problems == [] and checked.data.train == [str(inside_file.resolve())]
+
+
+def test_a_recipe_from_the_page_may_not_name_a_reward_function(tmp_path):
+    from domaintune.workbench.newrun import check_recipe
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    recipe = "name: x\ndata: {train: [a.jsonl]}\nobjective: {name: grpo, rewards: [{regex: 'yes'}, {function: 'os:system'}]}\n"
+    checked, problems = check_recipe(runs, recipe)
+    assert checked is None and [problem["field"] for problem in problems] == ["objective.rewards.1.function"]
+    assert "runs code" in problems[0]["message"]
+
+
 def test_recipe_errors_are_shown_at_their_field(tmp_path):
     runs = tmp_path / "runs"
     (runs / "uploads").mkdir(parents=True)

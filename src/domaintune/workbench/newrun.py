@@ -17,7 +17,7 @@ from rich.console import Console
 
 from domaintune import api
 from domaintune.config import DataConfig, ModelConfig, Recipe
-from domaintune.config.recipe import format_validation_error
+from domaintune.config.recipe import format_validation_error, resolve_data_paths
 from domaintune.core.chat import assistant_spans
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.cleaning import normalise_row
@@ -140,8 +140,8 @@ def _line_of(text: str, field: str) -> int | None:
 
 
 def check_recipe(runs: Path, text: str) -> tuple[Recipe | None, list[dict]]:
-    """The recipe written on the page, with output_dir the runs folder and data paths resolved inside it;
-    else its problems as {"field", "message", "line"}."""
+    """The recipe written on the page, with output_dir the runs folder and every file it reads data from
+    resolved inside it; else its problems as {"field", "message", "line"}."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
@@ -151,23 +151,41 @@ def check_recipe(runs: Path, text: str) -> tuple[Recipe | None, list[dict]]:
     if not isinstance(data, dict):
         return None, [{"field": "<recipe>", "message": "a recipe is a mapping of sections (model, data, method, ...)",
                        "line": 1}]
-    problems = []
-    for part in ("train", "validation", "test"):
-        files = (data.get("data") or {}).get(part) if isinstance(data.get("data"), dict) else None
-        for index, name in enumerate(files if isinstance(files, list) else []):
-            try:
-                data["data"][part][index] = str(inside(runs, str(name)))
-            except DomaintuneError as error:
-                problems.append({"field": f"data.{part}.{index}", "message": str(error),
-                                 "line": _line_of(text, f"data.{part}.{index}")})
     data["output_dir"] = str(runs)  # runs made here live in the runs folder, whatever the YAML says
+    problems = []
+
+    def problem(field: str, message: str) -> None:
+        problems.append({"field": field, "message": message, "line": _line_of(text, field)})
+
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         for line in format_validation_error(error).splitlines():
-            field, _, message = line.partition(": ")
-            problems.append({"field": field, "message": message, "line": _line_of(text, field)})
+            problem(*line.partition(": ")[::2])
+        return None, problems
+
+    def confined(field: str, path: str) -> str:
+        # The prepared rows are shown on the run's pages: a file outside the runs folder would be read out.
+        try:
+            return str(inside(runs, path))
+        except DomaintuneError as error:
+            problem(field, str(error))
+            return path
+
+    resolve_data_paths(recipe, runs, confined)
+    for field in _reward_functions(recipe):
+        problem(field, "a reward function runs code, which a page may not name; give a regex or a reward model, "
+                       "or run this recipe with `domaintune run`")
     return (None, problems) if problems else (recipe, [])
+
+
+def _reward_functions(recipe: Recipe) -> list[str]:
+    """The fields of the recipe's (and its stages') rewards that name a Python function."""
+    objectives = [("objective", recipe.objective.model_dump())]
+    objectives += [(f"stages.{number}.objective", stage.objective) for number, stage in enumerate(recipe.stages or [])
+                   if stage.objective]
+    return [f"{where}.rewards.{index}.function" for where, objective in objectives
+            for index, reward in enumerate(objective.get("rewards") or []) if reward.get("function")]
 
 
 class Estimates:
