@@ -151,8 +151,10 @@ stages:
     assert checked is None
     assert {problem["field"] for problem in problems} == {
         "data.contamination.benchmarks.0", "objective.tasks.1.train.0", "evaluation.harness_files.0",
-        "stages.0.data.train.0"}
-    assert all("outside the runs folder" in problem["message"] for problem in problems)
+        "stages.0.data.train.0", "stages"}
+    assert all("outside the runs folder" in problem["message"] for problem in problems if problem["field"] != "stages")
+    # A job here is one run: a curriculum is refused with what to do instead, rather than failing in the job.
+    assert "domaintune run" in next(problem["message"] for problem in problems if problem["field"] == "stages")
     # Inside the runs folder, a relative path is resolved against it.
     checked, problems = check_recipe(runs, "name: x\ndata: {train: [uploads/a.jsonl]}\n")
     assert problems == [] and checked.data.train == [str(inside_file.resolve())]

@@ -173,6 +173,9 @@ def check_recipe(runs: Path, text: str) -> tuple[Recipe | None, list[dict]]:
             return path
 
     resolve_data_paths(recipe, runs, confined)
+    if recipe.stages:  # a job here is one run directory; a curriculum makes one per stage
+        problem("stages", "a curriculum trains one run per stage, which the workbench does not start yet; "
+                          "run this recipe with `domaintune run` (its runs then show here)")
     for field in _reward_functions(recipe):
         problem(field, "a reward function runs code, which a page may not name; give a regex or a reward model, "
                        "or run this recipe with `domaintune run`")
