@@ -40,3 +40,31 @@ def test_estimate_runs_in_the_background_and_shows_the_forecast(tmp_path, tiny_r
     assert web.get("/estimate/nope").status_code == 404
     assert not list(runs.glob("tiny-*")), "an estimate must not leave a run in the runs folder"
     assert not list(scratch.glob("domaintune-estimate-*")), "an estimate must remove its scratch data"
+
+
+def test_an_app_stopped_mid_estimate_lets_it_clean_up(tmp_path):
+    """The estimate's scratch (a prepared copy of the user's data) is removed even when the app exits first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    scratch = tmp_path / "scratch"
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from domaintune import api
+        from domaintune.workbench.newrun import Estimates
+
+        def estimate(recipe, console):
+            folder = pathlib.Path({str(scratch)!r})
+            folder.mkdir()
+            try:
+                time.sleep(1)
+            finally:
+                folder.rmdir()
+
+        api.estimate = estimate
+        Estimates().start(None)
+        time.sleep(0.3)  # the app's main thread ends here, mid-estimate
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert not scratch.exists()

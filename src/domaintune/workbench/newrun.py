@@ -212,7 +212,9 @@ class Estimates:
             ident = secrets.token_urlsafe(8)
             console = Console(file=io.StringIO(), width=120, highlight=False)
             self._states[ident] = {"done": False, "error": None, "console": console}
-        threading.Thread(target=self._run, args=(self._states[ident], recipe), daemon=True).start()
+        # Not a daemon: an app stopped mid-estimate waits for it, so its finally blocks remove the scratch copy of
+        # the user's data and end the probe's child process (a daemon thread would just vanish, leaving both).
+        threading.Thread(target=self._run, args=(self._states[ident], recipe), name="domaintune-estimate").start()
         return ident
 
     @staticmethod
