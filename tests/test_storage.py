@@ -23,6 +23,14 @@ def test_a_partial_last_line_is_skipped_but_a_bad_middle_line_is_named(tmp_path)
         read_jsonl(path)
 
 
+def test_a_file_that_is_not_utf8_is_a_user_error_naming_it(tmp_path):
+    (tmp_path / "result.json").write_bytes(b'{"score": "\xff"}')
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"loss": 1}\n\xff\n')
+    for read in (lambda: read_json(tmp_path / "result.json"), lambda: read_jsonl(tmp_path / "metrics.jsonl")):
+        with pytest.raises(DomaintuneError, match="not UTF-8"):
+            read()
+
+
 def test_missing_files_read_as_empty_and_bad_json_is_a_user_error(tmp_path):
     assert read_jsonl(tmp_path / "none.jsonl") == []
     assert read_json(tmp_path / "none.json", {}) == {}

@@ -19,7 +19,7 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     # Split on newlines only: str.splitlines would also cut at U+2028 inside a model's answer.
-    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    lines = [line for line in _text(path).split("\n") if line.strip()]
     records = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -43,9 +43,16 @@ def read_json(path: Path, default: Any = None) -> Any:
     if not path.is_file():
         return default
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_text(path))
     except json.JSONDecodeError as error:
         raise DomaintuneError(f"{path}: not valid JSON ({error})") from None
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # a damaged file, or not one of ours: named, not a crash
+        raise DomaintuneError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def write_json(path: Path, value: Any) -> None:
