@@ -39,20 +39,20 @@ def test_missing_files_read_as_empty_and_bad_json_is_a_user_error(tmp_path):
         read_json(tmp_path / "bad.json")
 
 
-def test_a_json_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    target = tmp_path / "result.json"
-    write_json(target, {"status": "running"})
-    original = type(target).write_text
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "train.jsonl"
+    write_jsonl(target, [{"row": 1}])
 
-    def crash_halfway(self, text, *args, **kwargs):
-        original(self, text[: len(text) // 2], *args, **kwargs)
+    def rows_then_a_crash():
+        yield {"row": 2}
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(type(target), "write_text", crash_halfway)
     with pytest.raises(OSError):
-        write_json(target, {"status": "finished", "scores": list(range(50))})
-    monkeypatch.undo()
-    assert read_json(target) == {"status": "running"} and [path.name for path in tmp_path.iterdir()] == ["result.json"]
+        write_jsonl(target, rows_then_a_crash())
+    assert read_jsonl(target) == [{"row": 1}]
+    write_json(tmp_path / "result.json", {"status": "finished"})
+    assert read_json(tmp_path / "result.json") == {"status": "finished"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["result.json", "train.jsonl"]  # no staging left
 
 
 def test_run_directory_writes_and_reads_results_samples_and_summary(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from domaintune.core.errors import DomaintuneError
 
@@ -31,8 +32,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+@contextmanager
+def _written_aside(path: Path) -> Iterator[TextIO]:
+    """A file written aside and renamed into place, so a reader (a page polling a run, another process) or a
+    crash never sees half of it."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with staging.open("w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+    with _written_aside(path) as handle:
         for record in records:
             # default=str: rejected rows may hold values JSON lacks (Parquet dates, bytes).
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
@@ -56,11 +70,5 @@ def _text(path: Path) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Written aside and renamed into place, so a reader (a page polling a run, another process) or a crash
-    never sees half a file."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        staging.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with _written_aside(path) as handle:
+        handle.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

@@ -78,9 +78,7 @@ def ner_finance_dataset(console: Console) -> Path:
     with zipfile.ZipFile(download_evals_wheel(console)) as wheel:
         raw_lines = wheel.read(MEMBER).decode("utf-8").splitlines()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_suffix(".tmp")
-    write_jsonl(staging, convert_ner_finance(raw_lines))
-    staging.rename(target)
+    write_jsonl(target, convert_ner_finance(raw_lines))  # written aside: two quickstarts at once don't collide
     return target
 
 
