@@ -40,7 +40,10 @@ def prepare(tmp_path: Path, console_out: io.StringIO | None = None, **config) ->
     [
         ("  hello \t  world  ", "hello world"),
         ("a\r\nb\rc", "a\nb\nc"),
-        ("one\n\n\n\n two  \n", "one\n\ntwo"),
+        ("one\n\n\n\n two  \n", "one\n\n two"),
+        # Indentation is kept (code, YAML, nested lists), less what every line shares.
+        ("    def f(x):\n        if x:\n            return 1", "def f(x):\n    if x:\n        return 1"),
+        ("a:\n  b:  1\n  c: [1,  2]", "a:\n  b: 1\n  c: [1, 2]"),
         ("keep\nsingle\n\nand double", "keep\nsingle\n\nand double"),
         ("cafe\u0301\u00a0bar", "caf\u00e9 bar"),  # combining accent composed (NFC), NBSP is a space
     ],

@@ -7,6 +7,7 @@ set aside come back as `Removed` so prepare can write them to removed.jsonl with
 from __future__ import annotations
 
 import re
+import textwrap
 import unicodedata
 from collections import Counter, defaultdict
 from typing import Callable, NamedTuple
@@ -14,6 +15,7 @@ from typing import Callable, NamedTuple
 from domaintune.core.chat import message_text
 
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace run except newlines (tabs, NBSP, ...)
+_INDENT = re.compile(r"[^\S\n]*")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -24,13 +26,17 @@ class Removed(NamedTuple):
 
 
 def normalise_text(text: str) -> str:
-    """NFC, one space for each run of spaces/tabs, no space at line ends, at most one blank line."""
+    """NFC; each line's indentation kept (less what every line shares) and each run of spaces or tabs after
+    it one space; no space at line ends; at most one blank line; no blank lines around the text."""
     # NFC makes "é" typed as e + combining accent equal to the precomposed "é", for dedup and splits.
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    lines = []
+    for line in text.split("\n"):
+        # Indentation is meaning in code, YAML and nested lists: it stays.
+        indent = _INDENT.match(line).group()
+        lines.append(indent + _SPACES.sub(" ", line[len(indent):]).rstrip())
+    return _BLANK_LINES.sub("\n\n", textwrap.dedent("\n".join(lines))).strip("\n")
 
 
 def normalise_row(row: dict) -> dict:
