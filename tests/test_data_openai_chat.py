@@ -355,3 +355,39 @@ def test_a_rows_question_is_its_last_user_turn_or_the_message_before_the_answer(
                    {"role": "system", "name": "example_user", "content": "Q: Find the $ value paid to Deel?"},
                    {"role": "assistant", "content": "$8,803.15"}]
     assert question_text(two_systems) == "Q: Find the $ value paid to Deel?"
+
+
+def test_a_parquet_chat_file_whose_messages_all_have_every_field_loads(tmp_path):
+    """Parquet gives every message every field some message has: a user turn arrives with `weight: null`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "draft", "weight": 0},
+                          {"role": "user", "content": "again"}, {"role": "assistant", "content": "final", "weight": 1}]}]
+    rows += [{"messages": [{"role": "user", "content": f"Hello {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+             for i in range(2)]
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert pa.Table.from_pylist(rows).to_pylist()[1]["messages"][0]["weight"] is None
+    card = prepare_dataset(DataConfig(train=[str(path)], split={"validation": 0.0, "test": 0.0}), tmp_path / "out",
+                           seed=0, console=Console(file=io.StringIO()))
+    assert card["totals"]["rejected"] == 0 and card["splits"]["train"] == 3
+
+
+def test_the_token_count_of_a_row_includes_its_tool_calls(tmp_path, tiny_model_dir):
+    """Two rows that differ only in a call's arguments have different lengths (the count was cached by content)."""
+    def booking(arguments: dict) -> dict:
+        return {"messages": [
+            {"role": "user", "content": "Book a table for tonight"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "book", "arguments": json.dumps(arguments)}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}, {"role": "assistant", "content": "Done, booked."}]}
+
+    long_call = booking({"note": " ".join(f"word{i}" for i in range(600))})
+    for order in ([booking({"n": 2}), long_call], [long_call, booking({"n": 2})]):
+        path = tmp_path / "rows.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in order), encoding="utf-8")
+        config = DataConfig(train=[str(path)], max_tokens=512, split={"validation": 0.0, "test": 0.0})
+        card = prepare_dataset(config, tmp_path / "out", seed=0, console=Console(file=io.StringIO()),
+                               count_tokens=lambda row: count_tokens(tokenizer_of(tiny_model_dir), row))
+        assert card["splits"]["train"] == 1 and card["totals"]["removed"] == 1, order

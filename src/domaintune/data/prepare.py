@@ -291,12 +291,12 @@ def _remembered(count_tokens: Callable[[dict], int] | None) -> Callable[[dict], 
     """Tokenise each row once: the length filter and the card's statistics both need the count."""
     if count_tokens is None:
         return None
-    counts: dict[tuple | str, int] = {}
+    counts: dict[str, int] = {}
 
     def count(row: dict) -> int:
-        # Keyed by what is tokenised, not by where the row came from: a source can be shared
-        # (a file listed twice) and two equal texts have one length anyway.
-        key = tuple((m["role"], m["content"]) for m in row["messages"]) if "messages" in row else row["text"]
+        # Keyed by all that is tokenised (tool calls and definitions too), not by where the row came from: a
+        # source can be shared (a file listed twice) and two equal rows have one length anyway.
+        key = json.dumps([row.get("messages", row.get("text")), row.get("tools")], sort_keys=True, default=str)
         if key not in counts:
             counts[key] = count_tokens(row)
         return counts[key]
