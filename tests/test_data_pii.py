@@ -207,3 +207,27 @@ def test_recall_and_precision_per_type_on_the_labelled_set(scanner, capsys):
         assert row["expected"] >= 20, kind
         assert row["found"] / row["expected"] >= 0.98, (kind, row["misses"])
         assert row["right"] / max(row["findings"], 1) >= 0.95, (kind, row["false"])
+
+
+def test_rejected_rows_and_labels_are_redacted_too(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from domaintune.config import DataConfig
+    from domaintune.data.prepare import prepare_dataset
+    from domaintune.storage.jsonl import read_jsonl
+
+    rows = [{"text": f"Customer {i} asks for a refund", "label": "refund" if i % 2 else "other"} for i in range(8)]
+    rows.append({"text": "Write to refunds@example.com", "label": "refunds@example.com"})
+    rows.append({"text": "Mail jane.doe@example.com today", "label": ["jane.doe@example.com"]})  # not a label
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = DataConfig(train=[str(path)], split={"validation": 0.0, "test": 0.0})
+    prepare_dataset(config, tmp_path / "out", seed=0, console=Console(file=io.StringIO()))
+    written = (tmp_path / "out").glob("*.jsonl")
+    assert not [file.name for file in written if "example.com" in file.read_text(encoding="utf-8")]
+    [rejected] = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    assert "[EMAIL]" in json.dumps(rejected["row"]) and rejected["line"] == 10
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert "[EMAIL]" in {row["label"] for row in train}

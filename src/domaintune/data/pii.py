@@ -332,6 +332,16 @@ def _redact_values(value, redact, found: Counter):
     return value
 
 
+def redact_rejected(records: list[dict], config: PiiConfig) -> list[dict]:
+    """Rejected records (the row as read and the reason, which may quote it) with PII replaced where the data's is,
+    so rejected.jsonl is not one more copy of it. Not counted in the card: these rows are not in the data."""
+    if config.mode not in ("redact", "drop"):
+        return records
+    redact, found = cache(PiiScanner(config).redact), Counter()
+    return [{**record, "reason": _redact_values(record["reason"], redact, found),
+             "row": _redact_values(record["row"], redact, found)} for record in records]
+
+
 def scrub_rows(rows: list[dict], config: PiiConfig) -> tuple[list[dict], list[Removed], dict[str, int]]:
     """(rows to keep, rows set aside in `drop` mode, findings per type). In `redact` mode the kept
     rows carry placeholders; in `report` mode they are unchanged."""
@@ -354,6 +364,8 @@ def scrub_rows(rows: list[dict], config: PiiConfig) -> tuple[list[dict], list[Re
                         for call in message["tool_calls"]]
                 messages.append(message)
             redacted = {**row, "messages": messages}
+            if isinstance(row.get("label"), str):  # a labelled row's answer is its label: the same placeholders
+                redacted["label"] = redact(row["label"])[0]
             if "worse" in row:  # a preference row's worse answers are text too
                 worse = [redact(answer) for answer in row["worse"]]
                 found.update(finding.kind for _, findings in worse for finding in findings)

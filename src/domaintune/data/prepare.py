@@ -25,7 +25,7 @@ from domaintune.data.data_report import funnel, write_data_report
 from domaintune.data.documents import Tokenize, is_document, read_document_rows
 from domaintune.data.formats import resolve_format, to_canonical
 from domaintune.data.near_dedup import near_dedup_rows
-from domaintune.data.pii import scrub_rows
+from domaintune.data.pii import redact_rejected, scrub_rows
 from domaintune.data.quality import quality_filter
 from domaintune.data.readers import RawRow, read_files
 from domaintune.data.row_errors import RowError, fix_hint, reason_kind
@@ -68,7 +68,7 @@ def prepare_dataset(
     removed, counts, pii_found, near_pairs = _clean_parts(parts, config, count_tokens, stages)
     mostly_rejected = _mostly_rejected(files, rejected)
     if not any(parts.values()):
-        _write_set_aside(out_dir, rejected, removed)  # so the user can see why
+        _write_set_aside(out_dir, rejected, removed, config)  # so the user can see why
         raise DomaintuneError(
             f"no usable rows: {read} read, {len(rejected)} rejected (see {out_dir / 'rejected.jsonl'}), "
             f"{len(removed)} removed (see {out_dir / 'removed.jsonl'}), {len(skipped)} documents skipped"
@@ -79,7 +79,7 @@ def prepare_dataset(
     explicit = {part: 0.0 for part in ("validation", "test") if getattr(config, part)}
     train, validation, test = split_rows(parts["train"], config.split.model_copy(update=explicit), seed)
     if not train:
-        _write_set_aside(out_dir, rejected, removed)
+        _write_set_aside(out_dir, rejected, removed, config)
         raise DomaintuneError(
             f"the train split is empty: {len(parts['train'])} usable rows came from data.train "
             f"(see {out_dir / 'rejected.jsonl'} and {out_dir / 'removed.jsonl'})"
@@ -97,7 +97,7 @@ def prepare_dataset(
     counts["augmented"] = len(augmented)
     stages.append({"stage": "augmented", "added": len(augmented)})
 
-    _write_set_aside(out_dir, rejected, removed)
+    _write_set_aside(out_dir, rejected, removed, config)
     for part, rows in splits.items():
         write_jsonl(out_dir / f"{part}.jsonl", rows)
     card = {
@@ -304,8 +304,8 @@ def _remembered(count_tokens: Callable[[dict], int] | None) -> Callable[[dict], 
     return count
 
 
-def _write_set_aside(out_dir: Path, rejected: list[dict], removed: list[Removed]) -> None:
-    write_jsonl(out_dir / "rejected.jsonl", rejected)
+def _write_set_aside(out_dir: Path, rejected: list[dict], removed: list[Removed], config: DataConfig) -> None:
+    write_jsonl(out_dir / "rejected.jsonl", redact_rejected(rejected, config.pii))
     write_jsonl(out_dir / "removed.jsonl", [_removed_record(item) for item in removed])
 
 
