@@ -150,3 +150,45 @@ def test_rows_of_a_one_line_json_array_carry_their_index(tmp_path):
     assert [(row.line, row.item) for row in rows] == [(1, 0), (1, 1), (1, 2)]
     jsonl = list(read_rows(write(tmp_path / "d.jsonl", '{"text": "a"}\n')))
     assert jsonl[0].item is None  # a JSONL line is its own address
+
+
+def test_an_unclosed_csv_quote_rejects_its_line_and_the_rows_after_it_are_read(tmp_path):
+    lines = ["prompt,completion", 'What is 1+1?,"2', "Capital of France?,Paris", "Capital of Spain?,Madrid",
+             "Capital of Italy?,Rome", "Largest ocean?,Pacific"]
+    rows = list(read_rows(write(tmp_path / "d.csv", "\n".join(lines) + "\n")))
+    assert [(row.line, row.data and row.data["completion"]) for row in rows] == [
+        (2, None), (3, "Paris"), (4, "Madrid"), (5, "Rome"), (6, "Pacific")]
+    assert rows[0].error.startswith("unclosed quote starting at line 2 ")
+    assert rows[0].raw == 'What is 1+1?,"2'
+
+
+def test_a_csv_quote_closed_lines_later_by_another_fields_quote_rejects_only_its_line(tmp_path):
+    text = 'prompt,completion\nq1,"2\nq2,Paris\nq3,"Rome, Italy"\nq4,"multi\nline"\n'
+    rows = list(read_rows(write(tmp_path / "d.csv", text)))
+    assert [(row.line, row.data) for row in rows] == [
+        (2, None),
+        (3, {"prompt": "q2", "completion": "Paris"}),
+        (4, {"prompt": "q3", "completion": "Rome, Italy"}),
+        (5, {"prompt": "q4", "completion": "multi\nline"}),
+    ]
+    assert rows[0].error.startswith("unclosed quote starting at line 2 ")
+
+
+def test_text_after_a_closing_csv_quote_rejects_the_row(tmp_path):
+    rows = list(read_rows(write(tmp_path / "d.csv", 'text,label\n"good" movie,pos\nfine,neg\n')))
+    assert [(row.line, row.data) for row in rows] == [(2, None), (3, {"text": "fine", "label": "neg"})]
+    assert "after the closing quote" in rows[0].error
+
+
+def test_quoted_multiline_csv_fields_with_crlf_and_doubled_quotes_still_read(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'prompt,completion\r\n"multi\r\nline, with ""quotes""",a2\r\nq3,a3\r\n')
+    assert [(row.line, row.data) for row in read_rows(path)] == [
+        (2, {"prompt": 'multi\r\nline, with "quotes"', "completion": "a2"}),
+        (4, {"prompt": "q3", "completion": "a3"}),
+    ]
+
+
+def test_an_unclosed_quote_in_the_csv_header_names_the_file(tmp_path):
+    with pytest.raises(DomaintuneError, match=r"d\.csv line 1: .*unclosed quote"):
+        list(read_rows(write(tmp_path / "d.csv", '"prompt,completion\nq,a\n')))

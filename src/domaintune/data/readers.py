@@ -2,7 +2,7 @@
 
 Every row carries its file and line so a rejected row can be found in the user's editor.
 A broken row (not JSON, nested deeper than MAX_DEPTH, a CSV field longer than
-MAX_CSV_FIELD, ...) becomes a `RawRow` with `error` set and reading goes on; a broken file
+MAX_CSV_FIELD, a CSV quote that never closes, ...) becomes a `RawRow` with `error` set and reading goes on; a broken file
 (missing, not UTF-8, truncated JSON, empty, ...) raises `DomaintuneError` naming the file.
 """
 from __future__ import annotations
@@ -202,19 +202,21 @@ def _member_offset(text: str, pos: int, wanted: str) -> int:
 
 
 def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
-    # newline="" hands line endings to the csv module, so quoted fields may span lines.
-    reader = csv.reader(io.StringIO(text, newline=""))
     # The csv module fails the whole file on a field over its limit; lift the limit while reading
     # and reject just the row with the long field.
     limit = csv.field_size_limit(sys.maxsize)
     try:
-        header = next(reader, None)
+        records = _csv_records(text)
+        _, header, broken = next(records, (1, None, None))
+        if broken:
+            raise DomaintuneError(f"{path} line 1: the header is not valid CSV: {broken}")
         if header is None:
             return
         header = [name.strip() for name in header]
-        row_start = reader.line_num + 1
-        for fields in reader:
-            start, row_start = row_start, reader.line_num + 1
+        for start, fields, broken in records:
+            if broken:
+                yield RawRow(str(path), start, None, broken, preview(fields))
+                continue
             if not fields:
                 continue  # blank line
             longest = max(range(len(fields)), key=lambda index: len(fields[index]))
@@ -228,10 +230,43 @@ def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
                 yield RawRow(str(path), start, None, error, fields)
             else:
                 yield RawRow(str(path), start, dict(zip(header, fields)))
-    except csv.Error as error:
-        raise DomaintuneError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
     finally:
         csv.field_size_limit(limit)
+
+
+def _csv_records(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line the record starts on, its fields, None), or (that line, the line's text, why it is broken).
+
+    The csv module's lenient mode lets a quote that never closes swallow the rest of the file into one
+    field, silently. Read strictly instead, and where a record breaks, set aside only the line it
+    started on and read on from the next line: the lines it swallowed are rows of their own.
+    """
+    # newline="" keeps the line endings, so quoted fields may span lines as the csv module expects.
+    lines = io.StringIO(text, newline="").readlines()
+    position = 0  # index of the first line the current reader reads
+    while position < len(lines):
+        reader = csv.reader((lines[index] for index in range(position, len(lines))), strict=True)
+        start = position + 1
+        try:
+            for fields in reader:
+                yield start, fields, None
+                start = position + reader.line_num + 1
+            return
+        except csv.Error as error:
+            end = position + reader.line_num  # the line where the record broke
+            yield start, lines[start - 1].rstrip("\r\n"), _csv_break(start, end, str(error))
+            position = start
+
+
+def _csv_break(start: int, end: int, error: str) -> str:
+    """Why the CSV record starting on line `start` broke on line `end` (`error`: the csv module's words)."""
+    read_on = "; the lines after it are read as rows of their own" if start > 1 else ""
+    if "expected after" not in error:  # "unexpected end of data": the quote is still open at the end
+        return f"unclosed quote starting at line {start} (it runs to the end of the file){read_on}"
+    if end > start:
+        return f"unclosed quote starting at line {start} (a quote on line {end} closes it, followed by text){read_on}"
+    return ('text after the closing quote of a quoted field; quote the whole field and double the quotes '
+            'inside it ("say ""hi"" twice")')
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
