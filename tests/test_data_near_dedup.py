@@ -77,3 +77,9 @@ def test_rows_with_their_own_document_in_the_system_prompt_are_not_copies():
     kept, removed, _ = near_dedup_rows(rows, NearDedupConfig())
     assert [row["source"]["line"] for row in kept] == [1, 2]
     assert removed[0].reason == "near-duplicate of mail.jsonl:1 (similarity 1.00)"
+
+
+def test_rows_without_word_characters_are_compared_by_their_symbols():
+    rows = [qa(line, prompt, answer) for line, (prompt, answer) in enumerate([("😀", "👍"), ("😢", "👎"), ("?!", "!!")], 1)]
+    kept, removed, _ = near_dedup_rows(rows, NearDedupConfig())
+    assert kept == rows and removed == []

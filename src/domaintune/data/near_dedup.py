@@ -42,7 +42,8 @@ def _answer_grams(row: dict) -> set[bytes] | None:
 
 
 def _word_grams(text: str) -> set[bytes]:
-    words = _WORD.findall(text)
+    # A text without word characters (emoji, punctuation) is its symbols: else all such rows would be one empty gram.
+    words = _WORD.findall(text) or text.split()
     if len(words) <= SHINGLE:
         return {" ".join(words).encode("utf-8")}
     return {" ".join(words[i : i + SHINGLE]).encode("utf-8") for i in range(len(words) - SHINGLE + 1)}
