@@ -241,6 +241,22 @@ def test_token_filter_and_statistics(tmp_path):
     assert "tokens" not in prepare(tmp_path, train=[path], near_dedup={"enabled": False}, quality={"enabled": False})["lengths"]["train"]
 
 
+def test_a_held_out_conversation_that_a_train_row_continues_is_removed(tmp_path):
+    """A file holding each conversation also cut after each turn: [u1, a1] in test, [u1, a1, u2, a2] in train."""
+    def chat(*turns: str) -> dict:
+        return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]}
+
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(f"question {i}", f"answer {i}", f"and then {i}?", f"then {i}")
+                                                   for i in range(10)])
+    test = write_jsonl(tmp_path / "test.jsonl", [chat("question 3", "answer 3"), chat("question 3", "another answer"),
+                                                 chat("new question", "new answer")])
+    card = prepare(tmp_path, train=[train], test=[test], split={"validation": 0.0, "test": 0.0},
+                   near_dedup={"enabled": False}, quality={"enabled": False})
+    assert card["splits"]["test"] == 2 and card["totals"]["leaked"] == 1
+    [removed] = read_jsonl(tmp_path / "out" / "removed.jsonl")
+    assert removed["line"] == 1 and "continues this conversation" in removed["reason"]
+
+
 def test_labels_are_stratified_and_reported(tmp_path):
     rows = [{"text": f"review {i}", "label": "pos" if i < 60 else "neg"} for i in range(100)]
     card = prepare(tmp_path, train=[write_jsonl(tmp_path / "r.jsonl", rows)])

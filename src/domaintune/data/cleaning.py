@@ -110,6 +110,13 @@ def content_key(row: dict) -> tuple | str:
     return _messages_key(row["messages"]) + tuple(("worse", normalise_text(answer)) for answer in row.get("worse", []))
 
 
+def earlier_exchanges(row: dict) -> list[tuple]:
+    """The content keys of a conversation cut after each assistant turn before its last one."""
+    messages = row.get("messages", [])
+    return [_messages_key(messages[:end]) for end in range(1, len(messages))
+            if messages[end - 1]["role"] == "assistant"]
+
+
 def _messages_key(messages: list[dict]) -> tuple:
     return tuple((message["role"], normalise_text(message_text(message))) for message in messages)
 

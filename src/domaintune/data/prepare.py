@@ -29,7 +29,7 @@ from domaintune.data.pii import redact_rejected, scrub_rows
 from domaintune.data.quality import quality_filter
 from domaintune.data.readers import RawRow, read_files
 from domaintune.data.row_errors import RowError, fix_hint, reason_kind
-from domaintune.data.split import check_leakage, split_rows
+from domaintune.data.split import check_leakage, continued_in_train, split_rows
 from domaintune.data.text_generator import Generate
 from domaintune.storage.jsonl import write_jsonl
 
@@ -236,13 +236,16 @@ def _contamination_text(contamination: dict) -> str:
 
 
 def _remove_leaks(splits: dict[str, list[dict]], removed: list[Removed]) -> int:
-    """Drop eval rows whose prompt is also in train (explicit files can repeat one); return how many."""
+    """Drop eval rows whose prompt is also in train (explicit files can repeat one), or whose conversation a train
+    row continues; return how many."""
     leaked = 0
     for part in ("validation", "test"):
-        leaks = {id(row) for row in check_leakage(splits["train"], splits[part])}
-        removed += [Removed(row, "prompt also in train", "prompt also in train") for row in splits[part] if id(row) in leaks]
-        splits[part] = [row for row in splits[part] if id(row) not in leaks]
-        leaked += len(leaks)
+        reasons = {id(row): "prompt also in train" for row in check_leakage(splits["train"], splits[part])}
+        reasons.update({id(row): "prompt also in train: a train row continues this conversation"
+                        for row in continued_in_train(splits["train"], splits[part]) if id(row) not in reasons})
+        removed += [Removed(row, "prompt also in train", reasons[id(row)]) for row in splits[part] if id(row) in reasons]
+        splits[part] = [row for row in splits[part] if id(row) not in reasons]
+        leaked += len(reasons)
     return leaked
 
 

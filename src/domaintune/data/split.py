@@ -12,7 +12,7 @@ import random
 from domaintune.config import SplitConfig
 from domaintune.core.answers import answer_counts, answer_label
 from domaintune.core.chat import final_answer
-from domaintune.data.cleaning import prompt_key
+from domaintune.data.cleaning import content_key, earlier_exchanges, prompt_key
 
 HOLDOUTS = ("test", "validation")  # filled first; train takes the rest
 
@@ -117,3 +117,10 @@ def check_leakage(train: list[dict], others: list[dict]) -> list[dict]:
     """The rows of `others` whose prompt also occurs in `train`."""
     seen = {prompt_key(row) for row in train}
     return [row for row in others if prompt_key(row) in seen]
+
+
+def continued_in_train(train: list[dict], others: list[dict]) -> list[dict]:
+    """The conversations of `others` that a train row continues: their answer is then trained on (a file that
+    holds each conversation also cut after every turn has both [u1, a1] and [u1, a1, u2, a2])."""
+    earlier = {key for row in train for key in earlier_exchanges(row)}
+    return [row for row in others if "messages" in row and content_key(row) in earlier]
