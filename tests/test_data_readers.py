@@ -192,3 +192,53 @@ def test_quoted_multiline_csv_fields_with_crlf_and_doubled_quotes_still_read(tmp
 def test_an_unclosed_quote_in_the_csv_header_names_the_file(tmp_path):
     with pytest.raises(DomaintuneError, match=r"d\.csv line 1: .*unclosed quote"):
         list(read_rows(write(tmp_path / "d.csv", '"prompt,completion\nq,a\n')))
+
+
+def test_a_csv_header_naming_a_column_twice_names_it(tmp_path):
+    path = write(tmp_path / "d.csv", "prompt,completion, completion\nq,4,\n")
+    with pytest.raises(DomaintuneError, match=r"d\.csv line 1: column 'completion' appears twice in the header"):
+        list(read_rows(path))
+
+
+def test_a_jsonl_row_with_a_duplicate_key_is_rejected_naming_the_key(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"prompt": "2+2?", "completion": "4", "completion": "5"}\n'
+                 '{"messages": [{"role": "user", "content": "a", "content": "b"}]}\n{"prompt": "p", "completion": "c"}\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [(1, None), (2, None), (3, {"prompt": "p", "completion": "c"})]
+    assert rows[0].error.startswith("duplicate key 'completion'") and rows[1].error.startswith("duplicate key 'content'")
+    assert rows[0].raw == '{"prompt": "2+2?", "completion": "4", "completion": "5"}'
+
+
+def test_a_jsonl_row_with_an_unpaired_surrogate_is_rejected_at_read_time(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"prompt": "a \\ud800 b", "completion": "x"}\n'
+                 '{"prompt": "smile \\ud83d\\ude00", "completion": "y"}\n{"\\udfff": 1}\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [(1, None), (2, {"prompt": "smile \U0001f600", "completion": "y"}),
+                                                       (3, None)]
+    assert rows[0].error.startswith("text with an unpaired surrogate (\\ud800)")
+    assert rows[2].error.startswith("text with an unpaired surrogate (\\udfff)")
+
+
+def test_a_jsonl_row_with_an_integer_too_long_to_read_is_rejected(tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"text": "a", "label": ' + "1" * 5000 + '}\n{"text": "b", "label": -12}\n')
+    rows = list(read_rows(path))
+    assert [(row.line, row.data) for row in rows] == [(1, None), (2, {"text": "b", "label": -12})]
+    assert rows[0].error.startswith("a number with 5,000 digits")
+    assert len(rows[0].raw) < 1000
+
+
+def test_json_array_elements_with_a_long_integer_duplicate_key_or_surrogate_are_rejected_alone(tmp_path):
+    path = write(tmp_path / "d.json", '[{"text": "a", "label": ' + "1" * 5000 + '},\n {"text": "b", "text": "c"},\n'
+                 ' {"text": "\\ud800"},\n {"text": "d", "label": "x"}]')
+    rows = list(read_rows(path))
+    assert [(row.line, row.item, row.data) for row in rows] == [
+        (1, 0, None), (2, 1, None), (3, 2, None), (4, 3, {"text": "d", "label": "x"})]
+    assert rows[0].error.startswith("a number with 5,000 digits")
+    assert rows[1].error.startswith("duplicate key 'text'")
+    assert rows[2].error.startswith("text with an unpaired surrogate (\\ud800)")
+
+
+def test_a_json_object_naming_its_list_of_rows_twice_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "d.json", '{"rows": 5, "rows": [{"prompt": "p", "completion": "c"}]}')
+    with pytest.raises(DomaintuneError, match=r"d\.json: key 'rows' appears twice in the top-level object"):
+        list(read_rows(path))

@@ -94,6 +94,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
+    decoder = _Decoder()
     # split("\n") rather than splitlines(): splitlines also breaks on \u2028 and friends,
     # which may appear inside JSON strings and would throw the line numbers off.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -101,19 +102,95 @@ def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value, problem = decoder.document(line)
         except json.JSONDecodeError as error:
             yield RawRow(str(path), number, None, f"not valid JSON: {error.msg}", line)
             continue
         except RecursionError:
             yield RawRow(str(path), number, None, _TOO_DEEP, preview(line))
             continue
-        if _too_deep(value):
+        if problem:
+            yield RawRow(str(path), number, None, problem, preview(line))
+        elif _too_deep(value):
             yield RawRow(str(path), number, None, _TOO_DEEP, preview(line))
         elif isinstance(value, dict):
             yield RawRow(str(path), number, value)
         else:
             yield RawRow(str(path), number, None, f"line is not a JSON object (got {json_type(value)})", value)
+
+
+# An escape of a UTF-16 surrogate (\ud800-\udfff): only escapes can put one in a string read from UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _Decoder(json.JSONDecoder):
+    """json's decoder, checking what json.loads lets through: a key given twice (the last value silently
+    wins), an integer too long for int() (a ValueError in mid-parse), and text with an unpaired surrogate
+    (it breaks only later, when the row is written as UTF-8)."""
+
+    def __init__(self) -> None:
+        super().__init__(object_pairs_hook=self._object, parse_int=self._int)
+        self.problems: list[str] = []
+        # Keys given twice in the object decoded last: the outermost one once a document is decoded,
+        # as the hook sees inner objects first.
+        self.duplicates: list[str] = []
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict:
+        value = dict(pairs)
+        self.duplicates = []
+        if len(value) < len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.duplicates.append(key)
+                seen.add(key)
+            self.problems.append(f"duplicate key {self.duplicates[0]!r} (only one of its values could be kept)")
+        return value
+
+    def _int(self, digits: str) -> int:
+        limit = sys.get_int_max_str_digits()
+        if limit and len(digits.lstrip("-")) > limit:
+            self.problems.append(f"a number with {len(digits.lstrip('-')):,} digits, more than the {limit:,} "
+                                 "Python can read")
+            return 0
+        return int(digits)
+
+    def document(self, text: str) -> tuple[Any, str | None]:
+        """The JSON document `text` (as json.loads reads it), and what is wrong with it (None: nothing)."""
+        self.problems = []
+        value = self.decode(text)
+        return value, self._problem(value, text, 0, len(text))
+
+    def value_at(self, text: str, pos: int) -> tuple[Any, int, str | None]:
+        """The JSON value starting at offset `pos`, its end offset, and what is wrong with it (None: nothing)."""
+        self.problems = []
+        value, end = self.raw_decode(text, pos)
+        return value, end, self._problem(value, text, pos, end)
+
+    def _problem(self, value: Any, text: str, start: int, end: int) -> str | None:
+        if not self.problems and _SURROGATE_ESCAPE.search(text, start, end):
+            surrogate = _unpaired_surrogate(value)
+            if surrogate:
+                return f"text with an unpaired surrogate (\\u{ord(surrogate):04x}), which is not valid Unicode"
+        return self.problems[0] if self.problems else None
+
+
+def _unpaired_surrogate(value: Any) -> str | None:
+    """The first unpaired surrogate in the strings (keys included) of `value`, or None."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return item[error.start]
+    return None
 
 
 _TOO_DEEP = f"nested too deeply (more than {MAX_DEPTH} levels of lists and objects)"
@@ -138,32 +215,38 @@ def preview(text: str) -> str:
 def _read_json(path: Path, text: str) -> Iterator[RawRow]:
     if not text.strip():
         return  # read_rows reports the empty file
+    decoder = _Decoder()
     try:
-        document = json.loads(text)
+        document, _ = decoder.document(text)  # what is wrong inside an element rejects just that element, below
     except json.JSONDecodeError as error:
         ends_early = not text[error.pos:].strip()
         detail = "the file ends too early; is it truncated?" if ends_early else error.msg
         raise DomaintuneError(f"{path} line {error.lineno} column {error.colno}: not valid JSON ({detail})") from None
     except RecursionError:
         raise DomaintuneError(f"{path}: {_TOO_DEEP}") from None
-    # json.loads validated the whole document; walk it again with raw_decode to learn
-    # where each element starts, which json.loads does not tell.
+    # The document validated; walk it again with raw_decode to learn where each element starts,
+    # which json.loads does not tell.
     start = _skip_whitespace(text, 0)
     if isinstance(document, dict):
+        if decoder.duplicates:
+            raise DomaintuneError(f"{path}: key {decoder.duplicates[0]!r} appears twice in the top-level object "
+                                  "(only one of its values could be kept); remove one")
         lists = [key for key, value in document.items() if isinstance(value, list)]
         if len(lists) != 1:
             raise DomaintuneError(
                 f"{path}: expected a JSON array of rows, or an object holding exactly one list of rows "
                 f"(found {len(lists)} lists)"
             )
-        start = _member_offset(text, start, lists[0])
+        start = _member_offset(decoder, text, start, lists[0])
     elif not isinstance(document, list):
         raise DomaintuneError(f"{path}: expected a JSON array of rows, got {json_type(document)}")
     line, counted_to = 1, 0
-    for item, (offset, end, value) in enumerate(_array_items(text, start)):
+    for item, (offset, end, value, problem) in enumerate(_array_items(decoder, text, start)):
         line += text.count("\n", counted_to, offset)
         counted_to = offset
-        if _too_deep(value):
+        if problem:
+            yield RawRow(str(path), line, None, problem, preview(text[offset:end]), item)
+        elif _too_deep(value):
             yield RawRow(str(path), line, None, _TOO_DEEP, preview(text[offset:end]), item)
         elif isinstance(value, dict):
             yield RawRow(str(path), line, value, item=item)
@@ -171,33 +254,31 @@ def _read_json(path: Path, text: str) -> Iterator[RawRow]:
             yield RawRow(str(path), line, None, f"element is not a JSON object (got {json_type(value)})", value, item)
 
 
-_decoder = json.JSONDecoder()
-
-
 def _skip_whitespace(text: str, pos: int) -> int:
     return _WHITESPACE.match(text, pos).end()
 
 
-def _array_items(text: str, pos: int) -> Iterator[tuple[int, int, Any]]:
-    """Yield (start offset, end offset, value) for each element of the valid JSON array starting at `pos`."""
+def _array_items(decoder: _Decoder, text: str, pos: int) -> Iterator[tuple[int, int, Any, str | None]]:
+    """Yield (start offset, end offset, value, what is wrong with it) for each element of the valid JSON
+    array starting at `pos`."""
     pos = _skip_whitespace(text, pos + 1)
     while text[pos] != "]":
-        value, end = _decoder.raw_decode(text, pos)
-        yield pos, end, value
+        value, end, problem = decoder.value_at(text, pos)
+        yield pos, end, value, problem
         pos = _skip_whitespace(text, end)
         if text[pos] == ",":
             pos = _skip_whitespace(text, pos + 1)
 
 
-def _member_offset(text: str, pos: int, wanted: str) -> int:
+def _member_offset(decoder: _Decoder, text: str, pos: int, wanted: str) -> int:
     """Offset of the value of key `wanted` in the valid JSON object starting at `pos`."""
     pos = _skip_whitespace(text, pos + 1)
     while True:
-        key, pos = _decoder.raw_decode(text, pos)
+        key, pos = decoder.raw_decode(text, pos)
         pos = _skip_whitespace(text, _skip_whitespace(text, pos) + 1)  # past the colon
         if key == wanted:
             return pos
-        _, pos = _decoder.raw_decode(text, pos)
+        _, pos = decoder.raw_decode(text, pos)
         pos = _skip_whitespace(text, _skip_whitespace(text, pos) + 1)  # past the comma
 
 
@@ -213,6 +294,11 @@ def _read_csv(path: Path, text: str) -> Iterator[RawRow]:
         if header is None:
             return
         header = [name.strip() for name in header]
+        for index, name in enumerate(header):
+            if name in header[:index]:
+                # dict(zip()) would keep the last column of the name and silently drop the other.
+                raise DomaintuneError(f"{path} line 1: column {name!r} appears twice in the header (columns "
+                                      f"{header.index(name) + 1} and {index + 1}); rename or remove one")
         for start, fields, broken in records:
             if broken:
                 yield RawRow(str(path), start, None, broken, preview(fields))
