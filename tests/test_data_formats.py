@@ -111,7 +111,7 @@ def rows(path: str, *datas: dict | None) -> list[RawRow]:
     return [RawRow(path, i + 2, data, None if data else "bad") for i, data in enumerate(datas)]
 
 
-def test_auto_detection_uses_the_first_row_that_fits_a_format():
+def test_auto_detection_ignores_rows_that_fit_no_format():
     raw = rows("d.jsonl", None, {"instruction": "x"}, {"instruction": "y", "output": "z"})
     assert resolve_format(Path("d.jsonl"), raw, DataConfig()) == "alpaca"
 
@@ -146,3 +146,57 @@ def test_a_file_none_of_whose_rows_parse_is_an_error():
 def test_bad_label_prompt_is_a_recipe_error():
     with pytest.raises(DomaintuneError, match="data.label_prompt"):
         to_canonical({"text": "x", "label": "y"}, "labelled", DataConfig(label_prompt="{txt}"))
+
+
+def test_auto_detection_takes_the_format_most_rows_fit_and_the_others_are_rejected():
+    labelled = [{"text": f"review {i}", "label": "pos"} for i in range(6)]
+    raw = rows("d.jsonl", {"text": "first review, label forgotten"}, *labelled)
+    assert resolve_format(Path("d.jsonl"), raw, DataConfig()) == "labelled"
+    with pytest.raises(RowError, match="missing column 'label'"):
+        to_canonical(raw[0].data, "labelled", DataConfig())
+    # A tie goes to the more specific format, whose rows would otherwise lose a column.
+    assert resolve_format(Path("d.jsonl"), rows("d.jsonl", {"text": "a"}, {"text": "b", "label": "x"}),
+                          DataConfig()) == "labelled"
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("Classify the sentiment of the review.", r"data\.label_prompt .* has no \{text\}"),
+    ("Classify: {text.x}", r"data\.label_prompt .*\{text\.x\}"),
+    ("Classify: {text[0]}", r"data\.label_prompt .*\{text\[0\]\}"),
+    ("Classify: {} {text}", r"data\.label_prompt .*\{\}"),
+    ("Classify: {text:d}", r"data\.label_prompt .* is not a valid template"),
+])
+def test_a_label_prompt_that_cannot_show_the_rows_text_is_a_recipe_error(template, expected):
+    with pytest.raises(DomaintuneError, match=expected):
+        to_canonical({"text": "x", "label": "y"}, "labelled", DataConfig(label_prompt=template))
+
+
+def test_a_label_prompt_may_format_the_text_and_escape_braces():
+    config = DataConfig(label_prompt='Reply like {{"label": ...}}: {text!r}')
+    assert to_canonical({"text": "x", "label": "y"}, "labelled", config)["messages"][0]["content"] == \
+        "Reply like {\"label\": ...}: 'x'"
+
+
+@pytest.mark.parametrize("value, reason", [
+    (float("nan"), "column 'label': expected a label, got NaN"),
+    (float("inf"), "column 'label': expected a label, got Infinity"),
+    (float("-inf"), "column 'label': expected a label, got -Infinity"),
+])
+def test_a_label_that_is_not_a_number_is_rejected(value, reason):
+    with pytest.raises(RowError) as caught:
+        to_canonical({"text": "x", "label": value}, "labelled", DataConfig())
+    assert caught.value.reason == reason
+
+
+def test_a_whole_float_label_reads_as_the_integer_it_is():
+    # A Parquet/pandas integer column with a null in it is float: its 1 arrives as 1.0.
+    assert to_canonical({"text": "x", "label": 1.0}, "labelled", DataConfig())["label"] == "1"
+    assert to_canonical({"text": "x", "label": 0.5}, "labelled", DataConfig())["label"] == "0.5"
+
+
+def test_an_unknown_name_in_data_columns_is_a_recipe_error():
+    config = DataConfig(columns={"instruction": "q", "imput": "ctx", "output": "a"})
+    with pytest.raises(DomaintuneError, match=r"data\.columns\.imput: .*did you mean 'input'"):
+        resolve_format(Path("d.jsonl"), rows("d.jsonl", {"q": "x", "ctx": "y", "a": "z"}), config)
+    config = DataConfig(columns={"instruction": "q", "input": "ctx", "output": "a", "tools": "t"})
+    assert resolve_format(Path("d.jsonl"), rows("d.jsonl", {"q": "x", "ctx": "y", "a": "z"}), config) == "alpaca"

@@ -23,6 +23,12 @@ a file that cannot be in the format at all raises `DomaintuneError`.
 """
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import math
+import string
+from collections import Counter
 from pathlib import Path
 
 from domaintune.config import DataConfig
@@ -46,9 +52,27 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "pairs": ("anchor", "positive"),
     "text": ("text",),
 }
+# Every canonical column name data.columns may map: the formats' required columns and the optional ones.
+COLUMN_NAMES: tuple[str, ...] = tuple(dict.fromkeys(
+    [name for names in FORMATS.values() for name in names] + ["input", "tools"]))
+
+
 def column(config: DataConfig, name: str) -> str:
     """The user's name for a canonical column."""
     return config.columns.get(name, name)
+
+
+def check_columns(config: DataConfig) -> None:
+    """Refuse a data.columns key that names no canonical column: a typo would be silently ignored."""
+    for name in config.columns:
+        if name not in COLUMN_NAMES:
+            close = difflib.get_close_matches(name, COLUMN_NAMES, n=1)
+            raise DomaintuneError(
+                f"data.columns.{name}: {name!r} is not a column of any format"
+                + (f"; did you mean {close[0]!r}?" if close else ".")
+                + f" The keys of data.columns are the formats' column names ({', '.join(COLUMN_NAMES)}), "
+                "the values your file's names for them"
+            )
 
 
 def missing_columns(fmt: str, keys, config: DataConfig) -> list[str]:
@@ -56,23 +80,35 @@ def missing_columns(fmt: str, keys, config: DataConfig) -> list[str]:
 
 
 def detect_format(keys, config: DataConfig) -> str | None:
+    """The most specific format whose columns are all among `keys`."""
     return next((fmt for fmt in FORMATS if not missing_columns(fmt, keys, config)), None)
 
 
+def detect_rows_format(datas: list[dict], config: DataConfig) -> str | None:
+    """The format most rows fit, or None when none fits any. One odd row (a first row missing its label)
+    must not decide for the file: the rows that do not fit the majority's format are rejected with their
+    reason. A tie goes to the more specific format, whose rows would otherwise lose a column silently."""
+    counts = Counter(fmt for data in datas if (fmt := detect_format(data, config)))
+    if not counts:
+        return None
+    return max(FORMATS, key=lambda fmt: (counts[fmt], -list(FORMATS).index(fmt)))
+
+
 def resolve_format(path: Path, rows: list[RawRow], config: DataConfig) -> str:
-    """The file's format: declared in the config, or detected from the first row that fits one.
+    """The file's format: declared in the config, or detected as the one most of its rows fit.
 
     CSV and Parquet rows all share the header, so a missing column is a file error; JSON(L)
     rows may differ, so the file is wrong only when no row at all has the columns (the
     others are rejected one by one). A file none of whose rows parse is wrong as a whole.
     """
+    check_columns(config)
     parsed = [row.data for row in rows if row.data is not None]
     if not parsed:
         first = rows[0]
         raise DomaintuneError(f"{path}: no row could be read (line {first.line}: {first.error})")
     where = f"{path} line 1" if path.suffix.lower() == ".csv" else str(path)
     if config.format == "auto":
-        fmt = next((found for data in parsed if (found := detect_format(data, config))), None)
+        fmt = detect_rows_format(parsed, config)
         if fmt is None:
             raise DomaintuneError(
                 f"{where}: cannot tell the data format from the columns ({', '.join(parsed[0])}); "
@@ -184,6 +220,11 @@ def _label(data: dict, config: DataConfig) -> str:
     # Numbers and booleans are fine labels (0/1, true/false); the answer is their text.
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float):
+        if not math.isfinite(value):  # JSON's NaN/Infinity, pandas' missing value: "nan" is no answer
+            raise RowError(f"column {key!r}: expected a label, got {json.dumps(value)}")
+        if value.is_integer():
+            return str(int(value))  # a Parquet/pandas integer column with a null in it is float: 1.0 is label 1
     if isinstance(value, (str, int, float)):
         return str(value)
     if key not in data:
@@ -192,14 +233,33 @@ def _label(data: dict, config: DataConfig) -> str:
 
 
 def _label_prompt(config: DataConfig, text: str) -> str:
+    template = config.label_prompt
+    problem = _label_template_problem(template)
+    if problem is None:
+        try:
+            return template.format(text=text)
+        except ValueError as error:  # a format spec str cannot take, as in {text:d}
+            problem = f"is not a valid template ({error})"
+    # A recipe mistake, not a row's: stop the run instead of rejecting every row.
+    raise DomaintuneError(f"data.label_prompt {template!r} {problem}; "
+                          "use {text} for the row's text and {{ }} for literal braces")
+
+
+@functools.lru_cache(maxsize=16)
+def _label_template_problem(template: str) -> str | None:
+    """What is wrong with a label prompt, or None: it must show the row's text, and nothing but it."""
     try:
-        return config.label_prompt.format(text=text)
-    except (KeyError, IndexError, ValueError) as error:
-        # A recipe mistake, not a row's: stop the run instead of rejecting every row.
-        raise DomaintuneError(
-            f"data.label_prompt {config.label_prompt!r} is not a valid template ({error}); "
-            "use {text} for the row's text and {{ }} for literal braces"
-        ) from None
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        return f"is not a valid template ({error})"
+    other = next((field for field in fields if field != "text"), None)
+    if other is not None:
+        return f"has {{{other}}}, which is not the row's text"
+    if not fields:
+        # Every row's prompt would be this same text: the rows would differ only by their labels
+        # (and be removed as duplicates of one another).
+        return "has no {text}, so every row's prompt would be the same"
+    return None
 
 
 def _turn(prompt: str, answer: str) -> list[dict]:
