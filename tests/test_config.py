@@ -116,3 +116,9 @@ def test_a_curriculum_written_back_whole_still_has_valid_stages(tiny_recipe):
     stages = stage_recipes(validate_recipe(written))
     assert [stage["name"] for stage in stages] == ["tiny-first", "tiny-second"]
     assert stages[0]["method"] == written["method"] and stages[0]["training"]["max_steps"] == 2
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ia3", "loha", "lokr", "adapters"])
+def test_a_reward_model_is_refused_with_a_method_that_cant_make_a_scorer(method):
+    with pytest.raises(DomaintuneError, match=f"objective reward trains with method lora or full or freeze .*not {method}"):
+        validate_recipe({"objective": {"name": "reward"}, "method": {"name": method}})

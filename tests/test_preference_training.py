@@ -107,6 +107,26 @@ def test_a_preference_objective_can_be_tuned_with_early_stopping(tmp_path, tiny_
     assert trial.value == run.training_summary()["best_eval_loss"] > 0
 
 
+def test_dpo_with_bottleneck_adapters_saves_the_adapters_evaluation_loads(tmp_path, tiny_model_dir):
+    """A method with its own artifact format: the Trainer's save_model wrote the base model with the adapters as
+    stray keys, so the tuned model evaluated and exported as the untrained base."""
+    import torch
+
+    from domaintune.config import ModelConfig
+    from domaintune.models.loading import load_causal_lm, load_trained_model
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", ner_pairs(24))
+    run, _ = api.prepare_data(recipe(tmp_path, tiny_model_dir, data, {"name": "dpo", "beta": 0.5}, {"name": "adapters"},
+                                     max_steps=2, batch_size=4))
+    train_run(run)
+    assert (run.model / "bottleneck_adapter.safetensors").exists()
+    config = ModelConfig(name=str(tiny_model_dir))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        tuned, base = load_trained_model(config, run.model)(input_ids=ids).logits, load_causal_lm(config)(input_ids=ids).logits
+    assert not torch.allclose(tuned, base)
+
+
 def test_grpo_with_a_regex_reward_raises_the_share_of_matching_answers(tmp_path, word_model_dir):
     prompts = [{"prompt": f"{a} {b}", "chosen": "yes", "rejected": "no"} for a in WORDS[5:12] for b in WORDS[12:16]]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)

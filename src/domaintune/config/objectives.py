@@ -182,6 +182,9 @@ class OrpoConfig(ObjectiveSection):
 
 class RewardConfig(ObjectiveSection):
     trains_policy: ClassVar[bool] = False
+    # A scorer is saved merged, as a plain sequence classifier: methods peft can't put on one (prefix, prompt, ia3,
+    # loha, lokr) or whose weights the merge would drop (adapters) can't make one.
+    methods: ClassVar[tuple[str, ...]] = ("lora", "full", "freeze")
 
     name: Literal["reward"] = "reward"
     center_rewards: float | None = Field(

@@ -4,6 +4,7 @@ method applied, the callbacks, and saving the trained model."""
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 from rich.console import Console
 
@@ -64,6 +65,13 @@ def run_trainer(trainer, run: RunDir, recipe, resume: bool, console: Console, tr
     console.print(f"[bold]{recipe.objective.name}[/] with {recipe.method.name} on {recipe.model.name}: "
                   f"{parameters['trainable']:,} trainable parameters · {train_rows} training examples")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    method = get_method(recipe.method.name)
+    if save is None and hasattr(method, "save_trained"):
+        # Its own artifact format, as train_causal_lm saves it: the Trainer's save_model would write the base model
+        # with the adapter's weights as stray keys, which every later load ignores.
+        def save(folder: str) -> None:
+            if trainer.args.should_save:
+                method.save_trained(trainer.model, Path(folder))
     summary = {
         "objective": recipe.objective.name,
         "method": recipe.method.name,
