@@ -153,3 +153,13 @@ def test_a_kill_after_early_stopping_resumes_without_training_further(crash_reci
     crash_recipe["training"].update(early_stopping={"patience": 1, "min_delta": 100.0}, save_every=4)
     run, _ = domaintune.prepare_data(crash_recipe)
     assert resume_without_the_final_model(run, "checkpoint-8")["eval_loss"] == [4, 8]
+
+
+def test_a_finished_run_resumed_with_more_steps_trains_them(crash_recipe):
+    """`train RUN --resume --force --set training.max_steps=14`: from the last checkpoint to the new end (it
+    stopped at the old one, with the recipe saying the new one)."""
+    run = domaintune.train(crash_recipe)
+    assert json.loads((run.model / "training.json").read_text())["global_step"] == 10
+    domaintune.train(run.root, resume=True, force=True, overrides=["training.max_steps=14"])
+    assert json.loads((run.model / "training.json").read_text())["global_step"] == 14
+    assert logged_steps(run)["loss"][-1] == 14

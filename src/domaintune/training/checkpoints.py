@@ -39,7 +39,8 @@ class AtomicCheckpoints:
         state_file = folder and os.path.join(folder, TRAINER_STATE_NAME)
         state = TrainerState.load_from_json(state_file) if state_file and os.path.isfile(state_file) else None
         control = (state.stateful_callbacks.get("TrainerControl") or {}).get("args", {}) if state else {}
-        if state is None or (state.global_step < state.max_steps and not control.get("should_training_stop")):
+        if state is None or (state.global_step < state.max_steps and not control.get("should_training_stop")) \
+                or self._asks_for_more(state):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         self.state = state
         self._load_from_checkpoint(resume_from_checkpoint)
@@ -52,6 +53,14 @@ class AtomicCheckpoints:
         # The training loss the Trainer would report: the mean of the logged losses stands in for it.
         losses = [record["loss"] for record in state.log_history if "loss" in record]
         return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+    def _asks_for_more(self, state) -> bool:
+        """Whether this training was asked for more than the finished checkpoint's was (`--resume --force` with more
+        steps or epochs): then it continues from there instead of ending at once. (Early stopping ends a training
+        short of its plan; resumed with the same plan, it still ends there.)"""
+        if self.args.max_steps > 0:
+            return self.args.max_steps > state.max_steps
+        return self.args.num_train_epochs > (state.num_train_epochs or 0)
 
     def _save_checkpoint(self, model, trial) -> None:
         from transformers.trainer import TRAINER_STATE_NAME
