@@ -66,3 +66,16 @@ def test_run_directory_writes_and_reads_results_samples_and_summary(tmp_path):
     run.data.mkdir()
     write_jsonl(run.data / "train.jsonl", [{"text": "a"}])
     assert run.read_split("train") == [{"text": "a"}] and run.read_split("test") == []
+
+
+def test_the_latest_run_is_the_one_made_last_not_the_one_touched_last(tmp_path):
+    import os
+
+    from domaintune.config import validate_recipe
+
+    recipe = validate_recipe({"name": "demo", "output_dir": str(tmp_path)})
+    for name in ("demo-20260101-000000", "demo-20260102-000000", "demo-20260102-000000-2", "demo-old"):
+        (tmp_path / name).mkdir()
+        RunDir(tmp_path / name).write_recipe(recipe)
+    os.utime(tmp_path / "demo-20260101-000000")  # an older run evaluated just now
+    assert RunDir.latest(recipe).root.name == "demo-20260102-000000-2"

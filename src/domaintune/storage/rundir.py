@@ -219,11 +219,12 @@ class RunDir:
         """The most recent run of this recipe, for --resume; else the most recent of its name (which
         check_resume then refuses, saying what differs)."""
         parent = Path(recipe.output_dir)
-        pattern = re.compile(rf"^{re.escape(recipe.name)}-\d{{8}}-\d{{6}}(-\d+)?$")
-        candidates = sorted(
-            (p for p in parent.glob(f"{recipe.name}-*") if pattern.match(p.name) and (p / "recipe.yaml").exists()),
-            key=lambda p: p.stat().st_mtime,
-        )
+        pattern = re.compile(rf"^{re.escape(recipe.name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?$")
+        # Ordered by the time in the name, when the run was made: a folder's mtime moves when an older run is
+        # evaluated or exported, which would make it "the latest".
+        made = {path: (match.group(1), int(match.group(2) or 1)) for path in parent.glob(f"{recipe.name}-*")
+                if (match := pattern.match(path.name)) and (path / "recipe.yaml").exists()}
+        candidates = sorted(made, key=made.get)
         if not candidates:
             raise DomaintuneError(f"--resume: no earlier run named '{recipe.name}' in {parent}/")
         runs = [cls(path.resolve()) for path in reversed(candidates)]
