@@ -50,7 +50,7 @@ def test_prompts_carry_the_rubric_and_both_orders():
 
 def test_parse_choice():
     assert parse_choice("B") == "B" and parse_choice(" a.") == "A" and parse_choice("Tie") == "tie"
-    assert parse_choice("Both are fine") == "tie" and parse_choice("Answer B is better than A") == "B"
+    assert parse_choice("Both are fine") is None and parse_choice("Answer B is better than A") == "B"
 
 
 def test_agreement_with_human_choices(tmp_path):
@@ -132,3 +132,35 @@ def test_the_judge_section_needs_exactly_one_judge():
     for judge in ({}, {"model": "a", "endpoint": "http://x/v1"}):
         with pytest.raises(DomaintuneError, match="evaluation.judge: .*exactly one of model and endpoint"):
             validate_recipe({"evaluation": {"judge": judge}})
+
+
+@pytest.mark.parametrize("reply, choice", [
+    ("As a judge, I pick B.", "B"),  # the article "a" is not answer A
+    ("It is a tie.", "tie"),
+    ("Neither is a clear winner: tie", "tie"),
+    ("A better answer would name the type; B does.", "B"),  # a sentence's article "A" is not answer A
+    ("B\n\nAnswer A misses the entity type.", "B"),  # a verdict on its own line
+    ("Answer A misses the entity type.\n**Verdict:** B", "B"),
+    ("Answer A is better than answer B.", "A"),
+    ("Answer A misses the type, so the better one is B.", "B"),
+    ("A. Answer B lists no entities.", "A"),  # a verdict at the start
+    ("Answer A lists no entities, so: B", "B"),  # and at the end
+    ("'B'", "B"),
+])
+def test_a_reply_names_its_verdict_wherever_it_stands(reply, choice):
+    assert parse_choice(reply) == choice
+
+
+@pytest.mark.parametrize("reply", ["Both are fine", "A or B, hard to say.", "A\nB",
+                                   "Reply with exactly one of: A, B, tie.", "I prefer A, but B is better."])
+def test_a_reply_without_one_clear_verdict_is_unparsed(reply):
+    assert parse_choice(reply) is None
+
+
+def test_unparsed_replies_count_as_ties_are_reported_and_never_consistent():
+    replies = iter(["A", "B", "Both are fine", "no idea either"])  # sample 0: base in both orders; 1: unparsed
+    verdicts = judge_pairs(lambda prompts: [next(replies) for _ in prompts], SAMPLES[:2], "r")
+    assert [v["winner"] for v in verdicts] == ["base", "tie"]
+    assert [v["consistent"] for v in verdicts] == [True, False]
+    summary = summarise(verdicts)
+    assert summary["unparsed"] == 2 and summary["consistency"] == 0.5

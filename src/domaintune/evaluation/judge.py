@@ -2,10 +2,12 @@
 
 Each pair is judged twice with the answers swapped. Judges favour a position, so a win counts only
 when both orders name the same answer; disagreeing orders count as a tie and lower the reported
-consistency. The judge is any model domaintune can load or any OpenAI-compatible endpoint.
+consistency, and so does a reply that names no clear verdict (counted as unparsed). The judge is any
+model domaintune can load or any OpenAI-compatible endpoint.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -38,29 +40,94 @@ Answer B:
 {b}
 
 Which answer is better? Reply with exactly one of: A, B, tie."""
-_CHOICE = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
+# Verdict tokens: capital A or B (a lowercase "a" is the article; "A's" a possessive) or the word "tie".
+_LETTER = r"(?<![\w-])[AB](?![\w-]|['’]s\b)"
+_TIE = r"(?<![\w-])(?i:tie)(?![\w-])"
+_VERDICT = re.compile(rf"{_LETTER}|{_TIE}")
+_ANSWER = r"(?i:answer\s+)?"
+_LABEL = r"(?:(?:final\s+)?(?:answer|verdict|choice|decision|winner)\s*(?:is\s*)?[:-]?\s*)"
+# A line holding nothing but a verdict, maybe labelled: "B", "Verdict: B", "(a)", "Tie."
+_LONE_LINE = re.compile(rf"{_LABEL}?\(?(a|b|tie)\)?[.!]?", re.IGNORECASE)
+# Sentences that say which answer is better, each capturing its verdict.
+_BETTER = r"(?:better|best|preferred|superior|stronger)"
+_STATEMENTS = [re.compile(pattern) for pattern in (
+    rf"({_LETTER}) (?i:is (?:the |clearly |much |slightly )?{_BETTER}|wins)",
+    rf"\b(?i:{_BETTER} (?:answer|one|response) is) {_ANSWER}({_LETTER})",
+    rf"\b(?i:pick|choose|prefer|select|go with|vote for) {_ANSWER}({_LETTER})",
+    rf"\b(?i:verdict|final answer|winner|decision)\s*(?i:is)?\s*[:-]?\s*{_ANSWER}({_LETTER}|{_TIE})",
+    rf"\b(?i:it is|it's|this is) a ({_TIE})",
+)]
+# The words that may follow the "A" of a verdict ("A is ...", "A or B"); another word after a sentence's
+# first "A" makes it the article ("A better answer would ...").
+_AFTER_LETTER = {"is", "was", "wins", "won", "has", "and", "or", "vs", "versus", "than"}
+_NEXT_WORD = re.compile(r"\s+([a-z]+)")
+_OPTION_LIST = re.compile(r"\s*(?:,|/|(?i:or|and))\s*")  # between two tokens: "A, B or tie" names options
+_OPENING = re.compile(rf"\W*{_ANSWER}")
+_AFTER_OPENING = re.compile(r"\s*(?:[.,:;!)]|$)")
+_CLOSING = re.compile(r"[\s.!)'\"”’]*")
 
 
-def parse_choice(reply: str) -> str:
-    """'A', 'B' or 'tie' from the first of them in the reply; anything else is a tie."""
-    match = _CHOICE.search(reply)
-    return "tie" if match is None else ("tie" if match.group(1).lower() == "tie" else match.group(1).upper())
+def _one(verdicts: list[str]) -> str | None:
+    verdicts = ["tie" if verdict.lower() == "tie" else verdict.upper() for verdict in verdicts]
+    return verdicts[0] if len(set(verdicts)) == 1 else None
+
+
+def _tokens(text: str) -> list[re.Match]:
+    """The verdict tokens of `text`, without the article "A" that starts a sentence."""
+    tokens = []
+    for token in _VERDICT.finditer(text):
+        before, after = text[: token.start()].rstrip(" \t"), _NEXT_WORD.match(text, token.end())
+        sentence_start = not before or before[-1] in ".!?;:\n"
+        if not (token.group() == "A" and sentence_start and after and after.group(1) not in _AFTER_LETTER):
+            tokens.append(token)
+    return tokens
+
+
+def _at_the_ends(text: str, tokens: list[re.Match]) -> list[re.Match]:
+    """The token opening the reply ("A. Because ...") and the one closing it ("..., so B."), unless it is one
+    of a list of options."""
+    listed = [bool(_OPTION_LIST.fullmatch(text, a.end(), b.start())) for a, b in itertools.pairwise(tokens)] or [False]
+    first, last = tokens[0], tokens[-1]
+    ends = []
+    if _OPENING.fullmatch(text, 0, first.start()) and _AFTER_OPENING.match(text, first.end()) and not listed[0]:
+        ends.append(first)
+    if _CLOSING.fullmatch(text, last.end()) and not listed[-1]:
+        ends.append(last)
+    return ends
+
+
+def parse_choice(reply: str) -> str | None:
+    """'A', 'B' or 'tie' from the judge's reply; None when it names no verdict or several (an unparsed reply).
+    In order: a line that is only a verdict; a sentence saying which is better ("B is better", "I pick B",
+    "Verdict: tie"); a verdict opening or closing the reply; the one verdict token it holds."""
+    text = re.sub(r"[*`#_]", "", reply).strip()  # markdown emphasis: "**Verdict:** B"
+    lone = [match.group(1) for line in text.splitlines() if (match := _LONE_LINE.fullmatch(line.strip(" \t'\"“”‘’")))]
+    if lone:
+        return _one(lone)
+    stated = [match.group(1) for pattern in _STATEMENTS for match in pattern.finditer(text)]
+    if stated:
+        return _one(stated)
+    tokens = _tokens(text)
+    return _one([token.group() for token in _at_the_ends(text, tokens) or tokens]) if tokens else None
 
 
 def judge_pairs(ask: Ask, samples: list[dict], rubric: str) -> list[dict]:
-    """Per sample: the choice with base as A, the choice with tuned as A, and the combined winner."""
+    """Per sample: the choice with base as A, the choice with tuned as A, the combined winner, and how many of
+    its two replies named no clear verdict."""
     prompts = []
     for sample in samples:
         fields = {"rubric": rubric, "question": sample["prompt"], "reference": sample["reference"]}
         prompts.append(TEMPLATE.format(**fields, a=sample["base"], b=sample["tuned"]))
         prompts.append(TEMPLATE.format(**fields, a=sample["tuned"], b=sample["base"]))
-    replies = ask(prompts)
+    choices = [parse_choice(reply) for reply in ask(prompts)]
     verdicts = []
     for index in range(len(samples)):
-        first = {"A": "base", "B": "tuned"}.get(parse_choice(replies[2 * index]), "tie")
-        swapped = {"A": "tuned", "B": "base"}.get(parse_choice(replies[2 * index + 1]), "tie")
-        verdicts.append({"base_first": first, "tuned_first": swapped,
-                         "winner": first if first == swapped else "tie", "consistent": first == swapped})
+        # An unparsed reply counts as a tie; it is no agreement between the orders, so no pair with one is consistent.
+        unparsed = choices[2 * index : 2 * index + 2].count(None)
+        first = {"A": "base", "B": "tuned"}.get(choices[2 * index], "tie")
+        swapped = {"A": "tuned", "B": "base"}.get(choices[2 * index + 1], "tie")
+        verdicts.append({"base_first": first, "tuned_first": swapped, "winner": first if first == swapped else "tie",
+                         "consistent": first == swapped and not unparsed, "unparsed": unparsed})
     return verdicts
 
 
@@ -71,6 +138,7 @@ def summarise(verdicts: list[dict], human: dict[int, str] | None = None) -> dict
         "wins": {name: wins.get(name, 0) for name in ("tuned", "base", "tie")},
         "tuned_win_rate": tuned_win_rate(wins),
         "consistency": sum(verdict["consistent"] for verdict in verdicts) / len(verdicts),
+        "unparsed": sum(verdict["unparsed"] for verdict in verdicts),
     }
     if human:
         shared = [index for index in human if index < len(verdicts)]
