@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -42,6 +43,29 @@ def test_q4_warns_and_needs_llama_quantize(tmp_path, tiny_model_dir, monkeypatch
     with pytest.raises(DomaintuneError, match="llama-quantize"):
         gguf.export_gguf(tiny_model_dir, tmp_path / "out", ["q4_1"], "tiny", Console(stderr=True))
     assert "q4_1 lost it" in capsys.readouterr().err
+
+
+def test_q4_is_quantised_from_this_model_and_leaves_no_f16_behind(tmp_path, tiny_model_dir, monkeypatch):
+    """An f16 file left by an earlier export (perhaps of an earlier model) is not what q4 is made from."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tiny-f16.gguf").write_text("an earlier model")
+    monkeypatch.setattr(gguf, "_llama_quantize", lambda kind: "llama-quantize")
+    monkeypatch.setattr(gguf, "check_converter", lambda: None)
+    monkeypatch.setattr(gguf, "convert", lambda source, target, kind: Path(target).write_text(f"this model, {kind}"))
+    monkeypatch.setattr(gguf, "quantize_q4", lambda source, target, kind: Path(target).write_text(Path(source).read_text()))
+    monkeypatch.setattr(gguf, "write_modelfile", lambda merged, out_dir, name: out_dir / "Modelfile")
+    written = gguf.export_gguf(tiny_model_dir, out, ["q4_0"], "tiny", Console(stderr=True))
+    assert Path(written["gguf-q4_0"]).read_text() == "this model, f16"
+    assert sorted(path.name for path in out.iterdir()) == ["tiny-f16.gguf", "tiny-q4_0.gguf"]  # the user's file only
+
+
+def test_a_run_whose_model_was_not_saved_is_a_clear_error(tiny_recipe):
+    run = RunDir.create(validate_recipe(tiny_recipe))
+    run.model.mkdir()
+    (run.model / "tokenizer.json").write_text("{}")
+    with pytest.raises(DomaintuneError, match="no weights .* did not finish saving"):
+        domaintune.export_model(run.root)
 
 
 def test_gguf_needs_the_merged_model(tiny_recipe):

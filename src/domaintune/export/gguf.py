@@ -40,16 +40,22 @@ def export_gguf(merged_dir: Path, out_dir: Path, kinds: list[str], name: str, co
         console.print(f"[yellow]Warning: {Q4_WARNING}", highlight=False)
         _llama_quantize(q4[0])  # before spending minutes on the conversions
     check_converter()  # before spending minutes on the conversions
-    for kind in kinds:
-        target = out_dir / f"{name}-{kind}.gguf"
-        if kind in Q4_TYPES:
-            source = written.get("f16") or out_dir / f"{name}-f16.gguf"
-            if not source.exists():
-                convert(merged_dir, source, "f16")
-            quantize_q4(source, target, kind)
-        else:
-            convert(merged_dir, target, kind)
-        written[kind] = target
+    # q4 types are quantised from an f16 file of this model: the one written here, else one made for them and removed
+    # after (an f16 file left by an earlier export may be of an earlier model).
+    f16_for_q4 = out_dir / f".{name}-f16-for-q4.gguf"
+    try:
+        for kind in kinds:
+            target = out_dir / f"{name}-{kind}.gguf"
+            if kind in Q4_TYPES:
+                source = written.get("f16") or f16_for_q4
+                if not source.exists():
+                    convert(merged_dir, source, "f16")
+                quantize_q4(source, target, kind)
+            else:
+                convert(merged_dir, target, kind)
+            written[kind] = target
+    finally:
+        f16_for_q4.unlink(missing_ok=True)
     modelfile = write_modelfile(merged_dir, out_dir, written[_preferred(list(written))].name)
     return {**{f"gguf-{kind}": str(path) for kind, path in written.items()}, "modelfile": str(modelfile)}
 

@@ -193,6 +193,9 @@ class RunDir:
     def require_model(self) -> None:
         if not self.model.is_dir():
             raise DomaintuneError(f"{self.root}: no trained model in {self.model.name}/ (run `domaintune train` first)")
+        if not any(self.model.glob("*.safetensors")):  # every method's artefact holds its weights as safetensors
+            raise DomaintuneError(f"{self.model}: no weights (*.safetensors) in it; the training did not finish "
+                                  f"saving (run `domaintune train {self.root} --resume`)")
 
     @classmethod
     def create(cls, recipe: Recipe) -> "RunDir":
