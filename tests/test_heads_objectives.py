@@ -273,3 +273,23 @@ def test_multitask_mixes_by_weight_and_reports_each_task(tmp_path, tiny_model_di
     assert {"ner: entity_f1", "label: accuracy"} <= set(results["models"]["tuned"]["metrics"])
     assert "test · ner" in results["models"]["tuned"]["loss"]
     assert losses(run)[-1] < losses(run)[0]
+
+
+def test_a_regression_head_gets_intervals_and_a_lower_mse_is_better():
+    from types import SimpleNamespace
+
+    from domaintune.evaluation.bootstrap import paired_comparison
+    from domaintune.objectives.classify import scores
+
+    references = [float(i % 5) for i in range(40)]
+    base_metrics, base_stats = scores("regression", [2.0] * 40, references)  # the training mean
+    tuned_metrics, tuned_stats = scores("regression", [r + (0.3 if i % 2 else -0.3) for i, r in enumerate(references)],
+                                        references)
+    recipe = SimpleNamespace(seed=0, evaluation=SimpleNamespace(confidence=0.95, bootstrap_resamples=500))
+    comparison = paired_comparison(recipe, base_stats, tuned_stats)["comparison"]
+    # The item statistics give back the reported values, and a fall of the error is an improvement.
+    for key in ("r2", "mse"):
+        assert comparison[key]["base"] == pytest.approx(base_metrics[key])
+        assert comparison[key]["tuned"] == pytest.approx(tuned_metrics[key])
+    assert comparison["mse"]["high"] < 0 and comparison["mse"]["verdict"] == "better"
+    assert comparison["r2"]["low"] > 0 and comparison["r2"]["verdict"] == "better"

@@ -92,3 +92,29 @@ def test_report_without_optional_inputs(tmp_path):
 def test_missing_results_is_a_user_error(tmp_path):
     with pytest.raises(DomaintuneError, match="results.json"):
         write_report(tmp_path)
+
+
+def test_a_lower_error_is_coloured_better():
+    from domaintune.evaluation.report_tables import comparison_rows, harness_rows
+
+    # A regression head: R² up and MSE down are both improvements, here without intervals.
+    models = {"base": {"metrics": {"r2": 0.0, "mse": 4.0}, "loss": {}},
+              "tuned": {"metrics": {"r2": 0.8, "mse": 0.8}, "loss": {}}}
+    task_rows, _ = comparison_rows(models, {})
+    assert [(row["label"], row["change"], row["trend"]) for row in task_rows] == [
+        ("r2", "+0.800", "better"), ("mse", "-3.200", "better")]
+    # lm-eval's perplexities and bits per byte fall as a model improves; its accuracies rise.
+    models = {"base": {"harness": {"wikitext": {"word_perplexity,none": 40.0, "bits_per_byte,none": 1.2},
+                                   "arc_easy": {"acc,none": 0.5}}},
+              "tuned": {"harness": {"wikitext": {"word_perplexity,none": 30.0, "bits_per_byte,none": 1.0},
+                                    "arc_easy": {"acc,none": 0.6}}}}
+    assert [row["trend"] for row in harness_rows(models)] == ["better", "better", "better"]
+
+
+def test_the_judge_section_counts_replies_without_a_verdict(tmp_path):
+    run_dir = _write_run(tmp_path / "run")
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    results["judge"] = {"judge": "stub", "rubric": "r", "items": 5, "wins": {"tuned": 2, "base": 1, "tie": 2},
+                        "tuned_win_rate": 0.6, "consistency": 0.6, "unparsed": 3}
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    assert "3 of 10 replies named no clear verdict (counted as ties)" in write_report(run_dir).read_text(encoding="utf-8")

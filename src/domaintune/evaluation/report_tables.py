@@ -13,6 +13,13 @@ from domaintune.evaluation.report_charts import change_chart
 MODEL_ORDER = ("base", "tuned")
 # (results key, split) rows shown under the task metrics; lower is better for all of them.
 FIT_ROWS = [("loss", "validation"), ("loss", "test"), ("perplexity", "validation"), ("perplexity", "test")]
+# Task and lm-eval metrics that fall as a model improves: errors, perplexities, bits per byte, translation error rate.
+LOWER_IS_BETTER = {"mse", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a drop of `metric` (a results key, or lm-eval's "metric,filter") is an improvement."""
+    return metric.partition(",")[0] in LOWER_IS_BETTER
 
 
 def dig(mapping: dict, *keys: str) -> Any:
@@ -55,7 +62,7 @@ def metric_names(models: dict[str, dict]) -> list[str]:
 
 def comparison_rows(models: dict[str, dict], comparison: dict) -> tuple[list[dict], list[dict]]:
     task_rows = [
-        _row(name, {m: (model.get("metrics") or {}).get(name) for m, model in models.items()}, 3, False,
+        _row(name, {m: (model.get("metrics") or {}).get(name) for m, model in models.items()}, 3, lower_is_better(name),
              comparison.get(name))
         for name in metric_names(models)
     ]
@@ -114,7 +121,8 @@ def harness_rows(models: dict[str, dict]) -> list[dict]:
     for model in models.values():
         keys.update(dict.fromkeys((task, metric) for task, scores in (model.get("harness") or {}).items() for metric in scores))
     return [
-        _row(f"{task} · {metric}", {m: dig(model, "harness", task, metric) for m, model in models.items()}, 3, False)
+        _row(f"{task} · {metric}", {m: dig(model, "harness", task, metric) for m, model in models.items()}, 3,
+             lower_is_better(metric))
         for task, metric in keys
     ]
 

@@ -33,7 +33,7 @@ from domaintune.data.token_labels import (
     spans_from_tags,
 )
 from domaintune.evaluation.base_vs_tuned import write_results
-from domaintune.evaluation.bootstrap import metric_item_stats, paired_comparison
+from domaintune.evaluation.bootstrap import ItemStats, metric_item_stats, paired_comparison
 from domaintune.evaluation.errors_analysis import label_confusion
 from domaintune.evaluation.metrics import compute_metrics, entity_errors
 from domaintune.methods import get_method
@@ -255,13 +255,28 @@ def scores(task: str, predictions: list, references: list) -> tuple[dict, dict]:
     from sklearn.metrics import f1_score, r2_score
 
     if task == "regression":
-        return {"r2": float(r2_score(references, predictions)),
-                "mse": float(np.mean((np.array(predictions) - np.array(references)) ** 2))}, {}
+        metrics = {"r2": float(r2_score(references, predictions)),
+                   "mse": float(np.mean((np.array(predictions) - np.array(references)) ** 2))}
+        return metrics, regression_item_stats(predictions, references)
     names = ["entity_f1"] if task == "token" else ["accuracy"]
     metrics = compute_metrics(names, predictions, references)
     if task == "sequence":
         metrics["macro_f1"] = float(f1_score(references, predictions, average="macro", zero_division=0))
     return metrics, metric_item_stats(names, predictions, references)
+
+
+def regression_item_stats(predictions: list[float], references: list[float]) -> dict[str, ItemStats]:
+    """MSE and R² from per-item (squared error, reference, squared reference): R² is recomputed on every
+    resample against that resample's own variance, as r2_score computes it."""
+    import numpy as np
+
+    truth = np.asarray(references, dtype=float)
+    components = np.stack([(np.asarray(predictions, dtype=float) - truth) ** 2, truth, truth**2])
+
+    def r2(means: np.ndarray) -> np.ndarray:
+        return 1 - means[0] / (means[2] - means[1] ** 2)
+
+    return {"r2": ItemStats(components, r2), "mse": ItemStats(components[:1], lambda means: means[0], lower_is_better=True)}
 
 
 def evaluate(run: RunDir, console: Console | None = None, harness: bool | None = None) -> dict:
