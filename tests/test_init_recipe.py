@@ -1,5 +1,6 @@
 """`domaintune init`: a recipe written from the data that checks and trains without edits."""
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from typer.testing import CliRunner
 
 import domaintune
 from domaintune.cli import app
+from domaintune.config import DataConfig
+from domaintune.data.formats import to_canonical
+from domaintune.workflows.init_recipe import init_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 # Few steps and tiny evaluation so a test run takes seconds; the recipe itself is used as init wrote it.
@@ -80,3 +84,51 @@ def test_init_refuses_a_file_without_rows(tmp_path):
     empty.write_text("not json\n")
     result = CliRunner().invoke(app, ["init", str(empty), "-o", str(tmp_path / "r.yaml"), "--no-estimate"])
     assert result.exit_code == 2 and "no row could be read" in result.output
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_init_takes_the_format_most_rows_fit_not_the_first_rows(tmp_path, tiny_model_dir):
+    rows = [{"text": "first review, label forgotten"}]
+    rows += [{"text": f"review {i} was {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
+             for i in range(20)]
+    path = write_lines(tmp_path / "firstrow.jsonl", [json.dumps(row) for row in rows])
+    recipe, notes = init_recipe([path], task="Classify the review.", model=str(tiny_model_dir))
+    assert recipe["data"]["format"] == "labelled"
+    assert "20 of 21 rows have the columns of the labelled format (text, label)" in notes[0]
+
+
+def test_init_task_and_labels_with_braces_make_a_label_prompt_that_prepare_accepts(tmp_path, tiny_model_dir):
+    lines = ["review,sentiment"] + [f"review {i} was {'great' if i % 2 else 'awful'},{'{pos}' if i % 2 else 'neg'}"
+                                    for i in range(30)]
+    path = write_lines(tmp_path / "reviews.csv", lines)
+    task = 'Reply in JSON like {"sentiment": ...}'
+    recipe, _ = init_recipe([path], task=task, model=str(tiny_model_dir))
+    config = DataConfig(**{key: recipe["data"][key] for key in ("format", "columns", "label_prompt")})
+    prompt = to_canonical({"review": "fine", "sentiment": "neg"}, "labelled", config)["messages"][0]["content"]
+    assert prompt == 'Reply in JSON like {"sentiment": ...}. Answer with one of: neg, {pos}.\n\nfine'
+
+
+def test_init_reads_a_label_column_beside_the_text_column(tmp_path, tiny_model_dir):
+    lines = ["text,sentiment"] + [f"review number {i} says the product was {'great' if i % 2 else 'bad'} overall,"
+                                  f"{'positive' if i % 2 else 'negative'}" for i in range(30)]
+    path = write_lines(tmp_path / "text_sentiment.csv", lines)
+    recipe, notes = init_recipe([path], task="Classify the sentiment", model=str(tiny_model_dir))
+    assert recipe["data"]["format"] == "labelled" and recipe["data"]["columns"] == {"label": "sentiment"}
+    assert recipe.get("objective") is None  # not pretrain: the labels are the answers
+    assert "Answer with one of: negative, positive." in recipe["data"]["label_prompt"]
+    assert any("'sentiment' holds 2 distinct short values: the label" in note for note in notes)
+
+
+def test_init_leaves_a_short_column_of_unclear_purpose_undecided(tmp_path, tiny_model_dir):
+    lines = ["text,lang"] + [f"document {i} is a long enough text about loans and rates,{'en' if i % 2 else 'de'}"
+                             for i in range(30)]
+    path = write_lines(tmp_path / "corpus.csv", lines)
+    recipe, notes = init_recipe([path], task="Continue the loan documents", model=str(tiny_model_dir))
+    assert recipe["data"]["format"] == "text" and recipe["objective"]["name"] == "pretrain"
+    undecided = [note for note in notes if note.startswith("NOT DECIDED")]
+    assert any("'lang'" in note and "data.columns: {label: lang}" in note for note in undecided)
+    assert any("--task" in note for note in undecided)  # pretrain does not use the task: said, not ignored

@@ -1,8 +1,9 @@
 """`domaintune init DATA...`: a recipe written from the data, so a first run needs no guessing.
 
-The files are read as `data prepare` reads them. The format comes from the columns; where no format
-fits, the columns are mapped by their values (a column of a few short values is a label, the one with
-the longest texts is the text) and their names. The rows are then converted as training would see them
+The files are read as `data prepare` reads them. The format is the one most rows' columns fit; where no
+format fits, the columns are mapped by their values (a column of a few short values is a label, the one
+with the longest texts is the text) and their names, and beside a `text` column, a column of a few short
+values is the label when its name or the --task says so. The rows are then converted as training would see them
 to learn the label set and its balance, the answer style (which picks the metrics) and the token
 lengths, and the recipe is sized from those counts. Every decision is a comment in the recipe, with its
 reason; what could not be decided is a comment too, never a silent guess.
@@ -22,7 +23,7 @@ from domaintune.core.answers import MAX_LABELS, answer_counts
 from domaintune.core.chat import count_tokens, final_answer
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.documents import is_document
-from domaintune.data.formats import RowError, detect_format, to_canonical
+from domaintune.data.formats import FORMATS, RowError, detect_format, detect_rows_format, to_canonical
 from domaintune.data.preferences import PREFERENCE_FORMATS
 from domaintune.data.readers import read_files
 from domaintune.evaluation.metric_choice import choose_metrics, closed_label_set, majority_share
@@ -49,10 +50,15 @@ def name_score(name: str, fragments: tuple[str, ...]) -> int:
     return next((len(fragments) - rank for rank, fragment in enumerate(fragments) if fragment in words(name)), 0)
 
 
+def column_names(rows: list[dict]) -> list[str]:
+    """Every column of the rows, in the order they first appear (a first row may lack one)."""
+    return list(dict.fromkeys(name for row in rows for name in row))
+
+
 def column_profile(rows: list[dict]) -> dict[str, dict]:
     """Per column: how many distinct values it has and how long its string values are."""
     profile = {}
-    for name in rows[0]:
+    for name in column_names(rows):
         values = [row.get(name) for row in rows if isinstance(row.get(name), (str, int, float, bool))]
         texts = [str(value) for value in values]
         profile[name] = {"distinct": len(set(texts)), "mean_length": sum(map(len, texts)) / max(1, len(texts)),
@@ -60,14 +66,20 @@ def column_profile(rows: list[dict]) -> dict[str, dict]:
     return profile
 
 
+def label_columns(profile: dict[str, dict]) -> list[str]:
+    """The columns that hold a label by their values: a few distinct short values, in most rows."""
+    return [name for name, facts in profile.items()
+            if facts["filled"] > 0.5 and 1 < facts["distinct"] <= MAX_LABELS and facts["mean_length"] <= 40]
+
+
 def propose_columns(rows: list[dict]) -> tuple[str, dict[str, str], list[str]]:
     """A format and a column mapping for rows no format fits by name, and the reasons."""
     profile = column_profile(rows)
     usable = [name for name, facts in profile.items() if facts["filled"] > 0.5]
-    labels = [name for name in usable if 1 < profile[name]["distinct"] <= MAX_LABELS and profile[name]["mean_length"] <= 40]
+    labels = label_columns(profile)
     texts = [name for name in usable if name not in labels and profile[name]["mean_length"] > 0]
     if not texts:
-        raise DomaintuneError(f"init: no column holds text (columns: {', '.join(rows[0])}); map one with data.columns")
+        raise DomaintuneError(f"init: no column holds text (columns: {', '.join(profile)}); map one with data.columns")
     by_text = sorted(texts, key=lambda n: (-name_score(n, TEXT_NAMES), -profile[n]["mean_length"]))
     if labels:
         label = sorted(labels, key=lambda n: (-name_score(n, LABEL_NAMES), profile[n]["distinct"]))[0]
@@ -83,22 +95,57 @@ def propose_columns(rows: list[dict]) -> tuple[str, dict[str, str], list[str]]:
     return "text", {"text": texts[0]}, [f"'{texts[0]}' is the only text column: raw text for continued pretraining"]
 
 
-def detect(paths: list[str]) -> tuple[str, dict[str, str], list[str], list[dict]]:
-    """The data's format, its column mapping, the reasons, and the parsed rows."""
+def label_beside_text(rows: list[dict], task: str | None) -> tuple[str | None, list[str], list[str]]:
+    """For rows of the text format: the column that labels the text, the reasons, and what is left undecided.
+
+    A column of a few short values beside `text` is a label when its name says so or the --task names it;
+    otherwise it may as well be a language or a source, so the recipe only points at it."""
+    profile = column_profile(rows)
+    candidates = sorted((name for name in label_columns(profile) if name != "text"),
+                        key=lambda n: (-name_score(n, LABEL_NAMES), profile[n]["distinct"]))
+    if not candidates:
+        return None, [], []
+    best = candidates[0]
+    named = name_score(best, LABEL_NAMES) > 0 or bool(task and _long_words(best) & _long_words(task))
+    facts = f"'{best}' holds {profile[best]['distinct']} distinct short values"
+    if named:
+        return best, [f"{facts}: the label (by its name{' and the --task' if task else ''})"], []
+    return None, [], [f"{facts} and may be a label: to classify the texts by it, set data.format: labelled, "
+                      f"data.columns: {{label: {best}}} and a data.label_prompt with {{text}} (or name it in --task)"]
+
+
+def _long_words(text: str) -> set[str]:
+    return {word for word in words(text).split() if len(word) > 2}
+
+
+def detect(paths: list[str], task: str | None = None) -> tuple[str, dict[str, str], list[str], list[dict], list[str]]:
+    """The data's format, its column mapping, the reasons, the parsed rows, and what is left undecided."""
     documents = [path for path in paths if is_document(path)]
     if documents and len(documents) == len(paths):
-        return "auto", {}, ["documents (PDF, DOCX, HTML, Markdown, text): cut into chunks for continued pretraining"], []
+        return ("auto", {}, ["documents (PDF, DOCX, HTML, Markdown, text): cut into chunks for continued pretraining"],
+                [], [])
     if documents:
         raise DomaintuneError("init: give either data files (JSONL, JSON, CSV, Parquet) or documents, not both")
     parsed = [row.data for _, rows in read_files(paths) for row in rows if row.data is not None]
     if not parsed:
         raise DomaintuneError(f"init: no row could be read from {', '.join(paths)}")
-    fmt = detect_format(parsed[0], DataConfig())
+    names = ", ".join(column_names(parsed))
+    # The format most rows fit, as `data prepare` decides it: one odd first row does not decide for the file.
+    fmt = detect_rows_format(parsed, DataConfig())
     if fmt is not None:
-        return fmt, {}, [f"the columns ({', '.join(parsed[0])}) are those of the {fmt} format"], parsed
+        fitting = [data for data in parsed if detect_format(data, DataConfig()) == fmt]
+        reasons = [f"the columns ({names}) are those of the {fmt} format" if len(fitting) == len(parsed) else
+                   f"{len(fitting)} of {len(parsed)} rows have the columns of the {fmt} format "
+                   f"({', '.join(FORMATS[fmt])}); `data prepare` sets the others aside, with the reason"]
+        if fmt != "text":
+            return fmt, {}, reasons, parsed, []
+        label, why, undecided = label_beside_text(fitting, task)
+        if label is None:
+            return fmt, {}, reasons, parsed, undecided
+        return "labelled", {"label": label}, [f"the columns ({names}): 'text' is the text", *why], parsed, []
     fmt, columns, reasons = propose_columns(parsed)
-    return fmt, columns, [f"no format matches the columns ({', '.join(parsed[0])}) by name; mapped by their values:",
-                          *reasons], parsed
+    return fmt, columns, [f"no format matches the columns ({names}) by name; mapped by their values:", *reasons], \
+        parsed, []
 
 
 def canonical_rows(parsed: list[dict], config: DataConfig, fmt: str) -> list[dict]:
@@ -161,7 +208,7 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     if not paths:
         raise DomaintuneError("init: name at least one data file")
     paths = [str(Path(path).resolve()) for path in paths]
-    fmt, columns, notes, parsed = detect(paths)
+    fmt, columns, notes, parsed, undecided = detect(paths, task)
     data: dict = {"train": paths}
     if fmt != "auto":
         data["format"] = fmt
@@ -169,7 +216,6 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
         data["columns"] = columns
     recipe: dict = {"name": name or re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(paths[0]).stem).strip("-") or "run",
                     "model": {"name": model}, "data": data, "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0}}
-    undecided = []
     if fmt == "auto" or fmt == "text":
         recipe["objective"] = {"name": "pretrain", "block_size": 512}
         notes.append("raw text: objective pretrain (continued pretraining on 512-token blocks); the report compares perplexity")
@@ -181,6 +227,9 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
         else:
             undecided.append("how many chunks the documents make is known only after `data prepare`: "
                              "training.epochs is left at 1")
+        if task:
+            undecided.append("--task given, but raw text has no requests to open with it: objective pretrain "
+                             "does not use it; for a task, give data with answers (labels, completions, chats)")
         return recipe, _with_undecided(notes, undecided)
     if fmt in PREFERENCE_FORMATS:
         objective = "kto" if fmt == "rating" else "dpo"
@@ -194,7 +243,9 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
     label_counts = Counter(row["label"] for row in rows if row.get("label") is not None)
     if fmt == "labelled":
         labels = sorted(label_counts)
-        data["label_prompt"] = instruction(task or "Classify the text.", labels, "{text}")
+        # The label prompt is a format template: braces of the task or a label are literal text.
+        data["label_prompt"] = instruction(literal(task or "Classify the text."), [literal(label) for label in labels],
+                                           "{text}")
         balance = ", ".join(f"{label} {count / len(rows):.0%}" for label, count in label_counts.most_common())
         notes.append(f"{len(labels)} labels ({balance}); the label prompt lists them so the answer is one of them")
         if task is None:
@@ -235,6 +286,11 @@ def init_recipe(paths: list[str], task: str | None = None, model: str = "smollm2
             notes.append(f"one answer is {share:.0%} of the rows: data.balance_labels repeats the rarer answers' "
                          "training rows, so the model does not learn to give the majority answer to everything")
     return recipe, _with_undecided(notes, undecided)
+
+
+def literal(text: str) -> str:
+    """`text` as literal text in a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _with_undecided(notes: list[str], undecided: list[str]) -> list[str]:
