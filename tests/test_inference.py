@@ -39,3 +39,27 @@ def test_example_losses_match_the_models_own_loss_per_row(tiny_model_dir, monkey
     assert losses.shape == (2, 5)
     np.testing.assert_array_equal(losses[1], expected[1])  # supervised token counts, in the input order
     np.testing.assert_allclose(losses[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def prompt_learning_model(tiny_model_dir, folder, method: str):
+    """The tiny model with a freshly initialised (random) `method` adapter, saved and loaded as evaluation loads it."""
+    from domaintune.config import ModelConfig
+    from domaintune.methods import get_method
+    from domaintune.models.loading import load_causal_lm, load_trained_model
+
+    config = ModelConfig(name=str(tiny_model_dir))
+    module = get_method(method)
+    torch.manual_seed(0)
+    module.apply(load_causal_lm(config), module.Config(num_virtual_tokens=8)).save_pretrained(folder)
+    return load_trained_model(config, folder)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_example_losses_of_prompt_learning_models_equal_pefts_own_loss(tiny_model_dir, tmp_path, method):
+    model = prompt_learning_model(tiny_model_dir, tmp_path, method)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = examples()
+    losses = example_losses(model, tokenizer, rows, batch_size=2, bf16=False)
+    expected = np.array([own_loss(model, row) for row in rows]).T
+    np.testing.assert_array_equal(losses[1], expected[1])
+    np.testing.assert_allclose(losses[0], expected[0], rtol=1e-4, atol=1e-4)

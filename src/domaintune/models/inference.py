@@ -43,18 +43,32 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def is_prompt_learning(model) -> bool:
+    """Whether a peft prompt-learning adapter (a soft prompt, a prefix) is active on `model`: it adds virtual
+    tokens, or their keys and values, before every input instead of changing weights."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
+def prepends_embeddings(model) -> bool:
+    """Whether the active prompt-learning adapter puts its virtual tokens' embeddings before the input ids (prompt
+    tuning, p-tuning; prefix tuning puts keys and values in the cache): the base model then runs over more
+    positions than it is given, and peft drops the position ids it is handed."""
+    return is_prompt_learning(model) and model.active_peft_config.peft_type not in ("PREFIX_TUNING", "CARTRIDGE")
+
+
 @torch.no_grad()
 def example_losses(model, tokenizer, examples: list[dict], batch_size: int, bf16: bool) -> np.ndarray:
     """Per encoded example: summed cross-entropy over its supervised tokens and their count, shape (2, n).
 
     Batches hold examples of similar length (less padding), and where the model takes `logits_to_keep`
     the 49k-word LM head and the softmax run only at positions whose next token is supervised in some
-    row of the batch: in SFT rows most tokens are prompt, so most of that work is skipped. Same numbers."""
+    row of the batch: in SFT rows most tokens are prompt, so most of that work is skipped. Same numbers.
+    Not under a soft prompt: the positions would count its virtual tokens, which come first."""
     from transformers import DataCollatorForSeq2Seq
 
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     model.eval()
-    supervised_only = accepts_logits_to_keep(model)
+    supervised_only = accepts_logits_to_keep(model) and not prepends_embeddings(model)
     device = model_device(model)
     order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
     sums, counts = [0.0] * len(examples), [0] * len(examples)
