@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from conftest import write_jsonl
+from test_inference import prompt_learning_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import domaintune
@@ -80,3 +81,20 @@ def test_evaluation_reports_intervals_forgetting_errors_and_judge(tmp_path, tiny
     assert "General ability (forgetting check)" in html and "Error analysis" in html and "verdict</th>" in html
     assert "Judge: base vs tuned" in html
     assert json.loads((run.eval / "results.json").read_text())["forgetting"]["source"].endswith("probes.jsonl")
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_option_scores_of_prompt_learning_models_equal_full_sequences(tiny_model_dir, tmp_path, method):
+    model = prompt_learning_model(tiny_model_dir, tmp_path, method).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = ["The capital of France is", "Two plus two equals a number, namely", "Hi"]
+    options = [[" Paris", " Lyon or Nice"], [" four or so", " 4", " five"], [" there, how are you today", "!"]]
+    scores = option_logprobs(model, tokenizer, prompts, options, batch_size=2, bf16=False)
+    for prompt, item, item_scores in zip(prompts, options, scores):
+        for option, score in zip(item, item_scores):
+            prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            full = prefix + tokenizer(option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([full])).logits[0, -len(full):].float(), -1)
+            expected = sum(logprobs[i - 1, full[i]].item() for i in range(len(prefix), len(full)))
+            assert score == pytest.approx(expected, abs=1e-4)

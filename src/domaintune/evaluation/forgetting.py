@@ -2,8 +2,8 @@
 
 Items are multiple choice and scored without generating: each option's log-likelihood after the
 question, per character (lm-eval's `acc_norm`, so long options are not penalised), picks the answer.
-No generation, and each question's prompt runs once for all its options, so a few hundred probes
-cost well under a minute on a CPU.
+No generation, and each question's prompt runs once for all its options (once per option under a
+prompt-learning adapter), so a few hundred probes cost well under a minute on a CPU.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from domaintune.config import format_validation_error
-from domaintune.core.chat import render
+from domaintune.core.chat import IGNORE_INDEX, render
 from domaintune.core.errors import DomaintuneError
 from domaintune.evaluation.bootstrap import ItemStats, mean_item_stats
-from domaintune.models.inference import autocast, model_device
+from domaintune.models.inference import autocast, example_losses, is_prompt_learning, model_device
 
 BUILTIN = "built-in general probes"
 # Fixed and short, so both models see the same prompt whatever the recipe's domain system prompt is.
@@ -76,12 +76,17 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
 
     Each prompt runs once and its key/value cache is copied to every option, so an option costs only
     its own few tokens: the prompts are most of the text, and this is ~3x faster than full sequences.
+    Under a prompt-learning adapter each option is scored in its full sequence instead.
     """
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     prompt_ids = [encode(prompt) for prompt in prompts]
     option_ids = [[encode(option) for option in item] for item in options]
+    if is_prompt_learning(model):
+        # peft drops a soft prompt's position ids and puts a fresh prefix in place of the cache it is handed,
+        # so neither the left-padded prompt pass nor the cached option pass below would score what they say.
+        return full_sequence_logprobs(model, tokenizer, prompt_ids, option_ids, batch_size, bf16)
     scores = [np.zeros(len(item)) for item in options]
     # Options are right-padded to the longest in their batch: batch items with similar option lengths.
     order = sorted(range(len(prompts)), key=lambda i: (max(map(len, option_ids[i])), len(prompt_ids[i])))
@@ -116,6 +121,17 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
         for i in items:
             scores[i] = np.array([next(flat) for _ in option_ids[i]])
     return scores
+
+
+def full_sequence_logprobs(model, tokenizer, prompt_ids: list[list[int]], option_ids: list[list[list[int]]],
+                           batch_size: int, bf16: bool) -> list[np.ndarray]:
+    """option_logprobs with each option run after its prompt as one sequence: its tokens' summed cross-entropy,
+    negated."""
+    examples = [{"input_ids": prompt + option, "attention_mask": [1] * (len(prompt) + len(option)),
+                 "labels": [IGNORE_INDEX] * len(prompt) + option}
+                for prompt, item in zip(prompt_ids, option_ids) for option in item]
+    scores = iter(-example_losses(model, tokenizer, examples, batch_size, bf16)[0])
+    return [np.array([next(scores) for _ in item]) for item in option_ids]
 
 
 def probe_prompt(tokenizer, probe: Probe) -> str:
