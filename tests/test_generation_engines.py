@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from test_inference import prompt_learning_model
 
 from domaintune.config import ModelConfig
 from domaintune.config.inference import InferenceConfig
@@ -384,3 +385,11 @@ def test_a_failed_conversion_names_what_failed_and_why(tmp_path):
         converted_for_engine(convert, lambda: None, None, [tmp_path])
     assert str(caught.value) == ("OpenVINO engine: converting /m to q8_0 failed: "
                                  "NotImplementedError: Architecture 'FancyLM' not supported!")
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_a_prompt_learning_models_batched_answers_equal_its_one_at_a_time_answers(tiny, tiny_model_dir, tmp_path, method):
+    _, _, tokenizer, prompts = tiny
+    generator = TorchGenerator(prompt_learning_model(tiny_model_dir, tmp_path, method), tokenizer, bf16=False)
+    batched = generator.generate(prompts, max_new_tokens=8, batch_size=len(prompts))
+    assert batched == [generator.generate([prompt], max_new_tokens=8, batch_size=1)[0] for prompt in prompts]

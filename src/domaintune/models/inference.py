@@ -133,6 +133,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
              temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
     """Completions for rendered prompts, greedy or sampled at `temperature`, each ending before the first
     of `stop` it reaches (decoding ends there too); prompts of similar length are batched together."""
+    if prepends_embeddings(model):
+        batch_size = 1  # peft drops a soft prompt's position ids: a left-padded row would be read at shifted ones
     model.eval()
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
