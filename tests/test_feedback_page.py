@@ -187,3 +187,26 @@ def test_bad_form_values_are_400(tmp_path, body):
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 400, response.text
     assert session_summary(db)["done"] == 0
+
+
+def test_a_run_session_shows_and_exports_the_whole_prompt_the_models_answered(tmp_path):
+    from domaintune.evaluation.base_vs_tuned import generation_samples
+    from domaintune.evaluation.feedback import record_choice
+
+    conversation = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Capital of Italy?"},
+                    {"role": "assistant", "content": "Rome"}, {"role": "user", "content": "And of Spain?"},
+                    {"role": "assistant", "content": "Madrid"}]
+    root = fake_run(tmp_path, 0)
+    samples = generation_samples([{"messages": conversation}], {"base": ["Madrid"], "tuned": ["C'est Madrid."]})
+    (root / "eval" / "samples.jsonl").write_text(json.dumps(samples[0]) + "\n", encoding="utf-8")
+    db = root / "eval" / "feedback.db"
+    prepare_session(str(root), db)
+    # Annotators see the system prompt and the earlier turns, not just the last question...
+    view = item_view(db, 0)
+    assert view["prompt"] == conversation[:-1]
+    tuned = next(answer["slot"] for answer in view["answers"] if answer["source"] == "tuned")
+    record_choice(db, 0, tuned)
+    # ...and the exported pair is trained on the prompt the answers were generated with.
+    export_pairs(db, tmp_path / "pairs.jsonl")
+    [pair] = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert pair["prompt"] == conversation[:-1] and pair["chosen"] == "C'est Madrid."

@@ -34,6 +34,22 @@ def rows_to_generate(test_rows: list[dict], limit: int) -> list[dict]:
     return sample_rows([row for row in test_rows if "messages" in row], limit)
 
 
+def generation_samples(rows: list[dict], outputs: dict[str, list[str]]) -> list[dict]:
+    """eval/samples.jsonl: per generated row, the question the report shows, the prompt turns both models
+    answered (a reward and the feedback page need the system prompt and earlier turns too), the reference
+    and each model's answer."""
+    return [
+        {
+            "prompt": question_text(row["messages"]),
+            "prompt_messages": row["messages"][:-1],
+            "reference": final_answer(row),
+            "base": outputs["base"][index] if "base" in outputs else None,
+            "tuned": outputs["tuned"][index],
+        }
+        for index, row in enumerate(rows)
+    ]
+
+
 def evaluate_model(model, generator: TextGenerator, tokenizer, recipe, splits: dict[str, list[dict]],
                    generation_rows: list[dict], bf16: bool, metrics: list[str], stop: list[str]
                    ) -> tuple[dict, list[str], dict[str, bootstrap.ItemStats]]:
@@ -142,15 +158,7 @@ def evaluate_causal_lm(run: RunDir, console: Console, harness: bool | None = Non
         stop=stop,
     )
 
-    samples = [
-        {
-            "prompt": question_text(row["messages"]),
-            "reference": final_answer(row),
-            "base": outputs["base"][index] if "base" in outputs else None,
-            "tuned": outputs["tuned"][index],
-        }
-        for index, row in enumerate(generation_rows)
-    ]
+    samples = generation_samples(generation_rows, outputs)
     if "base" in stats:
         results.update(bootstrap.paired_comparison(recipe, stats["base"], stats["tuned"]))
         if probe_results:

@@ -112,8 +112,9 @@ def prepare_session(source: str, db: Path, prompts_file: Path | None = None, sam
         rows = read_jsonl(samples_file)
         if not rows or rows[0].get("base") is None:
             raise DomaintuneError(f"{samples_file}: no base answers (evaluation.compare_base was off); pass --prompts")
-        # The evaluated samples keep their index, so people's choices line up with the judge's.
-        prompts = [[{"role": "user", "content": row["prompt"]}] for row in rows]
+        # The evaluated samples keep their index, so people's choices line up with the judge's. Each holds the
+        # prompt turns both models answered; a head objective's samples (and older evaluations') only the question.
+        prompts = [row.get("prompt_messages") or [{"role": "user", "content": row["prompt"]}] for row in rows]
         _store(db, "base-vs-tuned", str(run.root), prompts,
                {"base": [row["base"] for row in rows], "tuned": [row["tuned"] for row in rows]}, seed)
     else:
