@@ -104,3 +104,34 @@ def test_pairs_sharing_a_chosen_answer_are_not_duplicates(tmp_path):
     card, out = prepare(tmp_path, [write_jsonl(tmp_path / "pairs.jsonl", rows)], split={"validation": 0.0, "test": 0.0})
     assert card["totals"]["duplicates"] == 1
     assert sorted(p["rejected"][0]["content"] for p in preference_pairs(all_rows(out))) == ["wrong one", "wrong two"]
+
+
+def test_the_reward_win_rate_scores_each_answer_against_its_own_prompt(tmp_path, monkeypatch):
+    from domaintune.core.chat import last_user_turn
+    from domaintune.evaluation import preference
+    from domaintune.evaluation.base_vs_tuned import generation_samples, rows_to_generate
+    from domaintune.storage.rundir import RunDir
+
+    # 12 test prompts, 9 answered "Yes": capped to 6, the evaluation keeps the 3 "No" rows, not the first 6.
+    test = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "Yes" if i < 9 else "No"}],
+             "worse": ["Maybe"]} for i in range(12)]
+    reward = tmp_path / "rewards.py"
+    reward.write_text("def score(prompts, completions):\n"
+                      "    return [float(c == f'answer to {p}') for p, c in zip(prompts, completions)]\n")
+    run = RunDir(tmp_path / "run")
+    (run.root / "data").mkdir(parents=True)
+    write_jsonl(run.data / "test.jsonl", test)
+    recipe = {"name": "prefs", "objective": {"name": "dpo", "rewards": [{"function": f"{reward}:score"}]},
+              "evaluation": {"max_samples": 6}}
+    run.recipe_file.write_text(json.dumps(recipe), encoding="utf-8")
+
+    def evaluate_causal_lm(run, console, harness, select):
+        """What the evaluation writes: each generated row's answers, tuned's naming its own question."""
+        rows = rows_to_generate(select(run.read_split("test")), run.recipe().evaluation.max_samples)
+        outputs = {"base": ["no idea"] * len(rows), "tuned": [f"answer to {last_user_turn(r['messages'])}" for r in rows]}
+        run.write_results({"models": {}}, generation_samples(rows, outputs))
+        return {"models": {}}
+
+    monkeypatch.setattr(preference, "evaluate_causal_lm", evaluate_causal_lm)
+    results = preference.evaluate_policy(run, Console(file=io.StringIO()), None, ("loss",), run.recipe().objective.rewards)
+    assert results["preference"]["reward_win_rate"]["wins"] == {"tuned": 6, "base": 0, "tie": 0}

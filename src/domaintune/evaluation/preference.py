@@ -31,10 +31,7 @@ def evaluate_policy(run: RunDir, console: Console, harness: bool | None, curve_k
     preference: dict = {"curves": log_curves(run, curve_keys)}
     samples = run.samples()
     if reward_specs and samples and samples[0].get("base") is not None:
-        # samples.jsonl holds the first generated test rows, in order; their prompts are the whole turns.
-        rows = [row for row in best_answers(run.read_split("test")) if "messages" in row][: len(samples)]
-        confidence = run.recipe().evaluation.confidence
-        preference["reward_win_rate"] = reward_win_rate(reward_specs, rows, samples, confidence)
+        preference["reward_win_rate"] = reward_win_rate(reward_specs, samples, run.recipe().evaluation.confidence)
     results["preference"] = preference
     run.write_results(results)
     write_preference_report(run)

@@ -112,11 +112,12 @@ def reward_function(specs: list[RewardSpec]):
     return total
 
 
-def reward_win_rate(specs: list[RewardSpec], rows: list[dict], samples: list[dict], confidence: float) -> dict:
-    """Base vs tuned answers to the same held-out prompts, scored by the reward: tuned wins, ties, base wins,
-    and the tuned win rate (ties count half) with a Wilson interval."""
+def reward_win_rate(specs: list[RewardSpec], samples: list[dict], confidence: float) -> dict:
+    """Base vs tuned answers to the same held-out prompts (eval/samples.jsonl, each with the prompt turns it
+    answered), scored by the reward: tuned wins, ties, base wins, and the tuned win rate (ties count half)
+    with a Wilson interval."""
     score = reward_function(specs)
-    prompts = [row["messages"][:-1] for row in rows]
+    prompts = [sample["prompt_messages"] for sample in samples]
     base = score(prompts, [sample["base"] for sample in samples])
     tuned = score(prompts, [sample["tuned"] for sample in samples])
     wins = {"tuned": sum(t > b for t, b in zip(tuned, base)), "base": sum(b > t for t, b in zip(tuned, base))}
