@@ -132,7 +132,8 @@ def until_stop(text: str, stops: Iterable[str]) -> str:
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16: bool,
              temperature: float | None = None, stop: Sequence[str] = ()) -> list[str]:
     """Completions for rendered prompts, greedy or sampled at `temperature`, each ending before the first
-    of `stop` it reaches (decoding ends there too); prompts of similar length are batched together."""
+    of `stop` it reaches (decoding ends there too); prompts of similar length are batched together (under a
+    soft prompt, one at a time)."""
     if prepends_embeddings(model):
         batch_size = 1  # peft drops a soft prompt's position ids: a left-padded row would be read at shifted ones
     model.eval()
