@@ -63,3 +63,21 @@ def test_example_losses_of_prompt_learning_models_equal_pefts_own_loss(tiny_mode
     expected = np.array([own_loss(model, row) for row in rows]).T
     np.testing.assert_array_equal(losses[1], expected[1])
     np.testing.assert_allclose(losses[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_the_loss_before_training_is_the_base_models_under_a_random_soft_prompt_or_prefix(tiny_model_dir, method):
+    from domaintune.config import ModelConfig
+    from domaintune.methods import get_method
+    from domaintune.models.loading import load_causal_lm
+
+    config = ModelConfig(name=str(tiny_model_dir))
+    torch.manual_seed(0)
+    blocks = [{"input_ids": torch.randint(5, 1000, (24,)).tolist()} for _ in range(3)]
+    base = inference.block_loss(load_causal_lm(config), blocks)
+    module = get_method(method)
+    tuned = module.apply(load_causal_lm(config), module.Config(num_virtual_tokens=8))
+    with_adapter = inference.block_loss(tuned, blocks)
+    assert abs(with_adapter - base) > 1e-3  # the random adapter is no identity
+    assert inference.block_loss_before_training(tuned, blocks) == pytest.approx(base, abs=1e-6)
+    assert inference.block_loss(tuned, blocks) == with_adapter  # switched back on afterwards

@@ -122,6 +122,13 @@ def block_loss(model, blocks, batch_size: int = 4) -> float | None:
     return total / count
 
 
+def block_loss_before_training(model, blocks) -> float | None:
+    """block_loss of the base model under `model`'s fresh adapter: a prompt-learning adapter is switched off
+    for it, as a random soft prompt or prefix is not the identity every other adapter starts as."""
+    with model.disable_adapter() if is_prompt_learning(model) else contextlib.nullcontext():
+        return block_loss(model, blocks)
+
+
 def until_stop(text: str, stops: Iterable[str]) -> str:
     """The text before the first of `stops` it holds (all of it where it holds none)."""
     cut = min((text.find(stop) for stop in stops if stop in text), default=-1)

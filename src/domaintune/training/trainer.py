@@ -16,7 +16,7 @@ from domaintune.core import chat
 from domaintune.core.errors import DomaintuneError
 from domaintune.data.balance import balanced_rows
 from domaintune.methods import get_method, load_kwargs, supports_packing
-from domaintune.models.inference import block_loss, perplexity
+from domaintune.models.inference import block_loss, block_loss_before_training, perplexity
 from domaintune.models.loading import load_causal_lm, load_tokenizer
 from domaintune.storage.rundir import RunDir
 from domaintune.training.callbacks import run_callbacks
@@ -253,7 +253,7 @@ def train_causal_lm(run: RunDir, resume: bool = False, callbacks: list | None = 
         console.print(f"Resuming from {checkpoint.name}")
     domain_loss = {}
     if domain_perplexity and has_validation and checkpoint is None:
-        domain_loss["before"] = block_loss(model, validation_set)  # adapters start as the identity: the base model's
+        domain_loss["before"] = block_loss_before_training(model, validation_set)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if fused:
         unfuse_lora_layers(trainer.model)
