@@ -47,8 +47,8 @@ def _message(turn, where: str, role_key: str, content_key: str, to_role) -> dict
     if not isinstance(turn, dict):
         raise RowError(f"{where}: expected an object with {role_key!r} and {content_key!r}, got {json_type(turn)}")
     # A null field is an absent one: Parquet (and files exported from `datasets`) give every message every field
-    # any message has, so a user message arrives with `weight: null`.
-    turn = {field: value for field, value in turn.items() if value is not None}
+    # any message has, so a user message arrives with `weight: null`. (A null role or content is still an error.)
+    turn = {field: value for field, value in turn.items() if value is not None or field in (role_key, content_key)}
     if role_key not in turn:
         raise RowError(f"{where}: missing {role_key!r}")
     role = to_role(turn[role_key]) if isinstance(turn[role_key], str) else None
