@@ -31,10 +31,11 @@ def add_middleware(app: FastAPI, state: State) -> None:
 
 
 class Accounting:
-    """Each request's record (`request.state.record`), finished with its status when the response has gone out;
-    a stream finishes its own. Plain ASGI, not Starlette's BaseHTTPMiddleware: behind that, a route's
-    `request.is_disconnected()` never sees the client go (its receive wrapper is cancelled before it can
-    answer), and an exception no handler took would leave the request without an audit line."""
+    """Each request's record (`request.state.record`), finished with its status as its response starts, so the
+    audit line is written before the client has the answer; a stream finishes its own. Plain ASGI, not
+    Starlette's BaseHTTPMiddleware: behind that, a route's `request.is_disconnected()` never sees the client go
+    (its receive wrapper is cancelled before it can answer), and an exception no handler took would leave the
+    request without an audit line."""
 
     def __init__(self, app, state: State, routes: FastAPI):
         self.app = app
@@ -45,19 +46,23 @@ class Accounting:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         record = scope.setdefault("state", {})["record"] = Record(_route_template(self.routes, scope))
-        status = 500  # unless a response starts: an error nothing turned into one
+        finished = False
+
+        def finish_once(status: int) -> None:
+            nonlocal finished
+            if not (finished or record.deferred):
+                finish(self.state, record, status)
+            finished = True
 
         async def sending(message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                finish_once(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            if not record.deferred:
-                finish(self.state, record, status)
+            finish_once(500)  # no response started: an error nothing turned into one
 
 
 def _route_template(app: FastAPI, scope) -> str:
