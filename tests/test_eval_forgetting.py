@@ -29,8 +29,12 @@ def test_a_bad_probe_file_names_the_file_and_line(tmp_path):
         load_probes(str(tmp_path / "missing.jsonl"))
 
 
-def test_option_scores_with_a_shared_prompt_cache_equal_full_sequences(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+@pytest.mark.parametrize("method", [None, "prompt", "prefix"])
+def test_option_scores_equal_full_sequences(tiny_model_dir, tmp_path, method):
+    """A plain model's scores share the prompt's cache; a prompt-learning model's are full sequences (peft ignores
+    the cache's positions). Either way each equals the option's log-probability after its prompt."""
+    model = (prompt_learning_model(tiny_model_dir, tmp_path, method) if method
+             else AutoModelForCausalLM.from_pretrained(tiny_model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = ["The capital of France is", "Two plus two equals a number, namely", "Hi"]
     options = [[" Paris", " Lyon or Nice"], [" four or so", " 4", " five"], [" there, how are you today", "!"]]
@@ -39,8 +43,8 @@ def test_option_scores_with_a_shared_prompt_cache_equal_full_sequences(tiny_mode
         for option, score in zip(item, item_scores):
             prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             full = prefix + tokenizer(option, add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                logprobs = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
+            with torch.no_grad():  # a soft prompt's virtual tokens come first: the last len(full) positions
+                logprobs = torch.log_softmax(model(torch.tensor([full])).logits[0, -len(full):].float(), -1)
             expected = sum(logprobs[i - 1, full[i]].item() for i in range(len(prefix), len(full)))
             assert score == pytest.approx(expected, abs=1e-4)
 
@@ -81,20 +85,3 @@ def test_evaluation_reports_intervals_forgetting_errors_and_judge(tmp_path, tiny
     assert "General ability (forgetting check)" in html and "Error analysis" in html and "verdict</th>" in html
     assert "Judge: base vs tuned" in html
     assert json.loads((run.eval / "results.json").read_text())["forgetting"]["source"].endswith("probes.jsonl")
-
-
-@pytest.mark.parametrize("method", ["prompt", "prefix"])
-def test_option_scores_of_prompt_learning_models_equal_full_sequences(tiny_model_dir, tmp_path, method):
-    model = prompt_learning_model(tiny_model_dir, tmp_path, method).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = ["The capital of France is", "Two plus two equals a number, namely", "Hi"]
-    options = [[" Paris", " Lyon or Nice"], [" four or so", " 4", " five"], [" there, how are you today", "!"]]
-    scores = option_logprobs(model, tokenizer, prompts, options, batch_size=2, bf16=False)
-    for prompt, item, item_scores in zip(prompts, options, scores):
-        for option, score in zip(item, item_scores):
-            prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            full = prefix + tokenizer(option, add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                logprobs = torch.log_softmax(model(torch.tensor([full])).logits[0, -len(full):].float(), -1)
-            expected = sum(logprobs[i - 1, full[i]].item() for i in range(len(prefix), len(full)))
-            assert score == pytest.approx(expected, abs=1e-4)
