@@ -301,7 +301,7 @@ def test_a_stream_the_client_left_is_closed_at_once():
 
     from starlette.requests import ClientDisconnect
 
-    from domaintune.serving.generation_replies import ClosingStreamingResponse
+    from domaintune.core.streaming import ClosingStreamingResponse
 
     closed = []
 

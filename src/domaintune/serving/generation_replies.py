@@ -8,8 +8,8 @@ import uuid
 from typing import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
+from domaintune.core.streaming import ClosingStreamingResponse
 from domaintune.serving.accounting import Record, finish
 from domaintune.serving.batching import Event, GenerationRequest
 from domaintune.serving.errors import ApiError
@@ -20,18 +20,6 @@ CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned: the au
 # How often a whole (not streamed) answer checks that its client is still there: nothing else reads the
 # connection while the rows decode, and a row nobody waits for would decode up to max_tokens.
 DISCONNECT_POLL_SECONDS = 0.25
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """A stream whose generator is closed when the response ends, however it ends. When the client goes away,
-    Starlette stops iterating but leaves the generator suspended at its `yield`, so the generator's `finally`
-    (a dropped stream's audit line and charge) would wait for garbage collection: on an idle server, minutes."""
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
 
 
 async def _events(work: GenerationRequest) -> AsyncIterator[Event]:

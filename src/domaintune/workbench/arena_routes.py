@@ -3,39 +3,19 @@ blind choices go into the run's feedback store."""
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
-import anyio
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from domaintune.config import EvaluationConfig
 from domaintune.core.errors import DomaintuneError
 from domaintune.core.local_pages import read_body
+from domaintune.core.streaming import ClosingStreamingResponse
 from domaintune.workbench.arena import MAX_MESSAGE_CHARS
 from domaintune.workbench.context import Workbench
 from domaintune.workbench.runs import name_of, raw_recipe, summarise
 
 CHAT_BODY_CAP = 64 * 2**10
-
-
-class ClosingEventStream(StreamingResponse):
-    """Server-sent events from a generator that is closed as soon as the response ends, however it ends.
-    Starlette leaves a body abandoned by its client to the garbage collector, which may never come: the
-    arena's generator would keep the model lock and every later chat would wait for it."""
-
-    def __init__(self, events: Iterator[str]):
-        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
-        self.events = events
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            # The thread that read the last event has returned by now (Starlette's reads are not abandoned on
-            # cancel), so the generator is idle; closing it stops the model (a thread join, hence a thread here).
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.events.close)
 
 
 def router(bench: Workbench) -> APIRouter:
@@ -68,7 +48,7 @@ def router(bench: Workbench) -> APIRouter:
                                       max_new_tokens)
         except DomaintuneError as error:
             raise HTTPException(400, str(error)) from None
-        return ClosingEventStream(stream)
+        return ClosingStreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     @router.post("/runs/{name}/arena/choose")
     async def arena_choose(name: str, request: Request):
