@@ -23,16 +23,14 @@ DISCONNECT_POLL_SECONDS = 0.25
 
 
 async def _events(work: GenerationRequest) -> AsyncIterator[Event]:
-    try:
-        while True:
-            event = await work.events.get()
-            if event.error is not None:
-                raise ApiError(500, "The server had an error while generating.") from event.error
-            yield event
-            if event.finish_reason:
-                return
-    finally:
-        work.cancelled = True  # a no-op once finished; if the client went away, its row leaves the batch
+    """A row's events up to its last. Its readers (`collect_all`, `_stream`) cancel the row when they end."""
+    while True:
+        event = await work.events.get()
+        if event.error is not None:
+            raise ApiError(500, "The server had an error while generating.") from event.error
+        yield event
+        if event.finish_reason:
+            return
 
 
 async def collect_all(state: State, request: Request, record: Record,
@@ -135,7 +133,7 @@ async def _stream(state: State, body: Sampling, record: Record, work: Generation
         state.metrics.errors.labels(error.type).inc()
         yield f"data: {json.dumps(error.body())}\n\n"
     finally:
-        # The row leaves the batch if the client went away, even before `_events` started (after the role chunk).
+        # A no-op once finished; if the client went away (even right after the role chunk), the row leaves the batch.
         work.cancelled = True
         if not finished and status == 200:
             status = CLIENT_CLOSED  # the client went away mid-stream
